@@ -1,0 +1,110 @@
+"""Who is calling: one dispatcher for every credential form, used by DRF views and async views.
+
+- `Authorization: Bearer tp_live_…|tp_test_…` or `X-API-Key: tp_…` → a developer API key
+- `Authorization: Bearer tps_…` → a gateway session (POST /auth/login)
+- any other bearer token → an Auth0 JWT (the SPA sends it on every request)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.request import Request
+
+from timepoint_billing.errors import Unauthenticated
+
+if TYPE_CHECKING:
+    from accounts.models import GatewaySession, User
+    from apikeys.models import APIKey
+
+CallerKind = Literal["jwt", "session", "api_key"]
+API_KEY_PREFIXES = ("tp_live_", "tp_test_")
+SESSION_PREFIX = "tps_"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """What every view sees about the caller: the user, and the key or session used."""
+
+    user: User
+    kind: CallerKind
+    tier: str
+    api_key: APIKey | None = None
+    session: GatewaySession | None = None
+
+    @property
+    def is_test_mode(self) -> bool:
+        """A `tp_test_` key authenticates, is limited and metered, and never spends real credits."""
+        return self.api_key is not None and self.api_key.mode == "test"
+
+    @property
+    def label(self) -> str:
+        """Safe for logs: a key or session prefix, never the secret."""
+        if self.api_key is not None:
+            return f"key:{self.api_key.prefix}"
+        return f"user:{self.user.pk}"
+
+
+def credentials(request: HttpRequest) -> tuple[CallerKind, str] | None:
+    api_key = request.headers.get("X-API-Key", "").strip()
+    if api_key:
+        return "api_key", api_key
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    if token.startswith(API_KEY_PREFIXES):
+        return "api_key", token
+    if token.startswith(SESSION_PREFIX):
+        return "session", token
+    return "jwt", token
+
+
+def authenticate_credentials(kind: CallerKind, raw: str) -> Caller:
+    """Resolve one credential to a Caller or raise Unauthenticated (sync: touches the database)."""
+    from accounts import services
+
+    if kind == "session":
+        return services.caller_from_session_token(raw)
+    if kind == "api_key":
+        from apikeys import services as key_services
+
+        return key_services.caller_from_api_key(raw)
+    return services.caller_from_jwt(raw)
+
+
+def authenticate(request: HttpRequest) -> Caller:
+    found = credentials(request)
+    if found is None:
+        raise Unauthenticated()
+    caller = authenticate_credentials(*found)
+    request.caller_label = caller.label  # type: ignore[attr-defined]
+    return caller
+
+
+async def aauthenticate(request: HttpRequest) -> Caller:
+    """The async form for the relay views; database and JWKS work runs off the event loop."""
+    found = credentials(request)
+    if found is None:
+        raise Unauthenticated()
+    caller = await sync_to_async(authenticate_credentials, thread_sensitive=False)(*found)
+    request.caller_label = caller.label  # type: ignore[attr-defined]
+    return caller
+
+
+class GatewayAuthentication(BaseAuthentication):
+    """DRF authentication class: `request.user` is the User, `request.auth` the Caller."""
+
+    def authenticate(self, request: Request) -> tuple[Any, Caller] | None:
+        if credentials(request._request) is None:
+            return None
+        caller = authenticate(request._request)
+        return caller.user, caller
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="api"'

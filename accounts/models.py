@@ -1,0 +1,58 @@
+"""Identity: one local user per Auth0 subject, and gateway session tokens (stored as digests)."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractUser
+from django.db import models
+from django.utils import timezone
+
+
+class Plan(models.TextChoices):
+    FREE = "free", "Free"
+    EXPLORER = "explorer", "Explorer"
+    HISTORIAN = "historian", "Historian"
+    API_PRO = "api_pro", "API Pro"
+
+
+class Tier(models.TextChoices):
+    FREE = "free", "Free"
+    PRO = "pro", "Pro"
+    ENTERPRISE = "enterprise", "Enterprise"
+
+
+class User(AbstractUser):
+    # Apple, Google, GitHub and email logins all arrive as Auth0 subjects; this is the identity.
+    auth0_sub = models.CharField(max_length=255, unique=True, null=True, blank=True)
+    # Set once by Flash's /users/resolve and never changed: credits live under this id in Flash.
+    flash_user_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    plan = models.CharField(max_length=16, choices=Plan.choices, default=Plan.FREE)
+    # Follows the plan (API Pro → pro); staff may set enterprise in the admin.
+    tier = models.CharField(max_length=16, choices=Tier.choices, default=Tier.FREE)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    @property
+    def has_hd_access(self) -> bool:
+        return self.plan in (Plan.HISTORIAN, Plan.API_PRO) or self.tier in (
+            Tier.PRO,
+            Tier.ENTERPRISE,
+        )
+
+
+class GatewaySession(models.Model):
+    """A session token (`tps_…`) issued by POST /auth/login; only its digest is stored."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="gateway_sessions")
+    token_digest = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=16)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "revoked_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user_id})"
+
+    def is_active(self) -> bool:
+        return self.revoked_at is None and self.expires_at > timezone.now()

@@ -1,0 +1,1 @@
+"""Apikeys admin."""

@@ -1,0 +1,15 @@
+"""Local HTTP contract peers for the Flash and Clockchain upstreams (tests, benchmarks, dev).
+
+The gateway never imports this package. See /work/shared/upstreams.md for the contract.
+"""
+
+from devpeers.flash import FlashPeer, gateway_headers, sign_gateway_request
+from devpeers.server import RunningPeer, start_peer
+
+__all__ = [
+    "FlashPeer",
+    "RunningPeer",
+    "gateway_headers",
+    "sign_gateway_request",
+    "start_peer",
+]

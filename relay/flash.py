@@ -1,0 +1,171 @@
+"""Flash: the only module that knows Flash's URL, keys and gateway signature (upstreams.md §A1)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Any
+
+import httpx
+from django.conf import settings
+
+from relay.http import Upstream, error_from_upstream, timeout
+from timepoint_billing.errors import ApiError, FlashUnavailable
+
+FLASH = Upstream("Flash", "FLASH_URL")
+
+
+def sign(method: str, path: str, user_id: str, timestamp: str, secret: str) -> str:
+    """`v1=` + hex HMAC-SHA256 over `v1\\nMETHOD\\nPATH\\nUSER\\nTS` (path decoded, no query)."""
+    message = "\n".join(["v1", method.upper(), path, user_id, timestamp])
+    digest = hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
+    return f"v1={digest}"
+
+
+def headers(
+    method: str, path: str, *, user_id: str | None = None, admin: bool = False
+) -> dict[str, str]:
+    """Trust headers for one Flash call, always signed (unsigned would run as a system call)."""
+    timestamp = str(int(time.time()))
+    result = {
+        "X-Service-Key": settings.FLASH_SERVICE_KEY,
+        "X-Gateway-Timestamp": timestamp,
+        "X-Gateway-Signature": sign(
+            method, path, user_id or "", timestamp, settings.FLASH_GATEWAY_SIGNING_SECRET
+        ),
+    }
+    if user_id:
+        result["X-User-Id"] = user_id
+    if admin:
+        result["X-Admin-Key"] = settings.FLASH_ADMIN_KEY
+    return result
+
+
+def call(
+    method: str,
+    path: str,
+    *,
+    user_id: str | None = None,
+    admin: bool = False,
+    json: Any = None,
+    params: dict[str, Any] | None = None,
+    read_timeout: float | None = None,
+) -> httpx.Response:
+    """A synchronous service call to Flash. Transport errors raise our typed errors; the response
+    is returned whatever its status so callers can decide (e.g. reconcile a grant)."""
+    try:
+        return FLASH.sync_client().request(
+            method,
+            path,
+            headers=headers(method, path, user_id=user_id, admin=admin),
+            json=json,
+            params=params,
+            timeout=timeout(read_timeout),
+        )
+    except httpx.HTTPError as exc:
+        raise FLASH.map_transport_error(exc) from exc
+
+
+async def acall(
+    method: str,
+    path: str,
+    *,
+    user_id: str | None = None,
+    json: Any = None,
+    content: bytes | None = None,
+    params: dict[str, Any] | None = None,
+    extra_headers: dict[str, str] | None = None,
+    read_timeout: float | None = None,
+    stream: bool = False,
+) -> httpx.Response:
+    """An async call on the shared pool. With `stream=True` the caller must close the response."""
+    client = FLASH.async_client()
+    request_headers = dict(extra_headers or {})
+    request_headers.update(headers(method, path, user_id=user_id))
+    request = client.build_request(
+        method,
+        path,
+        headers=request_headers,
+        json=json,
+        content=content,
+        params=params,
+        timeout=timeout(read_timeout),
+    )
+    try:
+        return await client.send(request, stream=stream)
+    except httpx.HTTPError as exc:
+        raise FLASH.map_transport_error(exc) from exc
+
+
+def _ok_json(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        raise error_from_upstream("Flash", response)
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise error_from_upstream("Flash", httpx.Response(502)) from exc
+
+
+def resolve_user(*, external_id: str, email: str = "", display_name: str = "") -> str:
+    """Flash's user id for an Auth0 subject (idempotent on Flash's side). Any failure → 503."""
+    try:
+        response = call(
+            "POST",
+            "/api/v1/users/resolve",
+            json={
+                "external_id": external_id,
+                "email": email or None,
+                "display_name": display_name or None,
+            },
+        )
+        body = _ok_json(response)
+        return str(body["user_id"])
+    except (ApiError, KeyError, TypeError) as exc:
+        raise FlashUnavailable(
+            "The credit service could not create your account; retry shortly."
+        ) from exc
+
+
+def balance(*, flash_user_id: str, read_timeout: float | None = None) -> dict[str, Any]:
+    return dict(
+        _ok_json(
+            call("GET", "/api/v1/credits/balance", user_id=flash_user_id, read_timeout=read_timeout)
+        )
+    )
+
+
+def credit_history(
+    *, flash_user_id: str, limit: int = 100, offset: int = 0
+) -> list[dict[str, Any]]:
+    response = call(
+        "GET",
+        "/api/v1/credits/history",
+        user_id=flash_user_id,
+        params={"limit": limit, "offset": offset},
+    )
+    return list(_ok_json(response))
+
+
+def admin_grant(
+    *, flash_user_id: str, amount: int, transaction_type: str, description: str
+) -> httpx.Response:
+    """Flash's grant is NOT idempotent: callers go through payments' outbox, never directly."""
+    return call(
+        "POST",
+        "/api/v1/credits/admin/grant",
+        admin=True,
+        json={
+            "user_id": flash_user_id,
+            "amount": amount,
+            "transaction_type": transaction_type,
+            "description": description,
+        },
+    )
+
+
+async def health() -> dict[str, Any]:
+    client = FLASH.async_client()
+    response = await client.get("/health", timeout=settings.HEALTH_CHECK_TIMEOUT)
+    response.raise_for_status()
+    return dict(response.json())

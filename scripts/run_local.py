@@ -1,0 +1,64 @@
+"""`make run`: the gateway on embedded defaults, with the Flash and Clockchain contract peers
+started alongside so the relay answers locally. Ctrl-C stops everything."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--flash-port", type=int, default=8101)
+    parser.add_argument("--clockchain-port", type=int, default=8102)
+    args = parser.parse_args()
+
+    env = dict(os.environ)
+    env.setdefault("FLASH_URL", f"http://127.0.0.1:{args.flash_port}")
+    env.setdefault("CLOCKCHAIN_URL", f"http://127.0.0.1:{args.clockchain_port}")
+    peers = subprocess.Popen(  # noqa: S603 - fixed argv
+        [
+            sys.executable,
+            "-m",
+            "devpeers",
+            "--flash-port",
+            str(args.flash_port),
+            "--clockchain-port",
+            str(args.clockchain_port),
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        return subprocess.call(  # noqa: S603 - fixed argv
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "timepoint_billing.asgi:application",
+                "--host",
+                args.host,
+                "--port",
+                str(args.port),
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env=env,
+        )
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        peers.send_signal(signal.SIGTERM)
+        peers.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

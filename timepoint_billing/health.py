@@ -1,0 +1,86 @@
+"""Health checks. `/health` touches only the database so Railway never restarts the gateway
+because an upstream is down; `/health/ready` (or `/health?deep=1`) checks every dependency."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET
+
+from relay import clockchain, flash
+
+
+def _database_ok() -> bool:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return True
+    except Exception:
+        return False
+    finally:
+        connection.close_if_unusable_or_obsolete()
+
+
+def _redis_ok() -> bool:
+    try:
+        from django_redis import get_redis_connection
+
+        return bool(get_redis_connection("default").ping())
+    except Exception:
+        return False
+
+
+async def _check(coro: Any) -> dict[str, Any]:
+    try:
+        await asyncio.wait_for(coro, timeout=settings.HEALTH_CHECK_TIMEOUT)
+        return {"ok": True}
+    except Exception as exc:
+        return {"ok": False, "error": type(exc).__name__}
+
+
+@require_GET
+async def health(request: HttpRequest) -> JsonResponse:
+    if request.GET.get("deep") in ("1", "true"):
+        return await health_ready(request)
+    database = await sync_to_async(_database_ok, thread_sensitive=False)()
+    body = {"status": "healthy" if database else "unhealthy", "version": settings.VERSION}
+    response = JsonResponse(body, status=200 if database else 503)
+    if not database:
+        response["Retry-After"] = "5"
+    return response
+
+
+@require_GET
+async def health_ready(request: HttpRequest) -> JsonResponse:
+    database, redis = await asyncio.gather(
+        sync_to_async(_database_ok, thread_sensitive=False)(),
+        sync_to_async(_redis_ok, thread_sensitive=False)()
+        if settings.REDIS_URL
+        else asyncio.sleep(0, result=True),
+    )
+    flash_check, clockchain_check = await asyncio.gather(
+        _check(flash.health()), _check(clockchain.health())
+    )
+    checks: dict[str, Any] = {
+        "database": {"ok": database},
+        "redis": {"ok": redis} if settings.REDIS_URL else {"ok": True, "configured": False},
+        "flash": flash_check,
+        "clockchain": clockchain_check,
+    }
+    ready = all(check["ok"] for check in checks.values())
+    response = JsonResponse(
+        {
+            "status": "ready" if ready else "unavailable",
+            "version": settings.VERSION,
+            "checks": checks,
+        },
+        status=200 if ready else 503,
+    )
+    if not ready:
+        response["Retry-After"] = "5"
+    return response

@@ -1,0 +1,373 @@
+"""The one settings module. Every value comes from the environment, with a safe local default.
+
+`ENVIRONMENT=production` refuses to start while a required secret is unset or still a dev default,
+so a misconfigured deploy fails loudly at boot instead of running with a known key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VERSION = "0.1.0"
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip()
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from exc
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return list(default)
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+# --- Core
+ENVIRONMENT = env_str("ENVIRONMENT", "development").lower()
+IS_PRODUCTION = ENVIRONMENT == "production"
+DEV_SECRET_KEY = "dev-insecure-secret-key-do-not-use-in-production"
+SECRET_KEY = env_str("SECRET_KEY", DEV_SECRET_KEY)
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "corsheaders",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "mozilla_django_oidc",
+    "djstripe",
+    "accounts",
+    "apikeys",
+    "payments",
+    "relay",
+    "metering",
+]
+
+MIDDLEWARE = [
+    "timepoint_billing.middleware.RequestContextMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "timepoint_billing.errors.ApiErrorMiddleware",
+]
+
+ROOT_URLCONF = "timepoint_billing.urls"
+ASGI_APPLICATION = "timepoint_billing.asgi.application"
+WSGI_APPLICATION = "timepoint_billing.wsgi.application"
+AUTH_USER_MODEL = "accounts.User"
+APPEND_SLASH = False  # a redirect on an API path would hide the real route; 404 JSON instead
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database and cache
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+DATABASES = {
+    "default": dj_database_url.parse(
+        DATABASE_URL,
+        conn_max_age=env_int("DB_CONN_MAX_AGE", 0),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL + a busy timeout let the request path, the flusher and the grant worker share one file.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+    )
+else:
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env_str("REDIS_URL", "")
+# A few milliseconds: a slow Redis must not stall every request (see the limiter's failure policy).
+REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.05)
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "tpb",
+            "OPTIONS": {
+                "SOCKET_CONNECT_TIMEOUT": REDIS_SOCKET_TIMEOUT,
+                "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
+                # A cache outage degrades to misses rather than 500s.
+                "IGNORE_EXCEPTIONS": True,
+            },
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+DJANGO_REDIS_IGNORE_EXCEPTIONS = True
+DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+
+# --- Request limits
+MAX_REQUEST_BODY_BYTES = env_int("MAX_REQUEST_BODY_BYTES", 1_048_576)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
+
+# --- Auth0 (identity)
+AUTH0_DOMAIN = env_str("AUTH0_DOMAIN", "")
+AUTH0_AUDIENCE = env_str("AUTH0_AUDIENCE", "https://api.timepointai.com")
+AUTH0_CLIENT_ID = env_str("AUTH0_CLIENT_ID", "")
+AUTH0_CLIENT_SECRET = env_str("AUTH0_CLIENT_SECRET", "")
+AUTH0_ISSUER = env_str("AUTH0_ISSUER", f"https://{AUTH0_DOMAIN}/" if AUTH0_DOMAIN else "")
+AUTH0_JWKS_URL = env_str(
+    "AUTH0_JWKS_URL", f"https://{AUTH0_DOMAIN}/.well-known/jwks.json" if AUTH0_DOMAIN else ""
+)
+AUTH0_USERINFO_URL = env_str(
+    "AUTH0_USERINFO_URL", f"https://{AUTH0_DOMAIN}/userinfo" if AUTH0_DOMAIN else ""
+)
+AUTH0_JWKS_TIMEOUT = env_float("AUTH0_JWKS_TIMEOUT", 3.0)
+AUTH0_JWKS_CACHE_SECONDS = env_int("AUTH0_JWKS_CACHE_SECONDS", 600)
+AUTH0_JWKS_REFETCH_COOLDOWN = env_int("AUTH0_JWKS_REFETCH_COOLDOWN", 30)
+AUTH0_LEEWAY_SECONDS = env_int("AUTH0_LEEWAY_SECONDS", 30)
+SESSION_TOKEN_TTL_SECONDS = env_int("SESSION_TOKEN_TTL_SECONDS", 7 * 24 * 3600)
+
+# Browser login for staff and the developer portal (mozilla-django-oidc against Auth0).
+AUTHENTICATION_BACKENDS = [
+    "accounts.oidc.Auth0OIDCBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+OIDC_RP_CLIENT_ID = AUTH0_CLIENT_ID
+OIDC_RP_CLIENT_SECRET = AUTH0_CLIENT_SECRET
+OIDC_RP_SIGN_ALGO = "RS256"
+OIDC_RP_SCOPES = "openid email profile"
+OIDC_OP_AUTHORIZATION_ENDPOINT = env_str(
+    "OIDC_OP_AUTHORIZATION_ENDPOINT", f"https://{AUTH0_DOMAIN}/authorize" if AUTH0_DOMAIN else ""
+)
+OIDC_OP_TOKEN_ENDPOINT = env_str(
+    "OIDC_OP_TOKEN_ENDPOINT", f"https://{AUTH0_DOMAIN}/oauth/token" if AUTH0_DOMAIN else ""
+)
+OIDC_OP_USER_ENDPOINT = env_str("OIDC_OP_USER_ENDPOINT", AUTH0_USERINFO_URL)
+OIDC_OP_JWKS_ENDPOINT = AUTH0_JWKS_URL
+OIDC_TIMEOUT = env_float("OIDC_TIMEOUT", 5.0)
+OIDC_CREATE_USER = True
+LOGIN_URL = "/portal/login/"
+LOGIN_REDIRECT_URL = "/portal/"
+LOGOUT_REDIRECT_URL = "/portal/"
+
+# --- Flash and Clockchain (upstreams)
+FLASH_URL = env_str("FLASH_URL", "http://127.0.0.1:8101").rstrip("/")
+FLASH_SERVICE_KEY = env_str("FLASH_SERVICE_KEY", "flash-service-key")
+FLASH_ADMIN_KEY = env_str("FLASH_ADMIN_KEY", "flash-admin-key")
+FLASH_GATEWAY_SIGNING_SECRET = env_str("FLASH_GATEWAY_SIGNING_SECRET", "flash-signing-secret")
+CLOCKCHAIN_URL = env_str("CLOCKCHAIN_URL", "http://127.0.0.1:8102").rstrip("/")
+CLOCKCHAIN_SERVICE_KEY = env_str("CLOCKCHAIN_SERVICE_KEY", "clockchain-service-key")
+UPSTREAM_CONNECT_TIMEOUT = env_float("UPSTREAM_CONNECT_TIMEOUT", 2.0)
+UPSTREAM_READ_TIMEOUT = env_float("UPSTREAM_READ_TIMEOUT", 15.0)
+UPSTREAM_GENERATE_TIMEOUT = env_float("UPSTREAM_GENERATE_TIMEOUT", 320.0)
+UPSTREAM_POOL_SIZE = env_int("UPSTREAM_POOL_SIZE", 100)
+UPSTREAM_POOL_TIMEOUT = env_float("UPSTREAM_POOL_TIMEOUT", 1.0)
+HEALTH_CHECK_TIMEOUT = env_float("HEALTH_CHECK_TIMEOUT", 2.0)
+SSE_HEARTBEAT_SECONDS = env_float("SSE_HEARTBEAT_SECONDS", 15.0)
+SSE_MAX_DURATION_SECONDS = env_float("SSE_MAX_DURATION_SECONDS", 400.0)
+
+# --- Stripe and Apple (payments)
+STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "")
+STRIPE_PUBLISHABLE_KEY = env_str("STRIPE_PUBLISHABLE_KEY", "")
+STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
+# During a rotation both the old and the new signing secret are accepted.
+STRIPE_WEBHOOK_SECRETS = [
+    s for s in [STRIPE_WEBHOOK_SECRET, *env_list("STRIPE_WEBHOOK_SECRETS_EXTRA", [])] if s
+]
+STRIPE_API_BASE = env_str("STRIPE_API_BASE", "")  # a Stripe-compatible server in tests
+STRIPE_PRICE_IDS = {
+    key[len("STRIPE_PRICE_") :].lower(): value
+    for key, value in os.environ.items()
+    if key.startswith("STRIPE_PRICE_") and value.strip()
+}
+CHECKOUT_SUCCESS_URL = env_str(
+    "CHECKOUT_SUCCESS_URL",
+    "https://app.timepointai.com/billing/success?session_id={CHECKOUT_SESSION_ID}",
+)
+CHECKOUT_CANCEL_URL = env_str("CHECKOUT_CANCEL_URL", "https://app.timepointai.com/billing/cancel")
+BILLING_PORTAL_RETURN_URL = env_str(
+    "BILLING_PORTAL_RETURN_URL", "https://app.timepointai.com/billing"
+)
+APPLE_BUNDLE_ID = env_str("APPLE_BUNDLE_ID", "com.timepointai.app")
+APPLE_APP_APPLE_ID = env_int("APPLE_APP_APPLE_ID", 0)
+APPLE_ENVIRONMENT = env_str("APPLE_ENVIRONMENT", "Sandbox")
+APPLE_ROOT_CERT_PATHS = env_list("APPLE_ROOT_CERT_PATHS", [])
+APPLE_PRODUCT_CREDITS = {
+    pair.split("=", 1)[0].strip(): int(pair.split("=", 1)[1])
+    for pair in env_list("APPLE_PRODUCT_CREDITS", [])
+    if "=" in pair
+}
+
+# dj-stripe: the Stripe mirror. Keys come from the environment, never from the admin.
+STRIPE_LIVE_MODE = STRIPE_SECRET_KEY.startswith("sk_live_")
+STRIPE_TEST_SECRET_KEY = STRIPE_SECRET_KEY if not STRIPE_LIVE_MODE else ""
+STRIPE_LIVE_SECRET_KEY = STRIPE_SECRET_KEY if STRIPE_LIVE_MODE else ""
+DJSTRIPE_FOREIGN_KEY_TO_FIELD = "id"
+DJSTRIPE_USE_NATIVE_JSONFIELD = True
+DJSTRIPE_WEBHOOK_SECRET = STRIPE_WEBHOOK_SECRET
+
+# --- Limits and tiers
+# Callers without an API key (SPA sessions, raw Auth0 JWTs) get a per-user limit.
+USER_RATE_LIMIT_PER_MINUTE = env_int("USER_RATE_LIMIT_PER_MINUTE", 60)
+USER_RATE_LIMIT_PER_DAY = env_int("USER_RATE_LIMIT_PER_DAY", 5000)
+USER_CONCURRENCY_LIMIT = env_int("USER_CONCURRENCY_LIMIT", 5)
+API_KEY_DIGEST_SECRET = env_str("API_KEY_DIGEST_SECRET", SECRET_KEY)
+MAX_LIVE_KEYS_PER_USER = env_int("MAX_LIVE_KEYS_PER_USER", 20)
+AUTH_FAILURE_LIMIT_PER_MINUTE = env_int("AUTH_FAILURE_LIMIT_PER_MINUTE", 30)
+METERING_FLUSH_INTERVAL_SECONDS = env_float("METERING_FLUSH_INTERVAL_SECONDS", 1.0)
+METERING_BUFFER_MAX = env_int("METERING_BUFFER_MAX", 10_000)
+
+# --- DRF and OpenAPI
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.GatewayAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
+    + (["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "timepoint_billing.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "TIMEPOINT API",
+    "DESCRIPTION": (BASE_DIR / "timepoint_billing" / "api_description.md").read_text(),
+    "VERSION": VERSION,
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+}
+
+# --- CORS (seed §11)
+CORS_ALLOWED_ORIGINS = env_list(
+    "CORS_ALLOWED_ORIGINS", ["https://app.timepointai.com", "https://timepointai.com"]
+)
+CORS_ALLOWED_ORIGIN_REGEXES = env_list("CORS_ALLOWED_ORIGIN_REGEXES", [r"^http://localhost:\d+$"])
+CORS_ALLOW_METHODS = ["GET", "POST", "PATCH", "DELETE", "OPTIONS"]
+CORS_ALLOW_HEADERS = ["*"]
+CORS_ALLOW_CREDENTIALS = True
+CORS_EXPOSE_HEADERS = [
+    "X-Request-ID",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "RateLimit",
+    "RateLimit-Policy",
+    "Retry-After",
+]
+
+# --- Static files, i18n, security
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if IS_PRODUCTION else None
+SESSION_COOKIE_SECURE = IS_PRODUCTION
+CSRF_COOKIE_SECURE = IS_PRODUCTION
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "timepoint_billing.logs.JsonFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {
+        "django.request": {"level": "ERROR"},  # our request log line replaces Django's
+        "django.server": {"level": "ERROR"},
+    },
+}
+
+
+def _check_production() -> None:
+    """Refuse to boot a production process that would run on a dev default or an unset secret."""
+    problems = []
+    if SECRET_KEY == DEV_SECRET_KEY or len(SECRET_KEY) < 32:
+        problems.append("SECRET_KEY is unset, a dev default, or shorter than 32 characters")
+    if DEBUG:
+        problems.append("DEBUG must be off")
+    required = {
+        "DATABASE_URL": os.environ.get("DATABASE_URL", ""),
+        "REDIS_URL": REDIS_URL,
+        "AUTH0_DOMAIN": AUTH0_DOMAIN,
+        "AUTH0_AUDIENCE": os.environ.get("AUTH0_AUDIENCE", ""),
+        "STRIPE_SECRET_KEY": STRIPE_SECRET_KEY,
+        "STRIPE_WEBHOOK_SECRET": STRIPE_WEBHOOK_SECRET,
+        "FLASH_URL": os.environ.get("FLASH_URL", ""),
+        "FLASH_SERVICE_KEY": os.environ.get("FLASH_SERVICE_KEY", ""),
+        "FLASH_ADMIN_KEY": os.environ.get("FLASH_ADMIN_KEY", ""),
+        "FLASH_GATEWAY_SIGNING_SECRET": os.environ.get("FLASH_GATEWAY_SIGNING_SECRET", ""),
+        "CLOCKCHAIN_URL": os.environ.get("CLOCKCHAIN_URL", ""),
+        "CLOCKCHAIN_SERVICE_KEY": os.environ.get("CLOCKCHAIN_SERVICE_KEY", ""),
+    }
+    problems += [f"{name} is not set" for name, value in required.items() if not value.strip()]
+    if STRIPE_API_BASE:
+        problems.append("STRIPE_API_BASE must not be set in production")
+    if problems:
+        raise ImproperlyConfigured(
+            "Refusing to start with ENVIRONMENT=production: " + "; ".join(problems)
+        )
+
+
+if IS_PRODUCTION:
+    _check_production()

@@ -1,0 +1,125 @@
+"""The gateway's skeleton as a client sees it: health, JSON errors, body limit, CORS, docs."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.test import Client
+from drf_spectacular.generators import SchemaGenerator
+from drf_spectacular.validation import validate_schema
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.django_db
+
+
+def test_health_is_fast_and_database_only(client: Client) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "healthy"
+    assert body["version"]
+
+
+def test_ready_reports_each_dependency_and_503_when_upstreams_are_down(
+    client: Client, settings
+) -> None:
+    settings.FLASH_URL = "http://127.0.0.1:9"  # discard port: nothing listens
+    settings.CLOCKCHAIN_URL = "http://127.0.0.1:9"
+    response = client.get("/health/ready")
+    assert response.status_code == 503
+    assert response["Retry-After"]
+    checks = response.json()["checks"]
+    assert checks["database"]["ok"] is True
+    assert checks["flash"]["ok"] is False
+    assert checks["clockchain"]["ok"] is False
+
+
+def test_unknown_api_path_is_json_404(client: Client) -> None:
+    response = client.get("/api/v1/does-not-exist")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not found.", "code": "not_found"}
+
+
+def test_unknown_api_path_is_json_even_in_debug(client: Client, settings) -> None:
+    settings.DEBUG = True
+    response = client.get("/api/v1/does-not-exist")
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("application/json")
+    assert set(response.json()) == {"detail", "code"}
+
+
+def test_oversized_body_is_413_json(client: Client) -> None:
+    body = b"x" * (10 * 1024 * 1024)
+    response = client.post("/api/v1/keys", data=body, content_type="application/json")
+    assert response.status_code == 413
+    assert response.json()["code"] == "payload_too_large"
+
+
+def test_request_id_is_echoed_when_well_formed_and_generated_otherwise(client: Client) -> None:
+    echoed = client.get("/health", HTTP_X_REQUEST_ID="abc-12345-request")
+    assert echoed["X-Request-ID"] == "abc-12345-request"
+    replaced = client.get("/health", HTTP_X_REQUEST_ID="bad id\twith spaces")
+    assert re.fullmatch(r"[0-9a-f]{32}", replaced["X-Request-ID"])
+
+
+@pytest.mark.parametrize("origin", ["https://app.timepointai.com", "http://localhost:5173"])
+def test_cors_preflight_allowed_for_known_origins(client: Client, origin: str) -> None:
+    response = client.options(
+        "/api/v1/credits/balance",
+        HTTP_ORIGIN=origin,
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST",
+        HTTP_ACCESS_CONTROL_REQUEST_HEADERS="authorization,content-type",
+    )
+    assert response["Access-Control-Allow-Origin"] == origin
+    assert response["Access-Control-Allow-Credentials"] == "true"
+    assert "PATCH" in response["Access-Control-Allow-Methods"]
+
+
+def test_cors_preflight_denied_for_other_origins(client: Client) -> None:
+    response = client.options(
+        "/api/v1/credits/balance",
+        HTTP_ORIGIN="https://evil.example",
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST",
+    )
+    assert "Access-Control-Allow-Origin" not in response
+
+
+def test_schema_is_valid_openapi() -> None:
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    validate_schema(schema)
+    assert schema["openapi"].startswith("3.")
+
+
+def test_docs_load_no_external_url(client: Client) -> None:
+    for path in ("/api/docs", "/api/redoc"):
+        response = client.get(path)
+        assert response.status_code == 200
+        html = response.content.decode()
+        external = re.findall(r"""(?:src|href)=["'](https?:)?//[^"']+""", html)
+        assert external == [], f"{path} loads {external}"
+    assert client.get("/api/schema").status_code == 200
+
+
+def test_production_refuses_to_start_without_secret_key() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DEBUG")}
+    env["ENVIRONMENT"] = "production"
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "Refusing to start with ENVIRONMENT=production" in result.stderr
+    assert "SECRET_KEY" in result.stderr
+
+
+def test_admin_login_page_renders(client: Client) -> None:
+    assert client.get("/admin/login/").status_code == 200

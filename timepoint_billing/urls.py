@@ -1,0 +1,25 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from timepoint_billing import health
+
+urlpatterns = [
+    path("health", health.health, name="health"),
+    path("health/ready", health.health_ready, name="health-ready"),
+    path("admin/", admin.site.urls),
+    path("oidc/", include("mozilla_django_oidc.urls")),
+    path("api/schema", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("api/v1/", include("accounts.urls")),
+    path("api/v1/", include("apikeys.urls")),
+    path("api/v1/", include("payments.urls")),
+    path("api/v1/", include("metering.urls")),
+    path("api/v1/", include("relay.urls")),
+]
+
+handler400 = "timepoint_billing.errors.handler400"
+handler403 = "timepoint_billing.errors.handler403"
+handler404 = "timepoint_billing.errors.handler404"
+handler500 = "timepoint_billing.errors.handler500"
