@@ -3,10 +3,12 @@
 The gateway never imports this package. See /work/shared/upstreams.md for the contract.
 """
 
+from devpeers.clockchain import ClockchainPeer
 from devpeers.flash import FlashPeer, gateway_headers, sign_gateway_request
 from devpeers.server import RunningPeer, start_peer
 
 __all__ = [
+    "ClockchainPeer",
     "FlashPeer",
     "RunningPeer",
     "gateway_headers",

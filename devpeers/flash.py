@@ -253,6 +253,8 @@ class FlashPeer:
         # Flash decides this once at import time (A1); the peer decides it at construction.
         self.middleware_installed = bool(self.service_key or self.signing_secret)
 
+        self.url: str | None = None  # set by whoever serves the peer (tests' convenience)
+
         # --- test knobs ---
         self.generation_outcome: str = "completed"  # "completed" | "failed" | "error"
         self.generation_delay: float = 0.0
@@ -929,8 +931,8 @@ class FlashPeer:
                 completed = True
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            disconnected = True
-            raise
+            # Forced server shutdown: drop the connection rather than have uvicorn log a traceback.
+            abort_connection(send)
         finally:
             cancel_task(watcher)
             with self.lock:
