@@ -1,0 +1,130 @@
+"""A TCP proxy on loopback that misbehaves on purpose, placed between the gateway and a peer.
+
+Modes (set `proxy.mode` at any time; new connections pick it up):
+- ``pass``: forward both ways.
+- ``refuse``: accept and reset at once (the client sees a connection reset / refused).
+- ``hang``: accept, read, never answer.
+- ``delay``: wait ``delay_seconds`` before forwarding the request.
+- ``cut``: forward the request, then only the first ``cut_after_bytes`` of the answer, then close.
+- ``drop_after_request``: forward the request, let the upstream answer (it has acted), and close
+  the client's connection without passing the answer on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import threading
+import time
+from contextlib import suppress
+
+
+class FaultProxy:
+    def __init__(self, upstream_host: str, upstream_port: int, host: str = "127.0.0.1") -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.host = host
+        self.port = 0
+        self.mode = "pass"
+        self.delay_seconds = 0.0
+        self.cut_after_bytes = 0
+        self.connections = 0
+        self.upstream_closed_at: list[float] = []  # time.monotonic() when an upstream leg closed
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> FaultProxy:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            server = loop.run_until_complete(asyncio.start_server(self._handle, self.host, 0))
+            self._server = server
+            self.port = int(server.sockets[0].getsockname()[1])
+            ready.set()
+            loop.run_forever()
+            server.close()
+            with suppress(Exception):
+                loop.run_until_complete(server.wait_closed())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="faultproxy", daemon=True)
+        self._thread.start()
+        if not ready.wait(5):
+            raise RuntimeError("fault proxy did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(2)
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        mode = self.mode
+        if mode == "refuse":
+            # SO_LINGER 0 turns close() into a TCP reset: what a dead port looks like mid-pool.
+            sock = writer.get_extra_info("socket")
+            with suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.close()
+            return
+        if mode == "hang":
+            with suppress(Exception):
+                while await reader.read(65536):
+                    pass
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.close()
+            return
+        if mode == "delay":
+            await asyncio.sleep(self.delay_seconds)
+        to_upstream = asyncio.create_task(self._pipe(reader, up_writer))
+        try:
+            if mode == "cut":
+                await self._pipe_limited(up_reader, writer, self.cut_after_bytes)
+            elif mode == "drop_after_request":
+                # Read the upstream's whole first answer (it has acted), pass nothing back.
+                with suppress(Exception):
+                    await asyncio.wait_for(up_reader.read(65536), timeout=30)
+            else:
+                await self._pipe(up_reader, writer)
+        finally:
+            to_upstream.cancel()
+            up_writer.close()
+            self.upstream_closed_at.append(time.monotonic())
+            writer.close()
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with suppress(Exception):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+    @staticmethod
+    async def _pipe_limited(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int
+    ) -> None:
+        sent = 0
+        with suppress(Exception):
+            while sent < limit and (data := await reader.read(min(65536, limit - sent))):
+                writer.write(data)
+                await writer.drain()
+                sent += len(data)
