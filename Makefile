@@ -6,15 +6,20 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
-	$(PYTHON) -m venv $(VENV)
+# Runtime packages for `make run`; the dev tools (pytest, ruff, mypy, selenium) only for the rest.
+$(VENV)/.runtime: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.runtime requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
 .PHONY: install run test lint bench bench-smoke worker
 install: $(VENV)/.installed
 
-run: install
+run: $(VENV)/.runtime
 	$(PY) manage.py migrate --noinput
 	$(PY) scripts/run_local.py --host $(HOST) --port $(PORT)
 
@@ -26,11 +31,11 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
 
-worker: install
+worker: $(VENV)/.runtime
 	$(PY) manage.py run_grants
 
-bench: install
+bench: $(VENV)/.runtime
 	$(PY) bench/run.py
 
-bench-smoke: install
+bench-smoke: $(VENV)/.runtime
 	$(PY) bench/run.py --smoke
