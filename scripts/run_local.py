@@ -49,6 +49,8 @@ def main() -> int:
                 "--port",
                 str(args.port),
                 "--no-access-log",
+                "--lifespan",
+                "off",
             ],
             cwd=ROOT,
             env=env,
