@@ -1,11 +1,305 @@
-"""State changes for developer API keys."""
+"""State changes for developer API keys, and the key → Caller lookup on every request's hot path.
+
+Key format: `tp_live_` or `tp_test_`, 40 random base62 characters, then a 6-character base62
+CRC32 of everything before it. The checksum lets us (and secret scanners) reject a typo or a random
+string offline, before any database or cache work.
+
+What a `tp_test_` key does (modelled on Stripe's test mode):
+- it authenticates exactly like a live key and belongs to the same user;
+- it is rate limited (same tier, same windows, its own counters) and metered like a live key;
+- it never spends real credits: the relay must not forward a credit-spending call (generation) for a
+  test key to Flash as a real spend. It answers such calls with a simulated result instead (or
+  refuses them), and meters them with `credits_spent=0`. Check `caller.is_test_mode`.
+- Reads (balance, history, Clockchain browse) behave as for a live key.
+Test keys do not count toward the live-key cap.
+"""
 
 from __future__ import annotations
 
-from accounts.authentication import Caller
-from timepoint_billing.errors import Unauthenticated
+import hmac
+import logging
+import secrets
+import threading
+import time
+import zlib
+from datetime import timedelta
+from hashlib import sha256
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.authentication import API_KEY_PREFIXES, Caller
+from accounts.models import Plan, Tier, User
+from apikeys.models import APIKey, KeyMode
+from timepoint_billing.errors import BadRequest, Conflict, NotFound, Unauthenticated
+
+logger = logging.getLogger("timepoint.apikeys")
+
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+KEY_BODY_LENGTH = 40
+CHECKSUM_LENGTH = 6
+PREFIX_DISPLAY_LENGTH = 8  # random characters kept after "tp_live_" for display
+MAX_ROLL_GRACE_SECONDS = 7 * 24 * 3600
+# Positive lookups are trusted this long in-process: revocation elsewhere is honoured within it.
+KEY_CACHE_SECONDS = 5.0
+KEY_CACHE_MAX_ENTRIES = 10_000
+LAST_USED_WRITE_INTERVAL = timedelta(minutes=1)
+
+_INVALID = "The API key is invalid, expired or revoked."
+
+
+# --- Format, checksum, digest (pure functions, no I/O)
+
+
+def _base62(number: int, width: int) -> str:
+    digits = []
+    while number:
+        number, remainder = divmod(number, 62)
+        digits.append(BASE62[remainder])
+    return "".join(reversed(digits)).rjust(width, "0")
+
+
+def _checksum(head: str) -> str:
+    return _base62(zlib.crc32(head.encode()), CHECKSUM_LENGTH)
+
+
+def key_generate(*, mode: str) -> str:
+    """A new raw key; 40 base62 characters carry ~238 bits of randomness."""
+    head = f"tp_{mode}_" + "".join(secrets.choice(BASE62) for _ in range(KEY_BODY_LENGTH))
+    return head + _checksum(head)
+
+
+def key_is_well_formed(raw: str) -> bool:
+    """Prefix, length, alphabet and checksum: catches typos and garbage without any I/O."""
+    if not raw.startswith(API_KEY_PREFIXES):
+        return False
+    rest = raw[len("tp_live_") :]
+    if len(rest) != KEY_BODY_LENGTH + CHECKSUM_LENGTH or any(c not in BASE62 for c in rest):
+        return False
+    head, checksum = raw[:-CHECKSUM_LENGTH], raw[-CHECKSUM_LENGTH:]
+    return hmac.compare_digest(_checksum(head), checksum)
+
+
+def key_digest(raw: str) -> str:
+    return hmac.new(settings.API_KEY_DIGEST_SECRET.encode(), raw.encode(), sha256).hexdigest()
+
+
+def key_display_prefix(raw: str) -> str:
+    return raw[: len("tp_live_") + PREFIX_DISPLAY_LENGTH]
+
+
+# --- Lookup (hot path)
+
+_cache_lock = threading.Lock()
+# digest -> (monotonic deadline, Caller)
+_key_cache: dict[str, tuple[float, Caller]] = {}
+
+
+def key_cache_forget(*, digest: str | None = None) -> None:
+    """Drop cached lookups in this process (one digest, or all)."""
+    with _cache_lock:
+        if digest is None:
+            _key_cache.clear()
+        else:
+            _key_cache.pop(digest, None)
+
+
+def _cached_caller(digest: str) -> Caller | None:
+    entry = _key_cache.get(digest)
+    if entry is None:
+        return None
+    deadline, caller = entry
+    if deadline < time.monotonic():
+        return None
+    assert caller.api_key is not None
+    # Expiry and roll grace are facts of the cached row: checked on every hit, not after 5 s.
+    if caller.api_key.is_expired():
+        return None
+    return caller
+
+
+def _remember(digest: str, caller: Caller) -> None:
+    with _cache_lock:
+        if len(_key_cache) >= KEY_CACHE_MAX_ENTRIES:
+            _key_cache.clear()  # crude but bounded; a refill costs one indexed query per key
+        _key_cache[digest] = (time.monotonic() + KEY_CACHE_SECONDS, caller)
+
+
+def _touch_last_used(key: APIKey) -> None:
+    """At most one write per key and minute: the conditional update is a no-op for the others."""
+    now = timezone.now()
+    if key.last_used_at is not None and now - key.last_used_at < LAST_USED_WRITE_INTERVAL:
+        return
+    APIKey.objects.filter(pk=key.pk).filter(
+        Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - LAST_USED_WRITE_INTERVAL)
+    ).update(last_used_at=now)
+    key.last_used_at = now
+
+
+def caller_from_api_key_cached(raw: str) -> Caller | None:
+    """The no-I/O part of the lookup: a Caller if this process verified the key < 5 s ago.
+
+    Async callers can try this on the event loop and only hop to a thread on a miss.
+    Raises Unauthenticated for a malformed key (no I/O needed to know that)."""
+    if not key_is_well_formed(raw):
+        raise Unauthenticated(_INVALID, code="invalid_api_key")
+    return _cached_caller(key_digest(raw))
 
 
 def caller_from_api_key(raw: str) -> Caller:
-    # Replaced by the key lookup (issue 6).
-    raise Unauthenticated("API keys are not accepted yet.", code="invalid_api_key")
+    """The Caller for a raw API key, or Unauthenticated(code="invalid_api_key").
+
+    Malformed or bad-checksum strings fail offline. Known keys are looked up by their digest
+    (unique index), compared in constant time, and rejected when revoked, inactive, expired, rolled
+    past their grace, or when the owner is deleted/inactive. A positive answer is cached in-process
+    for KEY_CACHE_SECONDS (revocation through `key_revoke` also drops this process's entry)."""
+    cached = caller_from_api_key_cached(raw)
+    if cached is not None:
+        return cached
+    digest = key_digest(raw)
+    key = APIKey.objects.select_related("user").filter(key_digest=digest).first()
+    if (
+        key is None
+        or not hmac.compare_digest(key.key_digest, digest)
+        or not key.is_usable()
+        or not key.user.is_active
+        or key.user.deleted_at is not None
+    ):
+        raise Unauthenticated(_INVALID, code="invalid_api_key")
+    _touch_last_used(key)
+    caller = Caller(user=key.user, kind="api_key", tier=key.tier, api_key=key)
+    _remember(digest, caller)
+    return caller
+
+
+# --- Key lifecycle
+
+
+def tier_for_user(user: User) -> str:
+    """The tier a user's new keys get: staff-set enterprise stays, API Pro → pro, else free."""
+    if user.tier == Tier.ENTERPRISE:
+        return Tier.ENTERPRISE
+    if user.plan == Plan.API_PRO:
+        return Tier.PRO
+    return Tier.FREE
+
+
+def _live_keys(user: User) -> int:
+    now = timezone.now()
+    return (
+        APIKey.objects.filter(user=user, mode=KeyMode.LIVE, revoked_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .count()
+    )
+
+
+@transaction.atomic
+def key_create(*, user: User, name: str, mode: str = KeyMode.LIVE) -> tuple[APIKey, str]:
+    """A new key for `user`; the raw key is returned once and never stored.
+
+    The tier comes from the user's plan, never from the caller. Live keys are capped at
+    MAX_LIVE_KEYS_PER_USER (409 `key_limit_reached`)."""
+    if mode not in KeyMode.values:
+        raise BadRequest("mode must be 'live' or 'test'.", code="invalid_request")
+    # Lock the user row so two parallel creates can't both pass the cap.
+    User.objects.select_for_update().filter(pk=user.pk).first()
+    if mode == KeyMode.LIVE and _live_keys(user) >= settings.MAX_LIVE_KEYS_PER_USER:
+        raise Conflict(
+            f"At most {settings.MAX_LIVE_KEYS_PER_USER} live keys; revoke one first.",
+            code="key_limit_reached",
+        )
+    raw = key_generate(mode=mode)
+    key = APIKey.objects.create(
+        user=user,
+        name=name,
+        mode=mode,
+        key_digest=key_digest(raw),
+        prefix=key_display_prefix(raw),
+        tier=tier_for_user(user),
+    )
+    return key, raw
+
+
+def _owned_key(user: User, key_id: int) -> APIKey:
+    """The user's key or 404 (never 403: another user's key id must not be confirmed)."""
+    key = APIKey.objects.filter(pk=key_id, user=user).first()
+    if key is None:
+        raise NotFound("No such API key.", code="key_not_found")
+    return key
+
+
+def key_revoke(*, user: User, key_id: int) -> APIKey:
+    """Revoke the user's key. Idempotent: revoking a revoked key changes nothing."""
+    key = _owned_key(user, key_id)
+    if key.revoked_at is None:
+        key.revoked_at = timezone.now()
+        key.is_active = False
+        key.save(update_fields=["revoked_at", "is_active"])
+    key_cache_forget(digest=key.key_digest)
+    logger.info({"event": "api_key_revoked", "key": key.prefix, "user": user.pk})
+    return key
+
+
+@transaction.atomic
+def key_roll(*, user: User, key_id: int, grace_seconds: int) -> tuple[APIKey, str]:
+    """Replace a key: a new key with the same name, mode and limits; the old one keeps working
+    for `grace_seconds` (0 … 7 days), then stops. Rolling a revoked or expired key is refused."""
+    if not 0 <= grace_seconds <= MAX_ROLL_GRACE_SECONDS:
+        raise BadRequest("grace_seconds must be between 0 and 604800.", code="invalid_request")
+    old = APIKey.objects.select_for_update().filter(pk=key_id, user=user).first()
+    if old is None:
+        raise NotFound("No such API key.", code="key_not_found")
+    if not old.is_usable() or old.replaced_by_id is not None:
+        raise Conflict("This key is revoked, expired or already rolled.", code="key_not_active")
+    raw = key_generate(mode=old.mode)
+    new = APIKey.objects.create(
+        user=user,
+        name=old.name,
+        mode=old.mode,
+        key_digest=key_digest(raw),
+        prefix=key_display_prefix(raw),
+        tier=old.tier,
+        rate_limit_per_minute=old.rate_limit_per_minute,
+        rate_limit_per_day=old.rate_limit_per_day,
+        concurrency_limit=old.concurrency_limit,
+    )
+    now = timezone.now()
+    deadline = now + timedelta(seconds=grace_seconds)
+    old.expires_at = deadline if old.expires_at is None else min(old.expires_at, deadline)
+    old.replaced_by = new
+    fields = ["expires_at", "replaced_by"]
+    if grace_seconds == 0:
+        old.revoked_at = now
+        old.is_active = False
+        fields += ["revoked_at", "is_active"]
+    old.save(update_fields=fields)
+    key_cache_forget(digest=old.key_digest)
+    return new, raw
+
+
+def keys_set_tier_for_user(*, user: User) -> int:
+    """Align the tier of the user's keys with their plan (payments calls this on plan change).
+
+    API Pro → pro, other plans → free; a key staff set to enterprise is never downgraded here.
+    Returns the number of keys changed."""
+    target = tier_for_user(user)
+    changed = (
+        APIKey.objects.filter(user=user, revoked_at__isnull=True)
+        .exclude(tier=Tier.ENTERPRISE)
+        .exclude(tier=target)
+        .update(tier=target)
+    )
+    key_cache_forget()
+    return changed
+
+
+def keys_revoke_all_for_user(*, user: User) -> int:
+    """Revoke every key of the user (account deletion). Returns the number revoked."""
+    now = timezone.now()
+    revoked = APIKey.objects.filter(user=user, revoked_at__isnull=True).update(
+        revoked_at=now, is_active=False
+    )
+    key_cache_forget()
+    return revoked
