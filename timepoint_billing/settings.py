@@ -81,6 +81,7 @@ INSTALLED_APPS = [
     "payments",
     "relay",
     "metering",
+    "portal",  # server-rendered pages over the apps above; owns no models
 ]
 
 MIDDLEWARE = [
@@ -250,6 +251,20 @@ APPLE_PRODUCT_CREDITS = {
     for pair in env_list("APPLE_PRODUCT_CREDITS", [])
     if "=" in pair
 }
+# Online OCSP checks of Apple's certificate chain; off only in tests (no network).
+APPLE_ENABLE_ONLINE_CHECKS = env_bool("APPLE_ENABLE_ONLINE_CHECKS", True)
+
+# Credit-grant outbox (payments): retries, reconciliation and the per-user busy wait.
+GRANTS_DELIVER_IMMEDIATELY = env_bool("GRANTS_DELIVER_IMMEDIATELY", True)
+GRANT_RETRY_BASE_SECONDS = env_float("GRANT_RETRY_BASE_SECONDS", 5.0)
+GRANT_RETRY_MAX_SECONDS = env_float("GRANT_RETRY_MAX_SECONDS", 600.0)
+GRANT_MAX_ATTEMPTS = env_int("GRANT_MAX_ATTEMPTS", 200)
+GRANT_SENDING_LEASE_SECONDS = env_int("GRANT_SENDING_LEASE_SECONDS", 300)
+GRANT_RECONCILE_DELAY_SECONDS = env_float("GRANT_RECONCILE_DELAY_SECONDS", 30.0)
+GRANT_RECONCILE_MAX_PAGES = env_int("GRANT_RECONCILE_MAX_PAGES", 20)
+GRANT_BUSY_WAIT_SECONDS = env_float("GRANT_BUSY_WAIT_SECONDS", 5.0)
+GRANT_BUSY_RETRY_SECONDS = env_float("GRANT_BUSY_RETRY_SECONDS", 15.0)
+GRANT_WORKER_SLEEP_SECONDS = env_float("GRANT_WORKER_SLEEP_SECONDS", 2.0)
 
 # dj-stripe: the Stripe mirror. Keys come from the environment, never from the admin.
 STRIPE_LIVE_MODE = STRIPE_SECRET_KEY.startswith("sk_live_")
@@ -269,6 +284,8 @@ MAX_LIVE_KEYS_PER_USER = env_int("MAX_LIVE_KEYS_PER_USER", 20)
 AUTH_FAILURE_LIMIT_PER_MINUTE = env_int("AUTH_FAILURE_LIMIT_PER_MINUTE", 30)
 METERING_FLUSH_INTERVAL_SECONDS = env_float("METERING_FLUSH_INTERVAL_SECONDS", 1.0)
 METERING_BUFFER_MAX = env_int("METERING_BUFFER_MAX", 10_000)
+# Off only where something else flushes (tests call metering.services.flush_usage()).
+METERING_BACKGROUND_FLUSH = env_bool("METERING_BACKGROUND_FLUSH", True)
 
 # --- DRF and OpenAPI
 REST_FRAMEWORK = {
