@@ -54,6 +54,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from accounts.authentication import Caller
+from apikeys.models import APIKey
 from timepoint_billing.errors import RateLimited, ServiceUnavailable
 
 logger = logging.getLogger("timepoint.limiter")
@@ -80,13 +81,17 @@ TIER_LIMITS: dict[str, Limits] = {
 
 def limits_for(caller: Caller) -> Limits:
     """A key's tier limits (with any staff-set overrides); the settings' limits for users."""
-    key = caller.api_key
-    if key is None:
+    if caller.api_key is None:
         return Limits(
             per_minute=settings.USER_RATE_LIMIT_PER_MINUTE,
             per_day=settings.USER_RATE_LIMIT_PER_DAY,
             concurrency=settings.USER_CONCURRENCY_LIMIT,
         )
+    return key_limits(caller.api_key)
+
+
+def key_limits(key: APIKey) -> Limits:
+    """The tier's limits, with any staff-set override per field."""
     base = TIER_LIMITS.get(key.tier, TIER_LIMITS["free"])
     return Limits(
         per_minute=key.rate_limit_per_minute or base.per_minute,

@@ -1,3 +1,10 @@
-from django.urls import URLPattern
+from django.urls import path
 
-urlpatterns: list[URLPattern] = []
+from apikeys import api
+
+urlpatterns = [
+    path("keys", api.KeyListCreateApi.as_view(), name="keys"),
+    path("keys/<int:key_id>", api.KeyRevokeApi.as_view(), name="key-detail"),
+    path("keys/<int:key_id>/roll", api.KeyRollApi.as_view(), name="key-roll"),
+    path("keys/<int:key_id>/usage", api.KeyUsageApi.as_view(), name="key-usage"),
+]

@@ -1,1 +1,93 @@
-"""Metering selectors."""
+"""Reads of usage for the API and the admin, from the daily/monthly roll-ups."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from django.db.models import Model, QuerySet, Sum
+
+from metering.models import UsageDaily, UsageMonthly
+from metering.services import month_start
+
+_COUNTS = {
+    "requests": Sum("requests"),
+    "errors": Sum("errors"),
+    "credits_spent": Sum("credits_spent"),
+}
+
+
+def _counts(row: dict[str, Any]) -> dict[str, int]:
+    return {name: int(row.get(name) or 0) for name in _COUNTS}
+
+
+def usage_rows(*, granularity: str, start: date, end: date) -> tuple[QuerySet[Any], str]:
+    """The aggregate rows covering [start, end] and the name of their period column."""
+    model: type[Model]
+    if granularity == "month":
+        model, column, first = UsageMonthly, "month", month_start(start)
+    else:
+        model, column, first = UsageDaily, "day", start
+    rows = model._default_manager.filter(**{f"{column}__gte": first, f"{column}__lte": end})
+    return rows, column
+
+
+def usage_summary(*, user_id: int, start: date, end: date, granularity: str) -> dict[str, Any]:
+    """A user's totals per period, per key and per endpoint."""
+    rows, column = usage_rows(granularity=granularity, start=start, end=end)
+    rows = rows.filter(user_id=user_id)
+    periods = [
+        {"period": row[column], **_counts(row)}
+        for row in rows.values(column).annotate(**_COUNTS).order_by(column)
+    ]
+    by_key = [
+        {
+            "api_key_id": row["api_key_id"],
+            "prefix": row["api_key__prefix"] or "",
+            "name": row["api_key__name"] or "",
+            **_counts(row),
+        }
+        for row in rows.values("api_key_id", "api_key__prefix", "api_key__name")
+        .annotate(**_COUNTS)
+        .order_by("api_key_id")
+    ]
+    by_endpoint = [
+        {"endpoint": row["endpoint"], "method": row["method"], **_counts(row)}
+        for row in rows.values("endpoint", "method")
+        .annotate(**_COUNTS)
+        .order_by("endpoint", "method")
+    ]
+    return {
+        "granularity": granularity,
+        "from": start,
+        "to": end,
+        "totals": _counts(rows.aggregate(**_COUNTS)),
+        "periods": periods,
+        "by_key": by_key,
+        "by_endpoint": by_endpoint,
+    }
+
+
+def usage_for_key(*, key_id: int, start: date, end: date, granularity: str) -> dict[str, Any]:
+    """One key's counts, errors, credits and p50/p95 latency per period and endpoint."""
+    rows, column = usage_rows(granularity=granularity, start=start, end=end)
+    rows = rows.filter(api_key_id=key_id)
+    return {
+        "granularity": granularity,
+        "from": start,
+        "to": end,
+        "totals": _counts(rows.aggregate(**_COUNTS)),
+        "rows": [
+            {
+                "period": row[column],
+                "endpoint": row["endpoint"],
+                "method": row["method"],
+                "requests": row["requests"],
+                "errors": row["errors"],
+                "credits_spent": row["credits_spent"],
+                "p50_ms": row["p50_ms"],
+                "p95_ms": row["p95_ms"],
+            }
+            for row in rows.order_by(column, "endpoint", "method").values()
+        ],
+    }

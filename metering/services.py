@@ -96,6 +96,14 @@ def pending_usage_count() -> int:
     return len(_buffer)
 
 
+def usage_buffer_discard() -> int:
+    """Drop everything queued in this process (tests only: production never discards)."""
+    with _buffer_lock:
+        dropped = len(_buffer)
+        _buffer.clear()
+    return dropped
+
+
 def usage_write_batch(rows: list[dict[str, Any]]) -> None:
     """Insert rows; rows whose request_id is already stored are skipped (exactly-once)."""
     UsageRecord.objects.bulk_create(

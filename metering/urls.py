@@ -1,3 +1,5 @@
-from django.urls import URLPattern
+from django.urls import path
 
-urlpatterns: list[URLPattern] = []
+from metering import api
+
+urlpatterns = [path("usage", api.UsageApi.as_view(), name="usage")]

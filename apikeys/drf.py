@@ -1,0 +1,78 @@
+"""Rate limiting and metering for DRF views (keys, usage, billing): one base view.
+
+    class KeyListApi(LimitedMeteredApiView): ...
+
+For an authenticated caller the view takes a limiter lease after authentication and permission
+checks (`spends_credits` on the view picks the failure policy, default False), adds the limit
+headers to the response, releases the lease, and queues one usage record (route pattern, status,
+latency). Anonymous requests pass through untouched (they fail authentication anyway).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from django.http import HttpResponseBase
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.authentication import Caller
+from apikeys import limits
+from metering.services import record_usage
+
+
+def route_pattern(request: Any) -> str:
+    """`/api/v1/keys/<int:key_id>` rather than the raw path, so records group by route."""
+    match = getattr(request, "resolver_match", None)
+    route = getattr(match, "route", None)
+    return "/" + route if route else request.path
+
+
+class LimitedMeteredApiView(APIView):
+    spends_credits = False
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        self._started = time.perf_counter()
+        self._lease: limits.Lease | None = None
+        super().initial(request, *args, **kwargs)
+        caller = request.auth
+        if isinstance(caller, Caller):
+            self._lease = limits.acquire_sync(
+                caller, route=route_pattern(request._request), spends_credits=self.spends_credits
+            )
+
+    def finalize_response(
+        self, request: Request, response: Response, *args: Any, **kwargs: Any
+    ) -> Response:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        lease = getattr(self, "_lease", None)
+        if lease is not None:
+            for name, value in lease.headers.items():
+                response.setdefault(name, value)
+            lease.release_sync()
+        caller = request.auth
+        if isinstance(caller, Caller):
+            started = getattr(self, "_started", time.perf_counter())
+            record_usage(
+                request_id=getattr(request._request, "request_id", "") or uuid.uuid4().hex,
+                user_id=caller.user.pk,
+                api_key_id=caller.api_key.pk if caller.api_key is not None else None,
+                endpoint=route_pattern(request._request),
+                method=request.method or "",
+                status=response.status_code,
+                credits_spent=0,
+                response_time_ms=(time.perf_counter() - started) * 1000,
+            )
+        return response
+
+    def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        try:
+            return super().dispatch(request, *args, **kwargs)
+        finally:
+            # An exception that escaped DRF's handler must not hold the slot until its TTL.
+            lease = getattr(self, "_lease", None)
+            if lease is not None:
+                lease.release_sync()

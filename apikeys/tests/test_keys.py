@@ -1,0 +1,265 @@
+"""Key lifecycle over HTTP: create, list, revoke, roll, owner-only, both header forms."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from accounts.models import Plan, Tier
+from apikeys.models import APIKey
+from apikeys.services import (
+    key_cache_forget,
+    key_generate,
+    key_is_well_formed,
+    keys_revoke_all_for_user,
+    keys_set_tier_for_user,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+def _as_key(raw: str, form: str = "bearer") -> dict[str, str]:
+    if form == "x-api-key":
+        return {"HTTP_X_API_KEY": raw}
+    return {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
+
+
+def test_format_and_checksum_are_checked_offline() -> None:
+    raw = key_generate(mode="live")
+    assert raw.startswith("tp_live_") and len(raw) == len("tp_live_") + 46
+    assert key_is_well_formed(raw)
+    typo = raw[:20] + ("A" if raw[20] != "A" else "B") + raw[21:]
+    assert not key_is_well_formed(typo)
+    assert not key_is_well_formed("tp_live_" + "x" * 46)
+    assert key_is_well_formed(key_generate(mode="test"))
+
+
+def test_create_shows_key_once_and_lists_without_secret(
+    client: Client, auth_headers: dict[str, str], user: Any
+) -> None:
+    created = client.post(
+        "/api/v1/keys", {"name": "ci"}, content_type="application/json", **auth_headers
+    )
+    assert created.status_code == 201
+    body = created.json()
+    assert body["key"].startswith("tp_live_") and body["prefix"] == body["key"][:16]
+    assert body["tier"] == "free" and body["mode"] == "live" and body["status"] == "active"
+    assert body["limits"] == {"per_minute": 10, "per_day": 100, "concurrency": 1}
+    stored = APIKey.objects.get(pk=body["id"])
+    assert body["key"] not in stored.key_digest and len(stored.key_digest) == 64
+
+    listed = client.get("/api/v1/keys", **auth_headers)
+    assert listed.status_code == 200
+    [item] = listed.json()
+    assert item["id"] == body["id"] and "key" not in item and item["request_count"] == 0
+
+
+def test_tier_in_body_is_rejected_and_changes_nothing(
+    client: Client, auth_headers: dict[str, str], user: Any
+) -> None:
+    response = client.post(
+        "/api/v1/keys",
+        {"name": "sneaky", "tier": "enterprise"},
+        content_type="application/json",
+        **auth_headers,
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_request"
+    assert "tier" in response.json()["errors"]
+    assert not APIKey.objects.exists()
+
+
+@pytest.mark.parametrize("form", ["bearer", "x-api-key"])
+def test_both_header_forms_authenticate(
+    client: Client, user: Any, make_key: Any, form: str
+) -> None:
+    _, raw = make_key(user)
+    response = client.get("/api/v1/keys", **_as_key(raw, form))
+    assert response.status_code == 200
+    assert response["X-RateLimit-Limit"] == "10"
+    assert response["X-RateLimit-Remaining"] == "9"
+    assert response["RateLimit-Policy"] == '"minute";q=10;w=60, "day";q=100;w=86400'
+    assert response["RateLimit"].startswith('"minute";r=9;t=')
+
+
+def test_test_mode_key_authenticates(client: Client, user: Any, make_key: Any) -> None:
+    _, raw = make_key(user, mode="test")
+    assert raw.startswith("tp_test_")
+    assert client.get("/api/v1/keys", **_as_key(raw)).status_code == 200
+    from apikeys.services import caller_from_api_key
+
+    assert caller_from_api_key(raw).is_test_mode
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["tp_live_garbage", key_generate(mode="live"), key_generate(mode="live")[:-1] + "!"],
+)
+def test_unknown_or_malformed_key_is_401(client: Client, db: Any, raw: str) -> None:
+    response = client.get("/api/v1/keys", **_as_key(raw))
+    assert response.status_code == 401
+    assert response.json()["code"] == "invalid_api_key"
+
+
+def test_revoke_is_idempotent_and_revoked_key_is_401(
+    client: Client, auth_headers: dict[str, str], user: Any, make_key: Any
+) -> None:
+    key, raw = make_key(user)
+    assert client.get("/api/v1/keys", **_as_key(raw)).status_code == 200  # now cached
+    assert client.delete(f"/api/v1/keys/{key.pk}", **auth_headers).status_code == 204
+    assert client.delete(f"/api/v1/keys/{key.pk}", **auth_headers).status_code == 204
+    response = client.get("/api/v1/keys", **_as_key(raw))
+    assert response.status_code == 401 and response.json()["code"] == "invalid_api_key"
+    listed = client.get("/api/v1/keys", **auth_headers).json()
+    assert listed[0]["status"] == "revoked"
+
+
+def test_expired_key_is_401(client: Client, user: Any, make_key: Any) -> None:
+    _, raw = make_key(user, expires_at=timezone.now() - timedelta(seconds=1))
+    assert client.get("/api/v1/keys", **_as_key(raw)).status_code == 401
+
+
+def test_deleted_owner_key_is_401(client: Client, user: Any, make_key: Any) -> None:
+    _, raw = make_key(user)
+    user.deleted_at = timezone.now()
+    user.save()
+    assert client.get("/api/v1/keys", **_as_key(raw)).status_code == 401
+
+
+def test_roll_without_grace_stops_old_key_at_once(
+    client: Client, auth_headers: dict[str, str], user: Any, make_key: Any
+) -> None:
+    key, old_raw = make_key(user)
+    response = client.post(
+        f"/api/v1/keys/{key.pk}/roll",
+        {"grace_seconds": 0},
+        content_type="application/json",
+        **auth_headers,
+    )
+    assert response.status_code == 201
+    new_raw = response.json()["key"]
+    assert new_raw != old_raw
+    assert client.get("/api/v1/keys", **_as_key(old_raw)).status_code == 401
+    assert client.get("/api/v1/keys", **_as_key(new_raw)).status_code == 200
+
+
+def test_roll_with_grace_keeps_old_key_until_grace_ends(
+    client: Client, auth_headers: dict[str, str], user: Any, make_key: Any
+) -> None:
+    key, old_raw = make_key(user)
+    response = client.post(
+        f"/api/v1/keys/{key.pk}/roll",
+        {"grace_seconds": 3600},
+        content_type="application/json",
+        **auth_headers,
+    )
+    assert response.status_code == 201
+    assert client.get("/api/v1/keys", **_as_key(old_raw)).status_code == 200
+    key.refresh_from_db()
+    assert key.expires_at is not None
+    assert timedelta(minutes=59) < key.expires_at - timezone.now() <= timedelta(hours=1)
+    # The grace period passes (the cached lookup re-checks expiry on every hit).
+    APIKey.objects.filter(pk=key.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    key_cache_forget()
+    assert client.get("/api/v1/keys", **_as_key(old_raw)).status_code == 401
+
+
+@pytest.mark.parametrize("grace", [-1, 7 * 86400 + 1, "soon"])
+def test_roll_grace_out_of_range_is_400(
+    client: Client, auth_headers: dict[str, str], user: Any, make_key: Any, grace: Any
+) -> None:
+    key, _ = make_key(user)
+    response = client.post(
+        f"/api/v1/keys/{key.pk}/roll",
+        {"grace_seconds": grace},
+        content_type="application/json",
+        **auth_headers,
+    )
+    assert response.status_code == 400
+
+
+def test_other_users_key_is_404_on_every_route(
+    client: Client, auth_headers: dict[str, str], user: Any, other_user: Any, make_key: Any
+) -> None:
+    theirs, their_raw = make_key(other_user)
+    for method, path, body in [
+        ("delete", f"/api/v1/keys/{theirs.pk}", None),
+        ("post", f"/api/v1/keys/{theirs.pk}/roll", {"grace_seconds": 0}),
+        ("get", f"/api/v1/keys/{theirs.pk}/usage", None),
+    ]:
+        kwargs: dict[str, Any] = {"content_type": "application/json"} if body else {}
+        response = getattr(client, method)(path, body, **kwargs, **auth_headers)
+        assert response.status_code == 404, path
+        assert response.json()["code"] == "key_not_found"
+    theirs.refresh_from_db()
+    assert theirs.revoked_at is None and theirs.expires_at is None
+    assert client.get("/api/v1/keys", **_as_key(their_raw)).status_code == 200
+    missing = client.delete("/api/v1/keys/999999", **auth_headers)
+    assert missing.status_code == 404
+
+
+def test_live_key_cap(
+    client: Client, auth_headers: dict[str, str], user: Any, settings: Any
+) -> None:
+    settings.MAX_LIVE_KEYS_PER_USER = 2
+    for n in range(2):
+        body = {"name": f"k{n}"}
+        response = client.post(
+            "/api/v1/keys", body, content_type="application/json", **auth_headers
+        )
+        assert response.status_code == 201
+    third = client.post(
+        "/api/v1/keys", {"name": "k3"}, content_type="application/json", **auth_headers
+    )
+    assert third.status_code == 409 and third.json()["code"] == "key_limit_reached"
+    test_key = client.post(
+        "/api/v1/keys",
+        {"name": "t", "mode": "test"},
+        content_type="application/json",
+        **auth_headers,
+    )
+    assert test_key.status_code == 201
+
+
+def test_tier_follows_plan_but_never_downgrades_enterprise(user: Any, make_key: Any) -> None:
+    key, _ = make_key(user)
+    staff_key, _ = make_key(user, name="deal", tier=Tier.ENTERPRISE)
+    user.plan = Plan.API_PRO
+    user.save()
+    assert keys_set_tier_for_user(user=user) == 1
+    key.refresh_from_db()
+    staff_key.refresh_from_db()
+    assert key.tier == Tier.PRO and staff_key.tier == Tier.ENTERPRISE
+    user.plan = Plan.FREE
+    user.save()
+    keys_set_tier_for_user(user=user)
+    key.refresh_from_db()
+    staff_key.refresh_from_db()
+    assert key.tier == Tier.FREE and staff_key.tier == Tier.ENTERPRISE
+
+
+def test_revoke_all_for_user(client: Client, user: Any, make_key: Any) -> None:
+    _, raw1 = make_key(user)
+    _, raw2 = make_key(user, mode="test")
+    assert client.get("/api/v1/keys", **_as_key(raw1)).status_code == 200
+    assert keys_revoke_all_for_user(user=user) == 2
+    assert client.get("/api/v1/keys", **_as_key(raw1)).status_code == 401
+    assert client.get("/api/v1/keys", **_as_key(raw2)).status_code == 401
+
+
+def test_last_used_is_written_at_most_once_a_minute(
+    client: Client, user: Any, make_key: Any
+) -> None:
+    key, raw = make_key(user)
+    client.get("/api/v1/keys", **_as_key(raw))
+    key.refresh_from_db()
+    first = key.last_used_at
+    assert first is not None
+    key_cache_forget()
+    client.get("/api/v1/keys", **_as_key(raw))
+    key.refresh_from_db()
+    assert key.last_used_at == first
