@@ -22,7 +22,7 @@ from apikeys.services import (
 pytestmark = pytest.mark.django_db
 
 
-def _as_key(raw: str, form: str = "bearer") -> dict[str, str]:
+def _as_key(raw: str, form: str = "bearer") -> dict[str, Any]:
     if form == "x-api-key":
         return {"HTTP_X_API_KEY": raw}
     return {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
@@ -39,7 +39,7 @@ def test_format_and_checksum_are_checked_offline() -> None:
 
 
 def test_create_shows_key_once_and_lists_without_secret(
-    client: Client, auth_headers: dict[str, str], user: Any
+    client: Client, auth_headers: dict[str, Any], user: Any
 ) -> None:
     created = client.post(
         "/api/v1/keys", {"name": "ci"}, content_type="application/json", **auth_headers
@@ -59,7 +59,7 @@ def test_create_shows_key_once_and_lists_without_secret(
 
 
 def test_tier_in_body_is_rejected_and_changes_nothing(
-    client: Client, auth_headers: dict[str, str], user: Any
+    client: Client, auth_headers: dict[str, Any], user: Any
 ) -> None:
     response = client.post(
         "/api/v1/keys",
@@ -106,7 +106,7 @@ def test_unknown_or_malformed_key_is_401(client: Client, db: Any, raw: str) -> N
 
 
 def test_revoke_is_idempotent_and_revoked_key_is_401(
-    client: Client, auth_headers: dict[str, str], user: Any, make_key: Any
+    client: Client, auth_headers: dict[str, Any], user: Any, make_key: Any
 ) -> None:
     key, raw = make_key(user)
     assert client.get("/api/v1/keys", **_as_key(raw)).status_code == 200  # now cached
@@ -131,7 +131,7 @@ def test_deleted_owner_key_is_401(client: Client, user: Any, make_key: Any) -> N
 
 
 def test_roll_without_grace_stops_old_key_at_once(
-    client: Client, auth_headers: dict[str, str], user: Any, make_key: Any
+    client: Client, auth_headers: dict[str, Any], user: Any, make_key: Any
 ) -> None:
     key, old_raw = make_key(user)
     response = client.post(
@@ -148,7 +148,7 @@ def test_roll_without_grace_stops_old_key_at_once(
 
 
 def test_roll_with_grace_keeps_old_key_until_grace_ends(
-    client: Client, auth_headers: dict[str, str], user: Any, make_key: Any
+    client: Client, auth_headers: dict[str, Any], user: Any, make_key: Any
 ) -> None:
     key, old_raw = make_key(user)
     response = client.post(
@@ -170,7 +170,7 @@ def test_roll_with_grace_keeps_old_key_until_grace_ends(
 
 @pytest.mark.parametrize("grace", [-1, 7 * 86400 + 1, "soon"])
 def test_roll_grace_out_of_range_is_400(
-    client: Client, auth_headers: dict[str, str], user: Any, make_key: Any, grace: Any
+    client: Client, auth_headers: dict[str, Any], user: Any, make_key: Any, grace: Any
 ) -> None:
     key, _ = make_key(user)
     response = client.post(
@@ -183,7 +183,7 @@ def test_roll_grace_out_of_range_is_400(
 
 
 def test_other_users_key_is_404_on_every_route(
-    client: Client, auth_headers: dict[str, str], user: Any, other_user: Any, make_key: Any
+    client: Client, auth_headers: dict[str, Any], user: Any, other_user: Any, make_key: Any
 ) -> None:
     theirs, their_raw = make_key(other_user)
     for method, path, body in [
@@ -203,7 +203,7 @@ def test_other_users_key_is_404_on_every_route(
 
 
 def test_live_key_cap(
-    client: Client, auth_headers: dict[str, str], user: Any, settings: Any
+    client: Client, auth_headers: dict[str, Any], user: Any, settings: Any
 ) -> None:
     settings.MAX_LIVE_KEYS_PER_USER = 2
     for n in range(2):
