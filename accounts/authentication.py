@@ -7,15 +7,18 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.cache import cache
 from django.http import HttpRequest
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
-from timepoint_billing.errors import Unauthenticated
+from timepoint_billing.errors import RateLimited, Unauthenticated
 
 if TYPE_CHECKING:
     from accounts.models import GatewaySession, User
@@ -78,21 +81,62 @@ def authenticate_credentials(kind: CallerKind, raw: str) -> Caller:
     return services.caller_from_jwt(raw)
 
 
+def _failure_window(client: str) -> tuple[str, int]:
+    """The cache key counting this client's failures in the current minute, and seconds left."""
+    now = time.time()
+    return f"auth-failures:{client}:{int(now // 60)}", 60 - int(now % 60)
+
+
+def auth_failures_check(client: str) -> None:
+    """429 before the credential is even looked at once a client failed too often this minute."""
+    key, seconds_left = _failure_window(client)
+    if (cache.get(key) or 0) >= settings.AUTH_FAILURE_LIMIT_PER_MINUTE:
+        raise RateLimited(
+            "Too many failed authentication attempts; retry later.",
+            code="too_many_auth_failures",
+            retry_after=seconds_left,
+        )
+
+
+def auth_failure_record(client: str) -> None:
+    key, _ = _failure_window(client)
+    cache.add(key, 0, timeout=61)
+    try:
+        cache.incr(key)
+    except ValueError:  # expired between add and incr, or the cache is unreachable
+        cache.add(key, 1, timeout=61)
+
+
+def _authenticate_found(client: str, kind: CallerKind, raw: str) -> Caller:
+    auth_failures_check(client)
+    try:
+        return authenticate_credentials(kind, raw)
+    except Unauthenticated:
+        auth_failure_record(client)
+        raise
+
+
+def _client(request: HttpRequest) -> str:
+    return str(request.META.get("REMOTE_ADDR") or "unknown")
+
+
 def authenticate(request: HttpRequest) -> Caller:
     found = credentials(request)
     if found is None:
         raise Unauthenticated()
-    caller = authenticate_credentials(*found)
+    caller = _authenticate_found(_client(request), *found)
     request.caller_label = caller.label  # type: ignore[attr-defined]
     return caller
 
 
 async def aauthenticate(request: HttpRequest) -> Caller:
-    """The async form for the relay views; database and JWKS work runs off the event loop."""
+    """The async form for the relay views; database, cache and JWKS work runs off the event loop."""
     found = credentials(request)
     if found is None:
         raise Unauthenticated()
-    caller = await sync_to_async(authenticate_credentials, thread_sensitive=False)(*found)
+    caller = await sync_to_async(_authenticate_found, thread_sensitive=False)(
+        _client(request), *found
+    )
     request.caller_label = caller.label  # type: ignore[attr-defined]
     return caller
 
