@@ -1,1 +1,371 @@
-"""Relay api."""
+"""The relay's routes: plain async Django views (DRF's per-request cost is too high for the hot
+path, issue 9), an explicit allow-list. Each view authenticates, takes a rate-limit lease, calls
+one service or selector and writes one usage record; errors become `{"detail","code"}` JSON.
+
+Nothing of the client's request is forwarded as is: upstream headers are built from scratch in
+`relay/flash.py` / `relay/clockchain.py`, bodies are validated and re-serialised, query parameters
+are allow-listed and validated, path parameters are checked against the raw path (`relay/paths.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from rest_framework.permissions import IsAdminUser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.authentication import aauthenticate
+from apikeys import limits
+from relay import flash, paths, selectors, services
+from relay.openapi import RECONCILE_SCHEMA, document
+from timepoint_billing.errors import (
+    ApiError,
+    BadRequest,
+    NotFound,
+    UpstreamError,
+    api_error_response,
+    error_response,
+)
+
+AnyResponse = HttpResponse | StreamingHttpResponse
+Handler = Callable[..., Awaitable[AnyResponse]]
+PREFIX = "/api/v1"
+
+
+def json_response(body: Any, status: int = 200) -> HttpResponse:
+    return HttpResponse(
+        json.dumps(body, separators=(",", ":")), status=status, content_type="application/json"
+    )
+
+
+def relay_route(
+    endpoint: str, upstream: str, methods: tuple[str, ...], *, spends_credits: bool = False
+) -> Callable[[Handler], Any]:
+    """Authentication, the rate-limit lease, error JSON and the usage record around a handler.
+
+    A streaming handler takes over the lease and the record (`call.finish()` at stream end)."""
+
+    def decorator(handler: Handler) -> Any:
+        @csrf_exempt
+        @wraps(handler)
+        async def view(request: HttpRequest, **kwargs: Any) -> AnyResponse:
+            if request.method not in methods:
+                refused = error_response(405, "Method not allowed.", "method_not_allowed")
+                refused["Allow"] = ", ".join(methods)
+                return refused
+            started = time.perf_counter()
+            caller = await aauthenticate(request)
+            lease = await limits.acquire(caller, route=endpoint, spends_credits=spends_credits)
+            call = services.RelayCall(
+                request_id=getattr(request, "request_id", "") or services.uuid.uuid4().hex,
+                caller=caller,
+                endpoint=endpoint,
+                method=request.method or "GET",
+                upstream=upstream,
+                started=started,
+                lease=lease,
+            )
+            response: AnyResponse | None = None
+            try:
+                response = await handler(request, call, **kwargs)
+            except ApiError as exc:
+                response = api_error_response(exc)
+            finally:
+                if not isinstance(response, StreamingHttpResponse):
+                    call.status = response.status_code if response is not None else 500
+                    await call.finish()
+            for name, value in lease.headers.items():
+                response[name] = value
+            return response
+
+        return view
+
+    return decorator
+
+
+def _int_param(request: HttpRequest, name: str, default: int, low: int, high: int) -> int:
+    raw = request.GET.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer.", code="invalid_request")
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}.", code="invalid_request")
+    return value
+
+
+def _bool_param(request: HttpRequest, name: str) -> bool:
+    raw = request.GET.get(name, "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise BadRequest(f"{name} must be true or false.", code="invalid_request")
+    return raw in ("true", "1")
+
+
+def _str_param(request: HttpRequest, name: str, *, max_length: int = 200) -> str | None:
+    raw = request.GET.get(name)
+    if raw is None:
+        return None
+    if len(raw) > max_length or any(ord(ch) < 0x20 for ch in raw):
+        raise BadRequest(f"{name} is too long or has control characters.", code="invalid_request")
+    return raw
+
+
+async def _flash_json(response_awaitable: Awaitable[Any]) -> Any:
+    response = await response_awaitable
+    if response.status_code != 200:
+        raise flash.error_from_flash(response)
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise UpstreamError("Flash returned an invalid answer.") from exc
+
+
+# --- Credits
+
+
+@document("credits_balance")
+@relay_route(f"{PREFIX}/credits/balance", "flash", ("GET",))
+async def credits_balance(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
+    user_id = services.check_flash_user(call.caller)
+    body = await _flash_json(flash.acall("GET", "/api/v1/credits/balance", user_id=user_id))
+    return json_response(body)
+
+
+@document("credits_history")
+@relay_route(f"{PREFIX}/credits/history", "flash", ("GET",))
+async def credits_history(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
+    params = {
+        "limit": _int_param(request, "limit", 20, 1, 100),
+        "offset": _int_param(request, "offset", 0, 0, 1_000_000),
+    }
+    user_id = services.check_flash_user(call.caller)
+    body = await _flash_json(
+        flash.acall("GET", "/api/v1/credits/history", user_id=user_id, params=params)
+    )
+    return json_response(body)
+
+
+@document("credits_costs")
+@relay_route(f"{PREFIX}/credits/costs", "flash", ("GET",))
+async def credits_costs(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
+    response = json_response({"costs": await services.flash_costs()})
+    response["Cache-Control"] = "private, max-age=60"
+    return response
+
+
+# --- Generation
+
+
+async def _prepared_generation(
+    request: HttpRequest, call: services.RelayCall, *, stream: bool
+) -> services.Generation:
+    generation = await services.generation_prepare(
+        caller=call.caller,
+        data=services.bad_json(request.body),
+        request_id=call.request_id,
+        stream=stream,
+    )
+    call.preset = generation.preset
+    return generation
+
+
+@document("generate")
+@relay_route(f"{PREFIX}/generate", "flash", ("POST",), spends_credits=True)
+async def generate(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
+    generation = await _prepared_generation(request, call, stream=False)
+    if call.caller.is_test_mode:
+        response = json_response(services.simulated_timepoint(generation))
+        response["X-Test-Mode"] = "simulated"
+        return response
+    await services.generation_admit(generation)
+    return json_response(await services.generation_run_sync(generation, call))
+
+
+@document("generate_stream")
+@relay_route(f"{PREFIX}/generate/stream", "flash", ("POST",), spends_credits=True)
+async def generate_stream(request: HttpRequest, call: services.RelayCall) -> AnyResponse:
+    generation = await _prepared_generation(request, call, stream=True)
+    if call.caller.is_test_mode:
+        content = services.simulated_stream(generation, call)
+    else:
+        await services.generation_admit(generation)
+        try:
+            upstream = await services.generation_open_stream(generation)
+        except BaseException:
+            services.generation_release(generation)
+            raise
+        content = services.generation_stream(generation, upstream, call)
+    response = StreamingHttpResponse(content, content_type="text/event-stream; charset=utf-8")
+    response["Cache-Control"] = "no-cache, no-transform"
+    response["X-Accel-Buffering"] = "no"
+    if call.caller.is_test_mode:
+        response["X-Test-Mode"] = "simulated"
+    return response
+
+
+# --- Timepoints
+
+
+@document("timepoint_detail")
+@relay_route(f"{PREFIX}/timepoints/{{id}}", "flash", ("GET",))
+async def timepoint_detail(
+    request: HttpRequest, call: services.RelayCall, **_: Any
+) -> HttpResponse:
+    timepoint_id = paths.flash_timepoint_id(request, f"{PREFIX}/timepoints/")
+    params = {
+        "full": str(_bool_param(request, "full")).lower(),
+        "include_image": str(_bool_param(request, "include_image")).lower(),
+    }
+    user_id = services.check_flash_user(call.caller)
+    body = await _flash_json(
+        flash.acall("GET", f"/api/v1/timepoints/{timepoint_id}", user_id=user_id, params=params)
+    )
+    if not isinstance(body, dict) or body.get("is_deleted"):
+        # Flash still serves soft-deleted timepoints by id (pitfall 14).
+        raise NotFound("Timepoint not found.")
+    return json_response(services.timepoint_public(body))
+
+
+@document("timepoint_visibility")
+@relay_route(f"{PREFIX}/timepoints/{{id}}/visibility", "flash", ("PATCH",))
+async def timepoint_visibility(
+    request: HttpRequest, call: services.RelayCall, **_: Any
+) -> HttpResponse:
+    timepoint_id = paths.flash_timepoint_id(request, f"{PREFIX}/timepoints/", "/visibility")
+    from relay.serializers import VisibilityInputSerializer
+
+    serializer = VisibilityInputSerializer(data=services.bad_json(request.body))
+    serializer.is_valid(raise_exception=True)
+    # Always with the caller's X-User-Id: without it Flash skips the owner check (pitfall 5).
+    user_id = services.check_flash_user(call.caller)
+    path = f"/api/v1/timepoints/{timepoint_id}/visibility"
+    body = await _flash_json(
+        flash.acall(
+            "PATCH",
+            path,
+            user_id=user_id,
+            json={"visibility": serializer.validated_data["visibility"]},
+        )
+    )
+    return json_response(services.timepoint_public(body))
+
+
+# --- Clockchain
+
+
+def _moment_list_params(request: HttpRequest) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "limit": _int_param(request, "limit", 20, 1, 100),
+        "offset": _int_param(request, "offset", 0, 0, 1_000_000),
+    }
+    for name in ("year_from", "year_to"):
+        if name in request.GET:
+            params[name] = _int_param(request, name, 0, -100_000, 100_000)
+    if "min_confidence" in request.GET:
+        try:
+            confidence = float(request.GET["min_confidence"])
+        except ValueError:
+            raise BadRequest("min_confidence must be a number.", code="invalid_request")
+        if not 0 <= confidence <= 1:
+            raise BadRequest("min_confidence must be between 0 and 1.", code="invalid_request")
+        params["min_confidence"] = confidence
+    for name in ("entity", "q"):
+        text = _str_param(request, name)
+        if text:
+            params[name] = text
+    sort = request.GET.get("sort")
+    if sort is not None:  # any value but `year` means newest first upstream
+        if sort not in ("year", "newest"):
+            raise BadRequest("sort must be year or newest.", code="invalid_request")
+        params["sort"] = sort
+    status = request.GET.get("status")
+    if status is not None:
+        if status not in ("proposed", "challenged", "verified", "alternative"):
+            raise BadRequest("Unknown status.", code="invalid_request")
+        params["status"] = status
+    return params
+
+
+@document("moment_list")
+@relay_route(f"{PREFIX}/moments", "clockchain", ("GET",))
+async def moment_list(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
+    return json_response(await selectors.moment_list(_moment_list_params(request)))
+
+
+@document("moment_detail")
+@relay_route(f"{PREFIX}/moments/{{path}}", "clockchain", ("GET",))
+async def moment_detail(request: HttpRequest, call: services.RelayCall, **_: Any) -> HttpResponse:
+    path = paths.clockchain_path(request, f"{PREFIX}/moments/")
+    flash_user_id = str(call.caller.user.flash_user_id or "")
+    return json_response(await selectors.moment_detail(path=path, flash_user_id=flash_user_id))
+
+
+@document("browse_root")
+@relay_route(f"{PREFIX}/browse", "clockchain", ("GET",))
+async def browse_root(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
+    return json_response(await selectors.browse(""))
+
+
+@document("browse_path")
+@relay_route(f"{PREFIX}/browse/{{path}}", "clockchain", ("GET",))
+async def browse_path(request: HttpRequest, call: services.RelayCall, **_: Any) -> HttpResponse:
+    path = paths.clockchain_path(request, f"{PREFIX}/browse/")
+    return json_response(await selectors.browse(path))
+
+
+@document("today")
+@relay_route(f"{PREFIX}/today", "clockchain", ("GET",))
+async def today(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
+    return json_response(await selectors.today())
+
+
+@document("random")
+@relay_route(f"{PREFIX}/random", "clockchain", ("GET",))
+async def random_moment(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
+    return json_response(await selectors.random_moment())
+
+
+@document("search")
+@relay_route(f"{PREFIX}/search", "clockchain", ("GET",))
+async def search(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
+    q = _str_param(request, "q")
+    if not q or not q.strip():
+        raise BadRequest("q is required.", code="invalid_request")
+    return json_response(await selectors.search(q))
+
+
+@document("neighbors")
+@relay_route(f"{PREFIX}/graph/neighbors/{{path}}", "clockchain", ("GET",))
+async def neighbors(request: HttpRequest, call: services.RelayCall, **_: Any) -> HttpResponse:
+    path = paths.clockchain_path(request, f"{PREFIX}/graph/neighbors/")
+    flash_user_id = str(call.caller.user.flash_user_id or "")
+    return json_response(await selectors.moment_neighbors(path=path, flash_user_id=flash_user_id))
+
+
+@document("stats")
+@relay_route(f"{PREFIX}/stats", "clockchain", ("GET",))
+async def stats(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
+    return json_response(await selectors.stats())
+
+
+# --- Staff
+
+
+class CreditsReconcileApi(APIView):
+    """Staff: what the gateway metered for a user next to Flash's credit ledger."""
+
+    permission_classes = [IsAdminUser]
+
+    @RECONCILE_SCHEMA
+    def get(self, request: Request, user_id: int) -> Response:
+        return Response(selectors.credits_reconcile(user_id=user_id))

@@ -7,7 +7,8 @@ from typing import Any
 import httpx
 from django.conf import settings
 
-from relay.http import Upstream, timeout
+from relay.http import Upstream, error_from_upstream, timeout
+from timepoint_billing.errors import ApiError, UpstreamError
 
 CLOCKCHAIN = Upstream("Clockchain", "CLOCKCHAIN_URL")
 
@@ -37,3 +38,11 @@ async def health() -> dict[str, Any]:
     response = await client.get("/health", timeout=settings.HEALTH_CHECK_TIMEOUT)
     response.raise_for_status()
     return dict(response.json())
+
+
+def error_from_clockchain(response: httpx.Response) -> ApiError:
+    """A refused key (403), a missing one (422) or an unset one (503) is our configuration, not
+    the client's request: 502. 404 and 429 (→ 503 Retry-After) keep their meaning."""
+    if response.status_code in (401, 403, 422):
+        return UpstreamError("Clockchain refused the gateway's request.")
+    return error_from_upstream("Clockchain", response)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import time
 from typing import Any
 
@@ -11,7 +12,14 @@ import httpx
 from django.conf import settings
 
 from relay.http import Upstream, error_from_upstream, timeout
-from timepoint_billing.errors import ApiError, FlashUnavailable
+from timepoint_billing.errors import (
+    ApiError,
+    FlashUnavailable,
+    InsufficientCredits,
+    UpstreamError,
+)
+
+logger = logging.getLogger("timepoint.relay")
 
 FLASH = Upstream("Flash", "FLASH_URL")
 
@@ -98,9 +106,30 @@ async def acall(
         raise FLASH.map_transport_error(exc) from exc
 
 
+def error_from_flash(response: httpx.Response) -> ApiError:
+    """Flash's errors, normalised. Its edge middleware answers `{"error"}` with no `detail` key
+    (bad signature or key: our configuration, not the client's fault) → 502; an unknown user is
+    an account we failed to resolve → 503; a charge that failed for lack of balance is a 500 on
+    Flash's side (pitfall 6) → 402."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    status = response.status_code
+    message = body.get("error") if isinstance(body, dict) else None
+    if status in (401, 403) and isinstance(body, dict) and "detail" not in body:
+        logger.error("Flash rejected the gateway's credentials: %s", message)
+        return UpstreamError("Flash refused the gateway's request.")
+    if status == 404 and isinstance(message, str) and message.startswith("User "):
+        return FlashUnavailable("Your credit account is not ready yet; retry shortly.")
+    if status == 500 and isinstance(message, str) and message.startswith("Insufficient credits"):
+        return InsufficientCredits("Not enough credits for this generation.")
+    return error_from_upstream("Flash", response)
+
+
 def _ok_json(response: httpx.Response) -> Any:
     if response.status_code >= 400:
-        raise error_from_upstream("Flash", response)
+        raise error_from_flash(response)
     try:
         return response.json()
     except ValueError as exc:

@@ -150,9 +150,12 @@ def error_from_upstream(name: str, response: httpx.Response) -> ApiError:
     status = response.status_code
     message = upstream_error_message(response)
     if status == 429:
+        # Clockchain sends no Retry-After (pitfall 21); its window is one minute.
         return ServiceUnavailable(
-            f"{name} is busy; retry shortly.", code="upstream_rate_limited", retry_after=30
+            f"{name} is busy; retry shortly.", code="upstream_rate_limited", retry_after=10
         )
+    if status == 504:
+        return UpstreamTimeout(f"{name} did not finish in time.")
     if 400 <= status < 500:
         codes = {
             400: "upstream_bad_request",

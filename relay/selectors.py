@@ -1,1 +1,245 @@
-"""Relay selectors."""
+"""What the relay reads: Clockchain's graph, filtered to what a caller may see, and the staff
+reconcile of metered credits against Flash's ledger.
+
+Clockchain answers the gateway as a trusted client (upstreams.md B4, pitfalls 18-21): with the
+service key its detail route returns private moments, neighbours and detail edges are never
+filtered, `created_by` exposes user ids and `/stats` counts private nodes. So:
+
+- public detail reads go out *without* the key; a non-public moment is shown only to the Flash user
+  in its `created_by` (read with the key, never cached);
+- edges and neighbours are kept only when their other end is public. Visibility of a path is read
+  from `/browse` (public-only counts, not rate-limited): a path is public iff the count of public
+  nodes under its parent's segment exceeds the count strictly below the path itself;
+- `created_by`, `proposed_by` and `challenged_by` are stripped everywhere;
+- `/stats` is computed from the public browse index instead of Clockchain's leaky `/stats`.
+
+All gateway traffic shares one Clockchain rate-limit bucket (pitfall 21), so caller-independent
+answers are cached for `CLOCKCHAIN_CACHE_SECONDS` (default 10 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.core.cache import cache
+
+from relay import clockchain
+from timepoint_billing.errors import NotFound, UpstreamError
+
+ACTOR_FIELDS = ("created_by", "proposed_by", "challenged_by")
+
+
+def clockchain_cache_seconds() -> float:
+    return float(getattr(settings, "CLOCKCHAIN_CACHE_SECONDS", 10.0))
+
+
+def _cache_key(path: str, params: dict[str, Any] | None, with_key: bool) -> str:
+    query = urlencode(sorted((params or {}).items()))
+    digest = hashlib.sha256(f"{with_key}|{path}?{query}".encode()).hexdigest()[:40]
+    return f"relay:cc:{digest}"
+
+
+async def clockchain_get(
+    path: str,
+    *,
+    params: dict[str, Any] | None = None,
+    with_key: bool = True,
+    cached: bool = True,
+    not_found_ok: bool = False,
+) -> Any:
+    """One Clockchain GET, decoded. 2xx JSON only; errors are mapped (404 kept, 429 → 503).
+
+    `not_found_ok`: a 404 returns None instead of raising."""
+    key = _cache_key(path, params, with_key) if cached else ""
+    if key:
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+    response = await clockchain.acall("GET", path, params=params, with_key=with_key)
+    if response.status_code == 404 and not_found_ok:
+        return None
+    if response.status_code != 200:
+        raise clockchain.error_from_clockchain(response)
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise UpstreamError("Clockchain returned an invalid answer.") from exc
+    if key:
+        cache.set(key, body, clockchain_cache_seconds())
+    return body
+
+
+def strip_actors(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if k not in ACTOR_FIELDS}
+
+
+async def _browse_counts(segments: list[str]) -> dict[str, int]:
+    path = "/api/v1/browse" + ("/" + "/".join(segments) if segments else "")
+    body = await clockchain_get(path)
+    items = body.get("items", []) if isinstance(body, dict) else []
+    return {
+        str(item.get("segment")): int(item.get("count") or 0)
+        for item in items
+        if isinstance(item, dict)
+    }
+
+
+async def is_public(path: str) -> bool:
+    """Whether a public moment has exactly this path (see the module docstring)."""
+    segments = [s for s in path.strip("/").split("/") if s]
+    if not segments:
+        return False
+    parent, below = await asyncio.gather(_browse_counts(segments[:-1]), _browse_counts(segments))
+    return parent.get(segments[-1], 0) > sum(below.values())
+
+
+async def public_paths(paths: list[str]) -> set[str]:
+    unique = sorted(set(paths))
+    flags = await asyncio.gather(*(is_public(p) for p in unique))
+    return {p for p, public in zip(unique, flags, strict=True) if public}
+
+
+async def _owned_node(path: str, flash_user_id: str) -> dict[str, Any] | None:
+    """A non-public node read with the key, returned only to the Flash user who created it."""
+    if not flash_user_id:
+        return None
+    node = await clockchain_get(
+        f"/api/v1/moments{path}", with_key=True, cached=False, not_found_ok=True
+    )
+    if (
+        isinstance(node, dict)
+        and node.get("visibility") != "public"
+        and node.get("created_by") == flash_user_id
+    ):
+        return node
+    return None
+
+
+async def moment_detail(*, path: str, flash_user_id: str) -> dict[str, Any]:
+    node = await clockchain_get(f"/api/v1/moments{path}", with_key=False, not_found_ok=True)
+    if not isinstance(node, dict):
+        node = await _owned_node(path, flash_user_id)
+    if node is None:
+        raise NotFound("Moment not found.", code="not_found")
+    edges = [e for e in node.get("edges") or [] if isinstance(e, dict)]
+    visible = await public_paths([str(e.get("target")) for e in edges])
+    result = strip_actors(node)
+    result["edges"] = [e for e in edges if e.get("target") in visible]
+    return result
+
+
+async def moment_neighbors(*, path: str, flash_user_id: str) -> list[dict[str, Any]]:
+    # Clockchain ignores the node's own visibility here (pitfall 19): check it first, and answer
+    # a private node exactly as a missing one.
+    if not await is_public(path) and await _owned_node(path, flash_user_id) is None:
+        raise NotFound("Node not found.", code="not_found")
+    body = await clockchain_get(f"/api/v1/graph/neighbors{path}")
+    items = [i for i in body if isinstance(i, dict)] if isinstance(body, list) else []
+    visible = await public_paths([str(i.get("path")) for i in items])
+    return [strip_actors(i) for i in items if i.get("path") in visible]
+
+
+async def moment_list(params: dict[str, Any]) -> Any:
+    return await clockchain_get("/api/v1/moments", params=params, with_key=False)
+
+
+async def browse(path: str) -> Any:
+    return await clockchain_get("/api/v1/browse" + path)
+
+
+async def today() -> dict[str, Any]:
+    body = await clockchain_get("/api/v1/today")
+    if not isinstance(body, dict):
+        raise UpstreamError("Clockchain returned an invalid answer.")
+    events = [
+        strip_actors(e)
+        for e in body.get("events") or []
+        if isinstance(e, dict) and e.get("visibility") == "public"
+    ]
+    return {**body, "events": events}
+
+
+async def random_moment() -> dict[str, Any]:
+    for _ in range(3):
+        body = await clockchain_get("/api/v1/random", cached=False, not_found_ok=True)
+        if body is None:
+            break
+        if isinstance(body, dict) and body.get("visibility") == "public":
+            return strip_actors(body)
+    raise NotFound("No public moments available.", code="not_found")
+
+
+async def search(q: str) -> list[dict[str, Any]]:
+    body = await clockchain_get("/api/v1/search", params={"q": q})
+    return [strip_actors(i) for i in body if isinstance(i, dict)] if isinstance(body, list) else []
+
+
+async def stats() -> dict[str, Any]:
+    """Public-only figures from the browse index (Clockchain's `/stats` counts private nodes)."""
+    roots = await _browse_counts([])
+    years = []
+    for segment in roots:
+        try:
+            years.append(int(segment))
+        except ValueError:
+            continue
+    return {
+        "total_nodes": sum(roots.values()),
+        "date_range": {
+            "min_year": min(years) if years else None,
+            "max_year": max(years) if years else None,
+        },
+    }
+
+
+# --- Staff: metered credits against Flash's ledger
+
+
+def credits_reconcile(*, user_id: int) -> dict[str, Any]:
+    """Per user: credits the gateway metered for generations vs. what Flash's ledger charged and
+    refunded. A non-zero `difference` is what staff look into (lost updates, pitfall 11)."""
+    from django.db.models import Count, Sum
+
+    from accounts.models import User
+    from metering.models import UsageRecord
+    from relay import flash
+
+    user = User.objects.filter(pk=user_id).first()
+    if user is None or not user.flash_user_id:
+        raise NotFound("No such user with a Flash account.")
+    metered = UsageRecord.objects.filter(user=user, credits_spent__gt=0).aggregate(
+        credits=Sum("credits_spent"), generations=Count("id")
+    )
+    charged = refunded = 0
+    offset = 0
+    for _ in range(100):  # at most 10 000 ledger rows
+        page = flash.credit_history(flash_user_id=user.flash_user_id, limit=100, offset=offset)
+        for row in page:
+            amount = int(row.get("amount") or 0)
+            if row.get("type") == "generation" and amount < 0:
+                charged += -amount
+            elif row.get("type") == "refund" and amount > 0:
+                refunded += amount
+        if len(page) < 100:
+            break
+        offset += 100
+    try:
+        balance: int | None = int(flash.balance(flash_user_id=user.flash_user_id)["balance"])
+    except (KeyError, TypeError, ValueError):
+        balance = None
+    metered_credits = int(metered["credits"] or 0)
+    return {
+        "user_id": user.pk,
+        "flash_user_id": user.flash_user_id,
+        "metered_credits": metered_credits,
+        "metered_generations": int(metered["generations"] or 0),
+        "flash_charged": charged,
+        "flash_refunded": refunded,
+        "flash_net_spent": charged - refunded,
+        "difference": metered_credits - (charged - refunded),
+        "flash_balance": balance,
+    }

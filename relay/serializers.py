@@ -1,1 +1,304 @@
-"""Relay serializers."""
+"""Input validation for the relay's request bodies, and the upstream response shapes (OpenAPI).
+
+Output serializers are documentation only: the relay passes the upstream's JSON through (filtered
+where upstreams.md says it leaks), it does not re-render it through these classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+# Fields of Flash's generation body the gateway accepts (upstreams.md A4). `text_model` and
+# `image_model` are refused: Flash prices by preset, so an override could buy Claude Opus at the
+# balanced price. `write_blob` writes files on Flash's disk; `callback_url` is for the async route.
+GENERATE_FIELDS = frozenset(
+    {
+        "query",
+        "generate_image",
+        "preset",
+        "model_policy",
+        "llm_params",
+        "visibility",
+        "request_context",
+        "entity_ids",
+    }
+)
+
+
+class LlmParamsSerializer(serializers.Serializer):
+    temperature = serializers.FloatField(required=False, min_value=0, max_value=2)
+    max_tokens = serializers.IntegerField(required=False, min_value=1, max_value=32768)
+    top_p = serializers.FloatField(required=False, min_value=0, max_value=1)
+    top_k = serializers.IntegerField(required=False, min_value=1, max_value=1000)
+    frequency_penalty = serializers.FloatField(required=False, min_value=-2, max_value=2)
+    presence_penalty = serializers.FloatField(required=False, min_value=-2, max_value=2)
+    repetition_penalty = serializers.FloatField(required=False, min_value=0, max_value=2)
+    stop = serializers.ListField(
+        child=serializers.CharField(max_length=100), required=False, max_length=4
+    )
+    thinking_level = serializers.CharField(required=False, max_length=32)
+    system_prompt_prefix = serializers.CharField(required=False, max_length=2000)
+    system_prompt_suffix = serializers.CharField(required=False, max_length=2000)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(self.initial_data) - set(self.fields)
+        if unknown:
+            raise serializers.ValidationError(f"Unknown llm_params: {', '.join(sorted(unknown))}.")
+        return attrs
+
+
+class GenerateInputSerializer(serializers.Serializer):
+    """The body of `POST /generate` and `POST /generate/stream` (a subset of Flash's)."""
+
+    query = serializers.CharField(min_length=3, max_length=500, trim_whitespace=False)
+    generate_image = serializers.BooleanField(required=False, default=False)
+    preset = serializers.CharField(
+        required=False,
+        allow_null=True,
+        max_length=32,
+        help_text="balanced (default), hyper, gemini3, free_distillable; hd and frontier need a "
+        "plan with HD access. Case-insensitive.",
+    )
+    model_policy = serializers.ChoiceField(choices=["permissive"], required=False, allow_null=True)
+    llm_params = LlmParamsSerializer(required=False, allow_null=True)
+    visibility = serializers.ChoiceField(
+        choices=["public", "private"],
+        required=False,
+        allow_null=True,
+        help_text="Exactly `public` or `private` (sync only; streamed timepoints are public).",
+    )
+    request_context = serializers.DictField(required=False, allow_null=True)
+    entity_ids = serializers.ListField(
+        child=serializers.CharField(max_length=200), required=False, allow_null=True, max_length=50
+    )
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = set(data) - GENERATE_FIELDS
+            if unknown:
+                raise serializers.ValidationError(
+                    {sorted(unknown)[0]: ["This field is not accepted by the gateway."]}
+                )
+            data = dict(data)
+            if isinstance(data.get("model_policy"), str):
+                data["model_policy"] = data["model_policy"].lower()
+        return super().to_internal_value(data)
+
+    def validate_preset(self, value: str | None) -> str:
+        from relay.services import PRESETS
+
+        preset = (value or "balanced").strip().lower()
+        if preset not in PRESETS:
+            raise serializers.ValidationError(
+                f"Unknown preset; use one of {', '.join(sorted(PRESETS))}."
+            )
+        return preset
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs.setdefault("preset", "balanced")
+        if attrs.get("preset") is None:
+            attrs["preset"] = "balanced"
+        if self.context.get("stream") and attrs.get("visibility") == "private":
+            # Flash ignores visibility on /stream and saves the timepoint public (pitfall 10).
+            raise serializers.ValidationError(
+                {"visibility": ["Streamed timepoints are always public; use POST /generate."]}
+            )
+        return attrs
+
+
+class VisibilityInputSerializer(serializers.Serializer):
+    visibility = serializers.ChoiceField(choices=["public", "private"])
+
+
+# --- Response shapes (documentation)
+
+
+class BalanceSerializer(serializers.Serializer):
+    balance = serializers.IntegerField()
+    lifetime_earned = serializers.IntegerField()
+    lifetime_spent = serializers.IntegerField()
+
+
+class HistoryItemSerializer(serializers.Serializer):
+    amount = serializers.IntegerField(help_text="Negative for a charge.")
+    balance_after = serializers.IntegerField()
+    type = serializers.CharField()
+    description = serializers.CharField(allow_null=True)
+    created_at = serializers.CharField()
+
+
+class CostsSerializer(serializers.Serializer):
+    costs = serializers.DictField(child=serializers.IntegerField())
+
+
+class TimepointSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    query = serializers.CharField()
+    slug = serializers.CharField()
+    status = serializers.CharField(help_text="pending, processing, completed or failed")
+    year = serializers.IntegerField(allow_null=True)
+    month = serializers.IntegerField(allow_null=True)
+    day = serializers.IntegerField(allow_null=True)
+    season = serializers.CharField(allow_null=True)
+    time_of_day = serializers.CharField(allow_null=True)
+    era = serializers.CharField(allow_null=True)
+    location = serializers.CharField(allow_null=True)
+    has_image = serializers.BooleanField()
+    image_url = serializers.CharField(
+        allow_null=True, help_text="The whole image as a `data:image/...;base64,` URI."
+    )
+    text_model_used = serializers.CharField(allow_null=True)
+    image_model_used = serializers.CharField(allow_null=True)
+    model_provider = serializers.CharField(allow_null=True)
+    model_permissiveness = serializers.CharField(allow_null=True)
+    created_at = serializers.CharField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+    is_deleted = serializers.BooleanField()
+    sequence_id = serializers.CharField(allow_null=True)
+    render_type = serializers.CharField()
+    generation_version = serializers.IntegerField()
+    tags = serializers.ListField(child=serializers.CharField(), allow_null=True)
+    visibility = serializers.ChoiceField(choices=["public", "private"])
+    share_url = serializers.CharField(allow_null=True)
+    preset_used = serializers.CharField()
+    generation_time_ms = serializers.IntegerField(allow_null=True)
+    request_context = serializers.DictField(allow_null=True)
+    test_mode = serializers.BooleanField(
+        required=False, help_text="Present (true) only on a `tp_test_` key's simulated answer."
+    )
+
+
+class MomentItemSerializer(serializers.Serializer):
+    path = serializers.CharField()
+    name = serializers.CharField()
+    one_liner = serializers.CharField()
+    year = serializers.IntegerField(allow_null=True)
+    month = serializers.CharField(help_text="Lower-case month name or an empty string.")
+    day = serializers.IntegerField()
+    country = serializers.CharField()
+    region = serializers.CharField()
+    city = serializers.CharField()
+    source_type = serializers.CharField()
+    confidence = serializers.FloatField(allow_null=True)
+    status = serializers.CharField()
+    image_url = serializers.CharField(allow_null=True)
+    schema_version = serializers.CharField()
+    text_model = serializers.CharField()
+    image_model = serializers.CharField()
+
+
+class MomentListSerializer(serializers.Serializer):
+    items = MomentItemSerializer(many=True)
+    total = serializers.IntegerField()
+    limit = serializers.IntegerField()
+    offset = serializers.IntegerField()
+
+
+class EdgeSerializer(serializers.Serializer):
+    source = serializers.CharField()  # type: ignore[assignment]
+    target = serializers.CharField()
+    edge_type = serializers.CharField()
+    weight = serializers.FloatField()
+    theme = serializers.CharField()
+
+
+class MomentSerializer(serializers.Serializer):
+    path = serializers.CharField()
+    type = serializers.CharField()
+    name = serializers.CharField()
+    year = serializers.IntegerField(allow_null=True)
+    month = serializers.IntegerField(help_text="1-12, 0 if unknown.")
+    month_num = serializers.IntegerField()
+    day = serializers.IntegerField()
+    time = serializers.CharField()
+    country = serializers.CharField()
+    region = serializers.CharField()
+    city = serializers.CharField()
+    slug = serializers.CharField()
+    layer = serializers.IntegerField()
+    visibility = serializers.CharField()
+    tags = serializers.ListField(child=serializers.CharField())
+    one_liner = serializers.CharField()
+    figures = serializers.ListField(child=serializers.CharField())
+    flash_timepoint_id = serializers.CharField(allow_null=True)
+    flash_slug = serializers.CharField()
+    flash_share_url = serializers.CharField()
+    era = serializers.CharField()
+    image_url = serializers.CharField(allow_null=True)
+    created_at = serializers.CharField()
+    published_at = serializers.CharField()
+    source_type = serializers.CharField()
+    confidence = serializers.FloatField(allow_null=True)
+    status = serializers.CharField()
+    edges = EdgeSerializer(many=True, help_text="Only edges to public moments.")
+
+
+class BrowseItemSerializer(serializers.Serializer):
+    segment = serializers.CharField()
+    count = serializers.IntegerField()
+    label = serializers.CharField()  # type: ignore[assignment]
+
+
+class BrowseSerializer(serializers.Serializer):
+    prefix = serializers.CharField()
+    items = BrowseItemSerializer(many=True)
+
+
+class SummarySerializer(serializers.Serializer):
+    path = serializers.CharField()
+    name = serializers.CharField()
+    one_liner = serializers.CharField()
+    year = serializers.IntegerField()
+    month = serializers.IntegerField()
+    day = serializers.IntegerField()
+    layer = serializers.IntegerField()
+    visibility = serializers.CharField()
+    source_type = serializers.CharField()
+    image_url = serializers.CharField(allow_null=True)
+
+
+class TodaySerializer(serializers.Serializer):
+    month = serializers.IntegerField()
+    day = serializers.IntegerField()
+    events = SummarySerializer(many=True)
+
+
+class SearchItemSerializer(serializers.Serializer):
+    path = serializers.CharField()
+    name = serializers.CharField()
+    one_liner = serializers.CharField()
+    score = serializers.FloatField()
+    image_url = serializers.CharField(allow_null=True)
+
+
+class NeighborSerializer(serializers.Serializer):
+    path = serializers.CharField()
+    name = serializers.CharField()
+    edge_type = serializers.CharField()
+    weight = serializers.FloatField()
+    theme = serializers.CharField()
+    description = serializers.CharField()
+
+
+class DateRangeSerializer(serializers.Serializer):
+    min_year = serializers.IntegerField(allow_null=True)
+    max_year = serializers.IntegerField(allow_null=True)
+
+
+class StatsSerializer(serializers.Serializer):
+    total_nodes = serializers.IntegerField(help_text="Public moments only.")
+    date_range = DateRangeSerializer()
+
+
+class ReconcileSerializer(serializers.Serializer):
+    user_id = serializers.IntegerField()
+    flash_user_id = serializers.CharField()
+    metered_credits = serializers.IntegerField()
+    metered_generations = serializers.IntegerField()
+    flash_charged = serializers.IntegerField()
+    flash_refunded = serializers.IntegerField()
+    flash_net_spent = serializers.IntegerField()
+    difference = serializers.IntegerField()
+    flash_balance = serializers.IntegerField(allow_null=True)

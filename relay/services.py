@@ -1,1 +1,602 @@
-"""Relay services."""
+"""What the relay changes: credit reservations, the per-user "generation in flight" marker,
+generations (sync and streamed) and the refunds of failed ones.
+
+Flash keeps the credits, but it loses concurrent updates (upstreams.md pitfall 11) and trusts the
+gateway for everything else (pitfalls 5-9), so before a generation reaches Flash the gateway:
+
+1. validates the body against Flash's fields and lower-cases the preset (pitfall 8, 13);
+2. prices it from Flash's own cost table (cached for a minute);
+3. refuses HD presets to callers without HD access;
+4. reads the balance and *reserves* the cost in the shared cache: one counter per Flash user,
+   incremented atomically (`cache.incr`, atomic on LocMem and Redis) and compared with the balance,
+   so N parallel requests with credits for one admit exactly one, across processes;
+5. marks the user busy (`payments.services.flash_user_busy_key`) so the grant worker waits until
+   Flash has written the generation's charge back (pitfall 11).
+Both keys carry a TTL longer than the generation timeout, so a killed worker cannot leak them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from django.conf import settings
+from django.core.cache import cache
+
+from accounts.authentication import Caller
+from relay import flash
+from timepoint_billing.errors import (
+    BadRequest,
+    FlashUnavailable,
+    Forbidden,
+    InsufficientCredits,
+    ServiceUnavailable,
+    UpstreamError,
+)
+
+logger = logging.getLogger("timepoint.relay")
+
+# Flash's preset names (upstreams.md A4). Any other value is refused before pricing.
+PRESETS = frozenset({"balanced", "hd", "hyper", "gemini3", "free_distillable", "frontier"})
+# Presets that need a plan or tier with HD access: `hd` (10 credits) and `frontier` (Claude Opus,
+# which Flash under-prices at 5; pitfall 8).
+HD_PRESETS = frozenset({"hd", "frontier"})
+COSTS_CACHE_KEY = "relay:flash-costs"
+# `CreditGrant.source` of the refunds the relay records in the payments outbox.
+REFUND_GRANT_SOURCE = "refund"
+# Seconds a stream's reservation and busy marker outlive its end: Flash writes a streamed
+# generation's charge back only after the stream has closed (pitfall 11).
+STREAM_SETTLE_SECONDS = 2.0
+
+
+def _setting(name: str, default: float) -> float:
+    return float(getattr(settings, name, default))
+
+
+def costs_cache_seconds() -> float:
+    return _setting("FLASH_COSTS_CACHE_SECONDS", 60.0)
+
+
+def generation_hold_seconds() -> int:
+    """TTL of reservations and busy markers: longer than any generation can run."""
+    longest = max(settings.UPSTREAM_GENERATE_TIMEOUT, settings.SSE_MAX_DURATION_SECONDS)
+    return int(longest) + 60
+
+
+# --- Flash's cost table
+
+
+async def flash_costs() -> dict[str, int]:
+    """Flash's `/credits/costs` table, cached for about a minute (it changes with deploys)."""
+    cached = cache.get(COSTS_CACHE_KEY)
+    if isinstance(cached, dict):
+        return cached
+    response = await flash.acall("GET", "/api/v1/credits/costs")
+    if response.status_code != 200:
+        raise flash.error_from_flash(response)
+    try:
+        costs = {str(k): int(v) for k, v in response.json()["costs"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UpstreamError("Flash returned an invalid cost table.") from exc
+    cache.set(COSTS_CACHE_KEY, costs, costs_cache_seconds())
+    return costs
+
+
+def preset_cost(costs: dict[str, int], preset: str) -> int:
+    """What Flash will charge: `costs["generate_" + preset]`, else its default of 5 (A4)."""
+    return int(costs.get(f"generate_{preset}", costs.get("generate_balanced", 5)))
+
+
+# --- Reservations and the busy marker
+
+
+def reservation_key(flash_user_id: str) -> str:
+    return f"relay:reserved:{flash_user_id}"
+
+
+def busy_key(flash_user_id: str) -> str:
+    """The cache key the grant worker waits on while a generation is in flight (pitfall 11)."""
+    from payments.services import flash_user_busy_key
+
+    return flash_user_busy_key(flash_user_id)
+
+
+def _counter_add(key: str, amount: int) -> int:
+    """Atomically add to a TTL'd counter and return the new value (raises if the cache is down)."""
+    ttl = generation_hold_seconds()
+    cache.add(key, 0, ttl)
+    try:
+        value = cache.incr(key, amount)
+    except ValueError:  # expired between add and incr
+        cache.add(key, 0, ttl)
+        value = cache.incr(key, amount)
+    if not isinstance(value, int):
+        raise ServiceUnavailable(
+            "Credit reservations are unavailable; nothing was charged.", code="reservation_failed"
+        )
+    cache.touch(key, ttl)  # a later reservation keeps the counter alive as long as itself
+    return value
+
+
+def _counter_sub(key: str, amount: int) -> None:
+    try:
+        value = cache.decr(key, amount)
+    except ValueError:  # expired: nothing left to give back
+        return
+    if isinstance(value, int) and value < 0:
+        cache.set(key, 0, generation_hold_seconds())
+
+
+def reservation_total(flash_user_id: str) -> int:
+    value = cache.get(reservation_key(flash_user_id))
+    return int(value) if isinstance(value, int) else 0
+
+
+def reserve(*, flash_user_id: str, cost: int, balance: int) -> None:
+    """Hold `cost` against `balance`; 402 if the credits are already held by other generations."""
+    total = _counter_add(reservation_key(flash_user_id), cost)
+    if total > balance:
+        _counter_sub(reservation_key(flash_user_id), cost)
+        available = max(0, balance - (total - cost))
+        raise InsufficientCredits(
+            f"This generation costs {cost} credits; {available} are available.",
+            extra={"balance": balance, "available": available, "cost": cost},
+        )
+    try:
+        _counter_add(busy_key(flash_user_id), 1)
+    except Exception:
+        _counter_sub(reservation_key(flash_user_id), cost)
+        raise
+
+
+def release(*, flash_user_id: str, cost: int) -> None:
+    """Give back a reservation and the busy mark (idempotence is the caller's: call once)."""
+    _counter_sub(reservation_key(flash_user_id), cost)
+    _counter_sub(busy_key(flash_user_id), 1)
+
+
+def release_later(*, flash_user_id: str, cost: int, delay: float) -> None:
+    """`release` after `delay` seconds on the running loop (the TTL covers a process exit)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        release(flash_user_id=flash_user_id, cost=cost)
+        return
+    loop.call_later(delay, lambda: release(flash_user_id=flash_user_id, cost=cost))
+
+
+# --- Generations
+
+
+@dataclass
+class Generation:
+    """A validated, priced generation request for one caller."""
+
+    caller: Caller
+    payload: dict[str, Any]
+    preset: str
+    cost: int
+    request_id: str
+    reserved: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def flash_user_id(self) -> str:
+        return str(self.caller.user.flash_user_id or "")
+
+
+async def generation_prepare(
+    *, caller: Caller, data: dict[str, Any], request_id: str, stream: bool
+) -> Generation:
+    """Validate and price a generation body; nothing is sent to Flash but the (cached) costs."""
+    from relay.serializers import GenerateInputSerializer
+
+    serializer = GenerateInputSerializer(data=data, context={"stream": stream})
+    serializer.is_valid(raise_exception=True)
+    payload = dict(serializer.validated_data)
+    preset = payload["preset"]
+    if preset in HD_PRESETS and not caller.user.has_hd_access:
+        raise Forbidden(
+            f"The {preset!r} preset needs a plan with HD access.", code="preset_not_allowed"
+        )
+    cost = preset_cost(await flash_costs(), preset)
+    return Generation(
+        caller=caller, payload=payload, preset=preset, cost=cost, request_id=request_id
+    )
+
+
+async def generation_admit(generation: Generation) -> None:
+    """Balance pre-check and reservation (402 before anything reaches Flash)."""
+    flash_user_id = generation.flash_user_id
+    if not flash_user_id:
+        # Never relay a generation without X-User-Id: Flash would run it as a free system call.
+        raise FlashUnavailable("Your credit account is not ready yet; retry shortly.")
+    response = await flash.acall("GET", "/api/v1/credits/balance", user_id=flash_user_id)
+    if response.status_code != 200:
+        raise flash.error_from_flash(response)
+    balance = int(response.json().get("balance", 0))
+    if balance < generation.cost:
+        raise InsufficientCredits(
+            f"This generation costs {generation.cost} credits; your balance is {balance}.",
+            extra={"balance": balance, "available": balance, "cost": generation.cost},
+        )
+    reserve(flash_user_id=flash_user_id, cost=generation.cost, balance=balance)
+    generation.reserved = True
+
+
+def generation_release(generation: Generation, *, delay: float = 0.0) -> None:
+    if not generation.reserved:
+        return
+    generation.reserved = False
+    if delay > 0:
+        release_later(flash_user_id=generation.flash_user_id, cost=generation.cost, delay=delay)
+    else:
+        release(flash_user_id=generation.flash_user_id, cost=generation.cost)
+
+
+async def generation_refund(generation: Generation, *, reason: str) -> None:
+    """Give back what Flash charged for a generation it reported as failed.
+
+    Flash's grant is not idempotent (pitfall 12), so the refund is an outbox row keyed by the
+    gateway request id (`refund:<request id>`) that the payments grant worker delivers exactly
+    once, after the user's busy marker has cleared."""
+    from asgiref.sync import sync_to_async
+
+    from payments.services import grant_create
+
+    await sync_to_async(grant_create, thread_sensitive=False)(
+        key=f"refund:{generation.request_id}",
+        user=generation.caller.user,
+        amount=generation.cost,
+        transaction_type="refund",
+        label=f"refund: {reason} ({generation.preset})",
+        source=REFUND_GRANT_SOURCE,
+        reason=reason,
+    )
+    logger.info(
+        {
+            "event": "generation_refund_recorded",
+            "request_id": generation.request_id,
+            "amount": generation.cost,
+            "reason": reason,
+        }
+    )
+
+
+def simulated_timepoint(generation: Generation) -> dict[str, Any]:
+    """What a `tp_test_` key gets instead of a generation: a completed-looking, clearly marked
+    TimepointResponse that never reached Flash and spent nothing."""
+    payload = generation.payload
+    return {
+        "id": str(uuid.uuid4()),
+        "query": payload["query"],
+        "slug": "test-mode-simulated",
+        "status": "completed",
+        "year": None,
+        "month": None,
+        "day": None,
+        "season": None,
+        "time_of_day": None,
+        "era": None,
+        "location": None,
+        "has_image": False,
+        "image_url": None,
+        "text_model_used": None,
+        "image_model_used": None,
+        "model_provider": None,
+        "model_permissiveness": None,
+        "created_at": None,
+        "error": None,
+        "is_deleted": False,
+        "sequence_id": None,
+        "render_type": "image",
+        "generation_version": 0,
+        "tags": [],
+        "visibility": payload.get("visibility") or "public",
+        "share_url": None,
+        "preset_used": generation.preset,
+        "generation_time_ms": 0,
+        "request_context": payload.get("request_context"),
+        "test_mode": True,
+    }
+
+
+def simulated_stream_events(generation: Generation) -> list[bytes]:
+    payload = generation.payload
+
+    def event(name: str, step: str | None, data: Any, progress: int) -> bytes:
+        body = {"event": name, "step": step, "data": data, "progress": progress, "error": None}
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+    start = {
+        "query": payload["query"],
+        "generate_image": payload["generate_image"],
+        "preset": generation.preset,
+        "test_mode": True,
+    }
+    done = {
+        "timepoint_id": None,
+        "slug": "test-mode-simulated",
+        "status": "completed",
+        "year": None,
+        "location": None,
+        "total_latency_ms": 0,
+        "has_image": False,
+        "saved": False,
+        "test_mode": True,
+    }
+    return [event("start", "initialization", start, 0), event("done", "complete", done, 100)]
+
+
+def outbound_generation_body(generation: Generation) -> dict[str, Any]:
+    """Only the validated fields, re-serialised: nothing else of the client's body is sent."""
+    return {key: value for key, value in generation.payload.items() if value is not None}
+
+
+def check_flash_user(caller: Caller) -> str:
+    flash_user_id = str(caller.user.flash_user_id or "")
+    if not flash_user_id:
+        raise FlashUnavailable("Your credit account is not ready yet; retry shortly.")
+    return flash_user_id
+
+
+def bad_json(body: bytes) -> dict[str, Any]:
+    """Parse a JSON object body or raise 400."""
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        raise BadRequest("The body is not valid JSON.", code="invalid_json")
+    if not isinstance(data, dict):
+        raise BadRequest("The body must be a JSON object.", code="invalid_request")
+    return data
+
+
+# --- One relayed call: its usage record, written exactly once
+
+
+@dataclass
+class RelayCall:
+    """The bookkeeping of one relayed request: who, which route, and what it cost."""
+
+    request_id: str
+    caller: Caller
+    endpoint: str
+    method: str
+    upstream: str
+    started: float
+    lease: Any = None
+    status: int = 0
+    credits_spent: int = 0
+    preset: str = ""
+    partial: bool = False
+    recorded: bool = False
+
+    def record(self) -> None:
+        if self.recorded:
+            return
+        self.recorded = True
+        from metering.services import record_usage
+
+        api_key = self.caller.api_key
+        record_usage(
+            request_id=self.request_id,
+            user_id=self.caller.user.pk,
+            api_key_id=api_key.pk if api_key is not None else None,
+            endpoint=self.endpoint,
+            method=self.method,
+            status=self.status,
+            credits_spent=self.credits_spent,
+            response_time_ms=(time.perf_counter() - self.started) * 1000,
+            preset=self.preset,
+            upstream=self.upstream,
+            partial=self.partial,
+        )
+
+    async def finish(self) -> None:
+        """Release the rate-limit lease and write the usage record (both idempotent)."""
+        if self.lease is not None:
+            await self.lease.release()
+        self.record()
+
+
+# --- Generations: the sync call
+
+
+async def generation_run_sync(generation: Generation, call: RelayCall) -> dict[str, Any]:
+    """POST /generate/sync for the caller. A `status: "failed"` answer is charged by Flash and
+    not refunded (pitfall 9), so the gateway records a refund for it."""
+    try:
+        response = await flash.acall(
+            "POST",
+            "/api/v1/timepoints/generate/sync",
+            user_id=generation.flash_user_id,
+            json=outbound_generation_body(generation),
+            extra_headers={"X-Request-ID": generation.request_id},
+            read_timeout=settings.UPSTREAM_GENERATE_TIMEOUT,
+        )
+        if response.status_code != 200:
+            # Flash refunds its own 500/504 (and never charged a 4xx).
+            raise flash.error_from_flash(response)
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise UpstreamError("Flash returned an invalid answer.") from exc
+        if not isinstance(body, dict):
+            raise UpstreamError("Flash returned an invalid answer.")
+        if body.get("status") == "failed":
+            await generation_refund(generation, reason="generation failed")
+        else:
+            call.credits_spent = generation.cost
+        return timepoint_public(body)
+    finally:
+        generation_release(generation)
+
+
+def timepoint_public(body: dict[str, Any]) -> dict[str, Any]:
+    """A TimepointResponse without Flash's server file-system fields (pitfall 14)."""
+    return {k: v for k, v in body.items() if not k.startswith("blob_")}
+
+
+# --- Generations: the stream
+
+
+def _sse_event(name: str, error: str) -> bytes:
+    body = {"event": name, "step": None, "data": None, "progress": 0, "error": error}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def _event_outcome(block: bytes) -> str | None:
+    """`completed`/`failed`/`error` for a terminal Flash event, None otherwise."""
+    data = b"".join(line[5:].lstrip() for line in block.split(b"\n") if line.startswith(b"data:"))
+    if not data:
+        return None
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(event, dict):
+        return None
+    name = event.get("event")
+    if name == "error":
+        return "error"
+    if name == "done":
+        payload = event.get("data")
+        status = payload.get("status") if isinstance(payload, dict) else None
+        return "failed" if status == "failed" else "completed"
+    return None
+
+
+async def generation_open_stream(generation: Generation) -> httpx.Response:
+    """Open Flash's SSE stream; errors before the first byte come back as our JSON errors."""
+    response = await flash.acall(
+        "POST",
+        "/api/v1/timepoints/generate/stream",
+        user_id=generation.flash_user_id,
+        json=outbound_generation_body(generation),
+        extra_headers={
+            "Accept": "text/event-stream",
+            "Accept-Encoding": "identity",
+            "X-Request-ID": generation.request_id,
+        },
+        read_timeout=settings.UPSTREAM_GENERATE_TIMEOUT,
+        stream=True,
+    )
+    if response.status_code != 200:
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        raise flash.error_from_flash(response)
+    return response
+
+
+async def generation_stream(
+    generation: Generation, upstream: httpx.Response, call: RelayCall
+) -> AsyncIterator[bytes]:
+    """Flash's events, passed on one by one as they complete, with a heartbeat comment while
+    Flash is silent and a hard maximum duration.
+
+    Whatever ends it (done, an upstream cut, the duration limit, or the client going away, which
+    cancels this generator on ASGI) the `finally` closes the upstream at once, settles credits and
+    writes one usage record (partial unless Flash's final event arrived).
+
+    Charging (pitfalls 6, 9, 11): Flash charges the stream itself (the gateway never sends
+    `X-Gateway-Metered`). When the stream ends in `done` with `status: "failed"`, in an `error`
+    event (Flash's own refund is overwritten by its late charge write-back), cut short by Flash,
+    or stopped by the gateway's limit, the gateway records a refund. A client that goes away is
+    charged: Flash skips its refund then and the generation ran on the client's request.
+    """
+    loop = asyncio.get_running_loop()
+    heartbeat = settings.SSE_HEARTBEAT_SECONDS
+    deadline = loop.time() + settings.SSE_MAX_DURATION_SECONDS
+    lease = call.lease
+    renew_every = max(1.0, float(getattr(lease, "lease_seconds", 60.0)) / 3)
+    last_renew = loop.time()
+    chunks = upstream.aiter_raw()
+    pending: asyncio.Future[bytes] | None = None
+    buffer = b""
+    outcome: str | None = None
+    ended = "client"  # until the loop says otherwise, an exit is the client going away
+    try:
+        while True:
+            now = loop.time()
+            if now >= deadline:
+                ended = "max_duration"
+                yield _sse_event("error", "The stream exceeded the gateway's maximum duration.")
+                break
+            if lease is not None and now - last_renew >= renew_every:
+                last_renew = now
+                await lease.renew()
+            if pending is None:
+                pending = asyncio.ensure_future(chunks.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=min(heartbeat, deadline - now))
+            if not done:
+                if loop.time() < deadline:
+                    yield b": keep-alive\n\n"
+                continue
+            finished, pending = pending, None
+            try:
+                chunk = finished.result()
+            except StopAsyncIteration:
+                ended = "upstream_closed"
+                break
+            except httpx.HTTPError:
+                ended = "upstream_failed"
+                if outcome is None:
+                    yield _sse_event("error", "Flash stopped answering.")
+                break
+            buffer += chunk.replace(b"\r\n", b"\n")
+            while b"\n\n" in buffer:
+                block, buffer = buffer.split(b"\n\n", 1)
+                if not block.strip():
+                    continue
+                outcome = _event_outcome(block) or outcome
+                yield block + b"\n\n"
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with suppress(BaseException):
+                await pending
+        await upstream.aclose()
+        await _stream_settle(generation, call, outcome=outcome, ended=ended)
+
+
+async def _stream_settle(
+    generation: Generation, call: RelayCall, *, outcome: str | None, ended: str
+) -> None:
+    call.status = 200
+    call.partial = outcome is None
+    try:
+        if outcome == "completed" or (outcome is None and ended == "client"):
+            call.credits_spent = generation.cost
+        else:
+            reason = {
+                "failed": "generation failed",
+                "error": "generation failed",
+                None: "stream ended early" if ended != "max_duration" else "stream too long",
+            }[outcome]
+            await generation_refund(generation, reason=reason)
+    except Exception:
+        logger.exception("refund not recorded", extra={"request_id": generation.request_id})
+    finally:
+        # Flash writes a stream's charge back after the stream closed (pitfall 11): hold the
+        # reservation and the busy marker a moment longer.
+        generation_release(generation, delay=STREAM_SETTLE_SECONDS)
+        await call.finish()
+
+
+async def simulated_stream(generation: Generation, call: RelayCall) -> AsyncIterator[bytes]:
+    try:
+        for event in simulated_stream_events(generation):
+            yield event
+    finally:
+        call.status = 200
+        await call.finish()

@@ -1,3 +1,37 @@
-from django.urls import URLPattern
+"""The relay's allow-list: only these routes reach an upstream (included under /api/v1/).
 
-urlpatterns: list[URLPattern] = []
+Path parameters use the `path` converter so that a parameter holding an encoded or literal `/`
+still reaches the view, which answers 400 `invalid_path` (rather than the resolver's 404).
+"""
+
+from django.urls import path
+
+from relay import api
+
+urlpatterns = [
+    path("credits/balance", api.credits_balance, name="relay-credits-balance"),
+    path("credits/history", api.credits_history, name="relay-credits-history"),
+    path("credits/costs", api.credits_costs, name="relay-credits-costs"),
+    path("generate", api.generate, name="relay-generate"),
+    path("generate/stream", api.generate_stream, name="relay-generate-stream"),
+    path(
+        "timepoints/<path:id>/visibility",
+        api.timepoint_visibility,
+        name="relay-timepoint-visibility",
+    ),
+    path("timepoints/<path:id>", api.timepoint_detail, name="relay-timepoint-detail"),
+    path("moments", api.moment_list, name="relay-moment-list"),
+    path("moments/<path:path>", api.moment_detail, name="relay-moment-detail"),
+    path("browse", api.browse_root, name="relay-browse"),
+    path("browse/<path:path>", api.browse_path, name="relay-browse-path"),
+    path("today", api.today, name="relay-today"),
+    path("random", api.random_moment, name="relay-random"),
+    path("search", api.search, name="relay-search"),
+    path("graph/neighbors/<path:path>", api.neighbors, name="relay-neighbors"),
+    path("stats", api.stats, name="relay-stats"),
+    path(
+        "staff/credits/reconcile/<int:user_id>",
+        api.CreditsReconcileApi.as_view(),
+        name="relay-credits-reconcile",
+    ),
+]

@@ -1,0 +1,293 @@
+"""OpenAPI for the relay's plain async views.
+
+drf-spectacular only documents DRF views: it keeps a URL pattern whose callback has a `cls` that is
+an `APIView` subclass. `document(name)` gives each relay view a schema-only `APIView` (never
+instantiated for a request) carrying the `extend_schema` of that route, so every relay route is
+in `/api/schema` at its real URL with its upstream's response shape and its error responses, and
+no setting or hook is needed. The view itself stays a plain async function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.views import APIView
+
+from relay import serializers as s
+from timepoint_billing.openapi import error_responses
+
+COMMON_ERRORS = (401, 429)
+FLASH_ERRORS = (*COMMON_ERRORS, 502, 503, 504)
+CLOCKCHAIN_ERRORS = (*COMMON_ERRORS, 502, 503, 504)
+TAG_CREDITS = "Credits"
+TAG_GENERATION = "Generation"
+TAG_TIMEPOINTS = "Timepoints"
+TAG_CLOCKCHAIN = "Clockchain"
+
+TEST_MODE = (
+    "A `tp_test_` key never reaches Flash here and spends nothing: the answer is a simulated, "
+    "clearly marked one (`test_mode: true` in the body, `X-Test-Mode: simulated` header), after "
+    "the same validation, preset and HD checks as a live key."
+)
+CHARGING = (
+    "Priced from Flash's cost table (`GET /credits/costs`, `generate_<preset>`; presets Flash "
+    "does not price cost 5). Before Flash is called the cost is reserved against your balance, "
+    "so parallel generations cannot overspend: without enough unreserved credits → 402 "
+    "`insufficient_credits` with `balance`, `available` and `cost`."
+)
+
+
+def _path(name: str, description: str) -> OpenApiParameter:
+    return OpenApiParameter(name, OpenApiTypes.STR, OpenApiParameter.PATH, description=description)
+
+
+def _query(name: str, kind: Any, description: str, required: bool = False) -> OpenApiParameter:
+    return OpenApiParameter(
+        name, kind, OpenApiParameter.QUERY, required=required, description=description
+    )
+
+
+MOMENT_PATH = _path(
+    "path",
+    "A Clockchain moment id without its leading slash, e.g. "
+    "`-44/march/15/1030/italy/lazio/rome/assassination-of-julius-caesar`. Segments are "
+    "lower-case `[a-z0-9_-]`; percent-encoding, `.`/`..`, empty segments, `\\`, `;` → 400 "
+    "`invalid_path`.",
+)
+TIMEPOINT_ID = _path("id", "A Flash timepoint id (UUID).")
+
+ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
+    "credits_balance": (
+        "GET",
+        {
+            "tags": [TAG_CREDITS],
+            "summary": "Your credit balance (from Flash)",
+            "responses": {200: s.BalanceSerializer, **error_responses(*FLASH_ERRORS)},
+        },
+    ),
+    "credits_history": (
+        "GET",
+        {
+            "tags": [TAG_CREDITS],
+            "summary": "Your credit ledger, newest first (from Flash)",
+            "parameters": [
+                _query("limit", int, "1-100, default 20"),
+                _query("offset", int, "≥ 0, default 0"),
+            ],
+            "responses": {
+                200: s.HistoryItemSerializer(many=True),
+                **error_responses(400, *FLASH_ERRORS),
+            },
+        },
+    ),
+    "credits_costs": (
+        "GET",
+        {
+            "tags": [TAG_CREDITS],
+            "summary": "Credit cost of each operation (Flash's table, cached for a minute)",
+            "responses": {200: s.CostsSerializer, **error_responses(*FLASH_ERRORS)},
+        },
+    ),
+    "generate": (
+        "POST",
+        {
+            "tags": [TAG_GENERATION],
+            "summary": "Generate a timepoint and wait for it (Flash generate/sync, ≤ 300 s)",
+            "description": (
+                f'{CHARGING} A run that Flash reports as `status: "failed"` is refunded by the '
+                "gateway (a `refund` grant in Flash's ledger, delivered by the grant worker). "
+                f"{TEST_MODE}"
+            ),
+            "request": s.GenerateInputSerializer,
+            "responses": {
+                200: s.TimepointSerializer,
+                **error_responses(400, 402, 403, 404, *FLASH_ERRORS),
+            },
+        },
+    ),
+    "generate_stream": (
+        "POST",
+        {
+            "tags": [TAG_GENERATION],
+            "summary": "Generate a timepoint as a Server-Sent Events stream (Flash stream)",
+            "description": (
+                "Flash's events are passed on one by one, each `data: <json>` + a blank line, with "
+                "`{event, step, data, progress, error}`: `start`, then `step_complete` / "
+                "`step_error`, then `done` (or `error`). A `: keep-alive` comment is sent while "
+                "Flash is silent; the stream is cut after the gateway's maximum duration. Errors "
+                "before the first event are JSON. **Streamed timepoints are public and have no "
+                "owner** (Flash ignores `visibility` here, so `private` is refused): use "
+                f"`POST /generate` for private or owned timepoints. {CHARGING} Flash charges the "
+                'stream; a stream that ends in `done` with `status: "failed"`, in an `error` '
+                "event, or cut short by Flash or the gateway is refunded. Closing the connection "
+                f"early is charged. {TEST_MODE}"
+            ),
+            "request": s.GenerateInputSerializer,
+            "responses": {
+                (200, "text/event-stream"): OpenApiResponse(
+                    response=OpenApiTypes.STR, description="Server-Sent Events"
+                ),
+                **error_responses(400, 402, 403, 404, *FLASH_ERRORS),
+            },
+        },
+    ),
+    "timepoint_detail": (
+        "GET",
+        {
+            "tags": [TAG_TIMEPOINTS],
+            "summary": "One timepoint: yours, or a public one",
+            "parameters": [
+                TIMEPOINT_ID,
+                _query("full", bool, "Include scene, characters, dialog…"),
+                _query("include_image", bool, "Include `image_base64`"),
+            ],
+            "responses": {
+                200: s.TimepointSerializer,
+                **error_responses(400, 403, 404, *FLASH_ERRORS),
+            },
+        },
+    ),
+    "timepoint_visibility": (
+        "PATCH",
+        {
+            "tags": [TAG_TIMEPOINTS],
+            "summary": "Publish or unpublish your timepoint (owner only)",
+            "parameters": [TIMEPOINT_ID],
+            "request": s.VisibilityInputSerializer,
+            "responses": {
+                200: s.TimepointSerializer,
+                **error_responses(400, 403, 404, *FLASH_ERRORS),
+            },
+        },
+    ),
+    "moment_list": (
+        "GET",
+        {
+            "tags": [TAG_CLOCKCHAIN],
+            "summary": "Public moments",
+            "parameters": [
+                _query("limit", int, "1-100, default 20"),
+                _query("offset", int, "≥ 0"),
+                _query("year_from", int, "Earliest year"),
+                _query("year_to", int, "Latest year"),
+                _query("entity", str, "Substring of the name"),
+                _query("q", str, "Substring of the name or one-liner"),
+                _query("min_confidence", float, "0-1"),
+                _query("sort", str, "`year` (default) or `newest`"),
+                _query("status", str, "proposed, challenged, verified or alternative"),
+            ],
+            "responses": {200: s.MomentListSerializer, **error_responses(400, *CLOCKCHAIN_ERRORS)},
+        },
+    ),
+    "moment_detail": (
+        "GET",
+        {
+            "tags": [TAG_CLOCKCHAIN],
+            "summary": "One moment: public, or private and created by you",
+            "description": "Edges are limited to public moments; actor ids are not shown.",
+            "parameters": [MOMENT_PATH],
+            "responses": {
+                200: s.MomentSerializer,
+                **error_responses(400, 404, *CLOCKCHAIN_ERRORS),
+            },
+        },
+    ),
+    "browse_root": (
+        "GET",
+        {
+            "tags": [TAG_CLOCKCHAIN],
+            "summary": "Top-level segments with their count of public moments",
+            "responses": {200: s.BrowseSerializer, **error_responses(*CLOCKCHAIN_ERRORS)},
+        },
+    ),
+    "browse_path": (
+        "GET",
+        {
+            "tags": [TAG_CLOCKCHAIN],
+            "summary": "Next segments under a prefix with their count of public moments",
+            "parameters": [MOMENT_PATH],
+            "responses": {200: s.BrowseSerializer, **error_responses(400, *CLOCKCHAIN_ERRORS)},
+        },
+    ),
+    "today": (
+        "GET",
+        {
+            "tags": [TAG_CLOCKCHAIN],
+            "summary": "Public moments on today's month and day (UTC)",
+            "responses": {200: s.TodaySerializer, **error_responses(*CLOCKCHAIN_ERRORS)},
+        },
+    ),
+    "random": (
+        "GET",
+        {
+            "tags": [TAG_CLOCKCHAIN],
+            "summary": "A random public moment",
+            "responses": {200: s.SummarySerializer, **error_responses(404, *CLOCKCHAIN_ERRORS)},
+        },
+    ),
+    "search": (
+        "GET",
+        {
+            "tags": [TAG_CLOCKCHAIN],
+            "summary": "Search public moments (at most 20)",
+            "parameters": [_query("q", str, "Search text (`%` and `_` are wildcards)", True)],
+            "responses": {
+                200: s.SearchItemSerializer(many=True),
+                **error_responses(400, *CLOCKCHAIN_ERRORS),
+            },
+        },
+    ),
+    "neighbors": (
+        "GET",
+        {
+            "tags": [TAG_CLOCKCHAIN],
+            "summary": "Public moments linked to a moment (both directions)",
+            "parameters": [MOMENT_PATH],
+            "responses": {
+                200: s.NeighborSerializer(many=True),
+                **error_responses(400, 404, *CLOCKCHAIN_ERRORS),
+            },
+        },
+    ),
+    "stats": (
+        "GET",
+        {
+            "tags": [TAG_CLOCKCHAIN],
+            "summary": "Figures about the public graph",
+            "description": "Counted over public moments only.",
+            "responses": {200: s.StatsSerializer, **error_responses(*CLOCKCHAIN_ERRORS)},
+        },
+    ),
+}
+
+
+def _schema_view(name: str) -> type[APIView]:
+    method, schema = ROUTES[name]
+
+    def handler(self: APIView, request: Any, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("schema only")  # pragma: no cover
+
+    handler.__doc__ = schema.get("summary", "")
+    attrs = {method.lower(): extend_schema(operation_id=f"relay_{name}", **schema)(handler)}
+    return type(f"Relay{name.title().replace('_', '')}Schema", (APIView,), attrs)
+
+
+def document(name: str) -> Callable[[Any], Any]:
+    """Attach route `name`'s schema to a plain view (see the module docstring)."""
+
+    def decorator(view: Any) -> Any:
+        view.cls = _schema_view(name)
+        view.initkwargs = {}
+        return view
+
+    return decorator
+
+
+RECONCILE_SCHEMA = extend_schema(
+    tags=["Staff"],
+    summary="Metered credits next to Flash's credit ledger for one user (staff only)",
+    responses={200: s.ReconcileSerializer, **error_responses(401, 403, 404, 502, 503)},
+)

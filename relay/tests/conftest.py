@@ -1,0 +1,66 @@
+"""Fixtures for the relay tests: the real ASGI gateway on a loopback port, in front of the
+Flash and Clockchain contract peers (also on loopback)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+
+@pytest.fixture(scope="session")
+def _gateway_server() -> Iterator[Any]:
+    from devpeers.server import start_peer
+    from timepoint_billing.asgi import application
+
+    running = start_peer(application)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(autouse=True)
+def _relay_settings(settings: Any) -> Iterator[None]:
+    """Limits high enough not to interfere; usage flushed by the tests themselves."""
+    from apikeys.limits import reset_breaker
+    from metering import services as metering
+
+    settings.USER_RATE_LIMIT_PER_MINUTE = 10_000
+    settings.USER_RATE_LIMIT_PER_DAY = 100_000
+    settings.USER_CONCURRENCY_LIMIT = 50
+    settings.METERING_BACKGROUND_FLUSH = False
+    settings.GRANTS_DELIVER_IMMEDIATELY = False
+    settings.UPSTREAM_POOL_TIMEOUT = 5.0
+    metering.usage_buffer_discard()
+    reset_breaker()
+    yield
+    metering.usage_buffer_discard()
+
+
+@pytest.fixture
+def gateway(
+    _gateway_server: Any, transactional_db: Any, flash_peer: Any, clockchain_peer: Any
+) -> Iterator[httpx.Client]:
+    """An HTTP client to the running gateway (the server thread sees committed rows only)."""
+    with httpx.Client(base_url=_gateway_server.url, timeout=10, trust_env=False) as client:
+        yield client
+
+
+@pytest.fixture
+def auth(session_token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {session_token}"}
+
+
+@pytest.fixture
+def usage() -> Any:
+    """Flush and return the usage records written so far, oldest first."""
+
+    def rows() -> list[Any]:
+        from metering.models import UsageRecord
+        from metering.services import flush_usage
+
+        flush_usage()
+        return list(UsageRecord.objects.order_by("id"))
+
+    return rows
