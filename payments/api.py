@@ -1,1 +1,144 @@
-"""Payments api."""
+"""Billing API: catalogue, checkout, portal, history, Stripe and Apple webhooks, Apple receipts."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import User
+from payments import selectors, serializers, services
+from timepoint_billing.openapi import error_responses
+
+TAGS = ["billing"]
+
+
+def _user(request: Request) -> User:
+    # Every authenticated route: GatewayAuthentication puts our User here.
+    return cast(User, request.user)
+
+
+class PlanListApi(APIView):
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        tags=TAGS,
+        summary="Plans and credit packs with prices, credits and HD access (public)",
+        responses={200: serializers.CatalogueSerializer},
+    )
+    def get(self, request: Request) -> Response:
+        data = {"plans": selectors.plan_list(), "packs": selectors.pack_list()}
+        return Response(serializers.CatalogueSerializer(data).data)
+
+
+class CheckoutCreateApi(APIView):
+    @extend_schema(
+        tags=TAGS,
+        summary="Start a Stripe Checkout for a credit pack or a plan",
+        request=serializers.CheckoutInputSerializer,
+        responses={
+            200: serializers.CheckoutOutputSerializer,
+            **error_responses(400, 401, 409, 502, 503),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        payload = serializers.CheckoutInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        result = services.checkout_create(
+            user=_user(request),
+            package=payload.validated_data.get("package", ""),
+            plan=payload.validated_data.get("plan", ""),
+        )
+        return Response(serializers.CheckoutOutputSerializer(result).data)
+
+
+class BillingPortalCreateApi(APIView):
+    @extend_schema(
+        tags=TAGS,
+        summary="A Stripe billing-portal link to change or cancel a plan",
+        request=None,
+        responses={200: serializers.PortalOutputSerializer, **error_responses(401, 404, 502)},
+    )
+    def post(self, request: Request) -> Response:
+        url = services.billing_portal_create(user=_user(request))
+        return Response({"portal_url": url})
+
+
+class BillingHistoryApi(APIView):
+    @extend_schema(
+        tags=TAGS,
+        summary="The caller's payments, subscriptions and credit grants with their states",
+        responses={200: serializers.HistorySerializer, **error_responses(401)},
+    )
+    def get(self, request: Request) -> Response:
+        data = {
+            "payments": selectors.payment_list_for_user(user=_user(request)),
+            "subscriptions": selectors.subscription_list_for_user(user=_user(request)),
+            "grants": selectors.grant_list_for_user(user=_user(request)),
+        }
+        return Response(serializers.HistorySerializer(data).data)
+
+
+class StripeWebhookApi(APIView):
+    """Stripe calls this; it is authenticated by the `Stripe-Signature` over the raw body."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+    parser_classes = []
+
+    @extend_schema(
+        tags=TAGS,
+        summary="Stripe webhook (signed by Stripe)",
+        request={"application/json": OpenApiResponse(description="A Stripe event")},
+        responses={200: serializers.ReceivedSerializer, **error_responses(400)},
+    )
+    def post(self, request: Request) -> Response:
+        _, created = services.stripe_webhook_receive(
+            payload=request.body, signature_header=request.headers.get("Stripe-Signature", "")
+        )
+        return Response({"received": True, "duplicate": not created})
+
+
+class AppleReceiptVerifyApi(APIView):
+    @extend_schema(
+        tags=TAGS,
+        summary="Verify an App Store signed transaction and grant its credits once",
+        request=serializers.VerifyReceiptInputSerializer,
+        responses={
+            200: serializers.VerifyReceiptOutputSerializer,
+            **error_responses(400, 401, 409, 503),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        payload = serializers.VerifyReceiptInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        grant = services.apple_transaction_verify(
+            user=_user(request), signed_transaction=payload.validated_data["signed_transaction"]
+        )
+        return Response(serializers.VerifyReceiptOutputSerializer(grant).data)
+
+
+class AppleWebhookApi(APIView):
+    """App Store Server Notifications v2; authenticated by Apple's signature on the payload."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        tags=TAGS,
+        summary="App Store Server Notifications v2 (signed by Apple)",
+        request=serializers.AppleNotificationInputSerializer,
+        responses={200: serializers.ReceivedSerializer, **error_responses(400, 503)},
+    )
+    def post(self, request: Request) -> Response:
+        payload = serializers.AppleNotificationInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        created = services.apple_notification_receive(
+            signed_payload=payload.validated_data["signedPayload"]
+        )
+        return Response({"received": True, "duplicate": not created})

@@ -1,1 +1,183 @@
-"""Payments models."""
+"""Payments: the credit-grant outbox, the Stripe webhook inbox, payments and Apple notifications.
+
+dj-stripe mirrors Stripe's own objects (customers, subscriptions, invoices, events); these tables
+hold what the gateway itself must remember to grant credits exactly once.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class GrantState(models.TextChoices):
+    PENDING = "pending", "Pending"  # committed, not yet sent
+    SENDING = "sending", "Sending"  # claimed by one worker
+    SENT = "sent", "Sent"  # Flash applied it (answered, or found in its ledger)
+    FAILED = "failed", "Failed"  # the last attempt failed; retried at next_attempt_at
+    NEEDS_ATTENTION = "needs_attention", "Needs attention"  # no automatic retry; staff decide
+
+
+class GrantSource(models.TextChoices):
+    STRIPE = "stripe", "Stripe"
+    APPLE = "apple", "Apple"
+    MANUAL = "manual", "Manual"
+
+
+class CreditGrant(models.Model):
+    """One credit grant into Flash, committed before Flash is called (an outbox row).
+
+    `key` is the idempotency key (`stripe:<invoice or payment>`, `apple:<transactionId>`,
+    `manual:<uuid>`); it is also written into the Flash ledger description, which is how a send
+    whose answer was lost is reconciled instead of resent.
+    """
+
+    key = models.CharField(max_length=255, unique=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="credit_grants"
+    )
+    flash_user_id = models.CharField(max_length=64)
+    amount = models.PositiveIntegerField()
+    transaction_type = models.CharField(max_length=32)
+    description = models.CharField(max_length=255)
+    source = models.CharField(max_length=16, choices=GrantSource.choices)
+    state = models.CharField(
+        max_length=16, choices=GrantState.choices, default=GrantState.PENDING, db_index=True
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    # The last send may have reached Flash without us learning the result: reconcile first.
+    outcome_unknown = models.BooleanField(default=False)
+    last_error = models.TextField(blank=True, default="")
+    sent_at = models.DateTimeField(null=True, blank=True)
+    flash_balance_after = models.IntegerField(null=True, blank=True)
+    stripe_event_id = models.CharField(max_length=255, blank=True, default="")
+    reason = models.TextField(blank=True, default="")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["state", "next_attempt_at"])]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(amount__gt=0), name="grant_amount_positive")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.amount} cr, {self.state})"
+
+    @property
+    def ledger_marker(self) -> str:
+        """The text that identifies this grant in Flash's ledger descriptions."""
+        return f"[grant:{self.key}]"
+
+
+class EventState(models.TextChoices):
+    RECEIVED = "received", "Received"  # stored; mirror/plan work not done yet
+    PROCESSED = "processed", "Processed"
+    NEEDS_ATTENTION = "needs_attention", "Needs attention"
+
+
+class StripeWebhookEvent(models.Model):
+    """The verified body of one Stripe event, stored once (the inbox).
+
+    Stored in the same transaction as the grants it implies; the dj-stripe mirror and plan changes
+    run afterwards and are retried from this row, so a Stripe API outage never loses an event.
+    """
+
+    stripe_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=128, db_index=True)
+    livemode = models.BooleanField(default=False)
+    payload = models.JSONField()
+    state = models.CharField(
+        max_length=16, choices=EventState.choices, default=EventState.RECEIVED, db_index=True
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_error = models.TextField(blank=True, default="")
+    received_at = models.DateTimeField(default=timezone.now)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.stripe_id}"
+
+
+class PaymentProvider(models.TextChoices):
+    STRIPE = "stripe", "Stripe"
+    APPLE = "apple", "Apple"
+
+
+class Payment(models.Model):
+    """A confirmed payment, with refunds and disputes recorded for staff (never auto-clawed)."""
+
+    provider = models.CharField(max_length=16, choices=PaymentProvider.choices)
+    reference = models.CharField(max_length=255, unique=True)  # same value as the grant key
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="payments",
+    )
+    product = models.CharField(max_length=128, blank=True, default="")
+    amount_cents = models.IntegerField(default=0)
+    currency = models.CharField(max_length=8, blank=True, default="")
+    stripe_payment_intent = models.CharField(max_length=255, blank=True, default="", db_index=True)
+    stripe_invoice = models.CharField(max_length=255, blank=True, default="", db_index=True)
+    stripe_charge = models.CharField(max_length=255, blank=True, default="", db_index=True)
+    grant = models.ForeignKey(
+        CreditGrant, on_delete=models.SET_NULL, null=True, blank=True, related_name="payments"
+    )
+    # Stripe reports the cumulative refunded amount; we keep the largest seen (events may reorder).
+    amount_refunded_cents = models.IntegerField(default=0)
+    refunded_at = models.DateTimeField(null=True, blank=True)
+    disputed = models.BooleanField(default=False)
+    dispute_reason = models.CharField(max_length=128, blank=True, default="")
+    needs_review = models.BooleanField(default=False, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.reference
+
+    @property
+    def status(self) -> str:
+        if self.disputed:
+            return "disputed"
+        if self.amount_refunded_cents and self.amount_refunded_cents >= self.amount_cents:
+            return "refunded"
+        if self.amount_refunded_cents:
+            return "partially_refunded"
+        return "paid"
+
+
+class AppleNotification(models.Model):
+    """One App Store Server Notification v2, stored once by its notificationUUID."""
+
+    notification_uuid = models.CharField(max_length=64, unique=True)
+    type = models.CharField(max_length=64)
+    subtype = models.CharField(max_length=64, blank=True, default="")
+    transaction_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    payload = models.JSONField(default=dict)
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.notification_uuid}"

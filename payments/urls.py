@@ -1,3 +1,13 @@
-from django.urls import URLPattern
+from django.urls import path
 
-urlpatterns: list[URLPattern] = []
+from payments import api
+
+urlpatterns = [
+    path("billing/plans", api.PlanListApi.as_view(), name="billing-plans"),
+    path("billing/checkout", api.CheckoutCreateApi.as_view(), name="billing-checkout"),
+    path("billing/portal", api.BillingPortalCreateApi.as_view(), name="billing-portal"),
+    path("billing/history", api.BillingHistoryApi.as_view(), name="billing-history"),
+    path("billing/verify-receipt", api.AppleReceiptVerifyApi.as_view(), name="billing-apple"),
+    path("billing/webhooks/stripe", api.StripeWebhookApi.as_view(), name="webhook-stripe"),
+    path("billing/webhooks/apple", api.AppleWebhookApi.as_view(), name="webhook-apple"),
+]

@@ -1,0 +1,54 @@
+"""The credit-grant worker: `python manage.py run_grants` (a second process in production).
+
+Delivers due grants to Flash and retries stored Stripe events whose mirror/plan work failed.
+Several may run at once: every grant and event is claimed by exactly one of them."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import close_old_connections
+
+from payments.services import grants_deliver_due, stripe_events_process_due
+
+
+class Command(BaseCommand):
+    help = "Deliver pending credit grants to Flash (exactly once) and retry stored Stripe events."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--once", action="store_true", help="one pass, then exit")
+        parser.add_argument(
+            "--sleep",
+            type=float,
+            default=None,
+            help="seconds between passes (default GRANT_WORKER_SLEEP_SECONDS)",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        stopping = False
+
+        def stop(signum: int, frame: Any) -> None:
+            nonlocal stopping
+            stopping = True
+
+        if not options["once"]:
+            signal.signal(signal.SIGTERM, stop)
+            signal.signal(signal.SIGINT, stop)
+        pause = (
+            options["sleep"]
+            if options["sleep"] is not None
+            else settings.GRANT_WORKER_SLEEP_SECONDS
+        )
+        while True:
+            close_old_connections()
+            grants = grants_deliver_due()
+            events = stripe_events_process_due()
+            if grants or events or options["verbosity"] > 1:
+                self.stdout.write(f"grants claimed: {grants}, events processed: {events}")
+            if options["once"] or stopping:
+                return
+            time.sleep(pause)

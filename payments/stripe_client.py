@@ -1,0 +1,121 @@
+"""Stripe: the only module that configures the Stripe SDK and calls Stripe (directly or through
+dj-stripe). Transport and API failures become our typed errors here, once.
+
+`STRIPE_API_BASE` points the SDK at a Stripe-compatible server (tests); production refuses it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import stripe
+from django.conf import settings
+
+from timepoint_billing.errors import UpstreamError, UpstreamUnavailable
+
+STRIPE_TIMEOUT_SECONDS = 10.0
+_configured: tuple[str, str] | None = None
+
+
+def configure() -> None:
+    """Point the process-wide SDK (which dj-stripe uses too) at the configured key and base."""
+    global _configured
+    wanted = (settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE)
+    if _configured == wanted:
+        return
+    stripe.api_key = settings.STRIPE_SECRET_KEY or None
+    stripe.api_base = settings.STRIPE_API_BASE or stripe.DEFAULT_API_BASE
+    stripe.enable_telemetry = False
+    # The SDK retries connection errors itself with idempotency keys on POSTs.
+    stripe.max_network_retries = 0 if settings.STRIPE_API_BASE else 2
+    stripe.default_http_client = stripe.RequestsClient(timeout=STRIPE_TIMEOUT_SECONDS)
+    _configured = wanted
+
+
+def _map_error(exc: stripe.StripeError) -> Exception:
+    if isinstance(exc, stripe.APIConnectionError):
+        return UpstreamUnavailable("Stripe could not be reached.", code="stripe_unavailable")
+    return UpstreamError("Stripe rejected the request.", code="stripe_error")
+
+
+def customer_for_user(user: Any) -> str:
+    """The user's Stripe customer id, created once through dj-stripe (linked as its subscriber)."""
+    from djstripe.models import Customer
+
+    configure()
+    try:
+        customer, _ = Customer.get_or_create(subscriber=user, metadata={"user_id": str(user.pk)})
+    except stripe.StripeError as exc:
+        raise _map_error(exc) from exc
+    return str(customer.id)
+
+
+def checkout_session_create(
+    *, customer_id: str, mode: str, price_id: str, metadata: dict[str, str], client_reference: str
+) -> dict[str, str]:
+    configure()
+    params: dict[str, Any] = {
+        "mode": mode,
+        "customer": customer_id,
+        "client_reference_id": client_reference,
+        "line_items": [{"price": price_id, "quantity": 1}],
+        "success_url": settings.CHECKOUT_SUCCESS_URL,
+        "cancel_url": settings.CHECKOUT_CANCEL_URL,
+        "metadata": metadata,
+    }
+    if mode == "subscription":
+        # Carried onto every invoice of the subscription (subscription_details.metadata).
+        params["subscription_data"] = {"metadata": metadata}
+    else:
+        params["payment_intent_data"] = {"metadata": metadata}
+    try:
+        session = stripe.checkout.Session.create(**params)
+    except stripe.StripeError as exc:
+        raise _map_error(exc) from exc
+    return {"checkout_url": str(session["url"]), "session_id": str(session["id"])}
+
+
+def billing_portal_session_create(*, customer_id: str) -> str:
+    configure()
+    try:
+        session = stripe.billing_portal.Session.create(
+            customer=customer_id, return_url=settings.BILLING_PORTAL_RETURN_URL
+        )
+    except stripe.StripeError as exc:
+        raise _map_error(exc) from exc
+    return str(session["url"])
+
+
+def webhook_verify(*, payload: bytes, signature_header: str) -> bool:
+    """True when `Stripe-Signature` is valid for the raw body under any configured secret
+    (several during a rotation), with Stripe's 300 s timestamp tolerance."""
+    for secret in settings.STRIPE_WEBHOOK_SECRETS:
+        try:
+            stripe.WebhookSignature.verify_header(
+                payload, signature_header, secret, tolerance=stripe.Webhook.DEFAULT_TOLERANCE
+            )
+        except (stripe.SignatureVerificationError, UnicodeDecodeError, ValueError, IndexError):
+            continue
+        return True
+    return False
+
+
+def event_mirror(payload: dict[str, Any]) -> None:
+    """Let dj-stripe record the event and re-fetch the objects it names (its stock handlers).
+
+    dj-stripe rolls its own work back on failure; the caller keeps our stored event for a retry.
+    """
+    from djstripe.models import Event
+
+    configure()
+    try:
+        Event.process(data=payload)
+    except stripe.StripeError as exc:
+        raise _map_error(exc) from exc
+
+
+def subscriptions_for_customer(customer_id: str) -> list[dict[str, Any]]:
+    """The mirrored subscriptions of one customer (dj-stripe rows, as Stripe data)."""
+    from djstripe.models import Subscription
+
+    return [dict(sub.stripe_data) for sub in Subscription.objects.filter(customer_id=customer_id)]

@@ -1,0 +1,58 @@
+"""Payments fixtures: a Stripe-compatible server on loopback, grant-worker knobs for fast tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from payments.tests.factories import OLD_WEBHOOK_SECRET, PRICE_IDS, WEBHOOK_SECRET
+from payments.tests.fakestripe import FakeStripe
+
+
+class _Switch:
+    def __init__(self) -> None:
+        self.target: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.target(scope, receive, send)
+
+
+@pytest.fixture(scope="session")
+def _stripe_server() -> Iterator[tuple[_Switch, Any]]:
+    from devpeers.server import start_peer
+
+    switch = _Switch()
+    running = start_peer(switch)
+    yield switch, running
+    running.stop()
+
+
+@pytest.fixture(autouse=True)
+def stripe_api(_stripe_server: tuple[_Switch, Any], settings: Any) -> FakeStripe:
+    """A fresh fake Stripe for every payments test; the SDK (and dj-stripe) talk only to it."""
+    switch, running = _stripe_server
+    fake = FakeStripe()
+    switch.target = fake
+    settings.STRIPE_API_BASE = running.url
+    settings.STRIPE_SECRET_KEY = "sk_test_51GatewayTestKey0000000000000000"
+    settings.STRIPE_TEST_SECRET_KEY = "sk_test_51GatewayTestKey0000000000000000"
+    settings.STRIPE_LIVE_MODE = False
+    settings.STRIPE_WEBHOOK_SECRETS = [WEBHOOK_SECRET, OLD_WEBHOOK_SECRET]
+    settings.STRIPE_PRICE_IDS = dict(PRICE_IDS)
+    # Fast, deterministic worker: no after-commit threads unless a test turns them on.
+    settings.GRANTS_DELIVER_IMMEDIATELY = False
+    settings.GRANT_RETRY_BASE_SECONDS = 0
+    settings.GRANT_RECONCILE_DELAY_SECONDS = 0
+    settings.GRANT_BUSY_WAIT_SECONDS = 0.3
+    settings.APPLE_ENABLE_ONLINE_CHECKS = False
+    return fake
+
+
+@pytest.fixture
+def customer_id(user: Any, stripe_api: FakeStripe) -> str:
+    """The user's Stripe customer, created through the gateway (dj-stripe links the user)."""
+    from payments import stripe_client
+
+    return stripe_client.customer_for_user(user)
