@@ -8,6 +8,7 @@ urlpatterns = [
     path("health", health.health, name="health"),
     path("health/ready", health.health_ready, name="health-ready"),
     path("admin/", admin.site.urls),
+    path("portal/", include("portal.urls")),
     path("oidc/", include("mozilla_django_oidc.urls")),
     path("api/schema", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),

@@ -1,0 +1,26 @@
+"""Input for the portal's forms; the services still validate everything that matters."""
+
+from __future__ import annotations
+
+from django import forms
+
+from apikeys.models import KeyMode
+
+
+class KeyCreateForm(forms.Form):
+    name = forms.CharField(
+        max_length=100,
+        strip=True,
+        widget=forms.TextInput(attrs={"placeholder": "e.g. production server"}),
+    )
+    mode = forms.ChoiceField(
+        choices=KeyMode.choices,
+        initial=KeyMode.LIVE,
+        help_text="Test keys are limited and metered like live keys but never spend credits.",
+    )
+
+
+class CheckoutForm(forms.Form):
+    """What to buy, by catalogue name: the price always comes from the plan table and Stripe."""
+
+    product = forms.CharField(max_length=64)

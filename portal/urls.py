@@ -1,0 +1,17 @@
+from django.urls import path
+
+from portal import views
+
+app_name = "portal"
+
+urlpatterns = [
+    path("", views.HomePage.as_view(), name="home"),
+    path("login/", views.login_page, name="login"),
+    path("docs/", views.docs_page, name="docs"),
+    path("keys/", views.KeyListPage.as_view(), name="keys"),
+    path("keys/<int:key_id>/roll/", views.KeyRollPage.as_view(), name="key-roll"),
+    path("keys/<int:key_id>/revoke/", views.KeyRevokePage.as_view(), name="key-revoke"),
+    path("usage/", views.UsagePage.as_view(), name="usage"),
+    path("billing/", views.BillingPage.as_view(), name="billing"),
+    path("billing/checkout/", views.CheckoutPage.as_view(), name="checkout"),
+]

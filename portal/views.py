@@ -1,0 +1,291 @@
+"""Portal pages. Each view reads through one app's selectors or calls one app's service; the
+templates do the rest. Errors from a service (`ApiError`) become a message on the page, never a
+JSON body: these are pages for people."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.mixins import LoginRequiredMixin
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views import View
+
+from accounts.models import User
+from accounts.services import balance_lookup, user_provision
+from apikeys import selectors as key_selectors
+from apikeys import services as key_services
+from metering import selectors as usage_selectors
+from payments import selectors as billing_selectors
+from payments import services as billing_services
+from portal import forms
+from portal.charts import Series, bar_chart
+from relay import flash
+from timepoint_billing.errors import ApiError
+
+ROLL_GRACE_SECONDS = 24 * 3600  # the old key keeps working a day after a roll
+USAGE_PERIODS = (7, 30, 90)
+HISTORY_ROWS = 25
+
+
+class PortalPage(LoginRequiredMixin, View):
+    section = ""
+
+    def page(self, request: HttpRequest, template: str, **context: Any) -> HttpResponse:
+        context.setdefault("section", self.section)
+        return render(request, f"portal/{template}", context)
+
+
+def login_page(request: HttpRequest) -> HttpResponse:
+    next_url = request.GET.get("next", "/portal/")
+    if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
+        next_url = "/portal/"
+    if request.user.is_authenticated:
+        return redirect(next_url)
+    configured = bool(settings.OIDC_RP_CLIENT_ID and settings.OIDC_OP_AUTHORIZATION_ENDPOINT)
+    return render(
+        request,
+        "portal/login.html",
+        {"oidc_configured": configured, "next": next_url, "page_title": "Sign in"},
+    )
+
+
+def docs_page(request: HttpRequest) -> HttpResponse:
+    return render(request, "portal/docs.html", {"section": "docs", "page_title": "Docs"})
+
+
+class HomePage(PortalPage):
+    section = "home"
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        user: User = request.user  # type: ignore[assignment]
+        keys = key_selectors.key_list(user=user)
+        today = timezone.localdate()
+        week = usage_selectors.usage_summary(
+            user_id=user.pk, start=today - timedelta(days=6), end=today, granularity="day"
+        )
+        return self.page(
+            request,
+            "home.html",
+            balance=balance_lookup(user=_with_flash_id(user)),
+            live_keys=[key for key in keys if key.is_usable()],
+            requests_7d=week["totals"]["requests"],
+        )
+
+
+class KeyListPage(PortalPage):
+    section = "keys"
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        return self.render_list(request, forms.KeyCreateForm())
+
+    def render_list(self, request: HttpRequest, form: forms.KeyCreateForm) -> HttpResponse:
+        keys = key_selectors.key_list(user=request.user)  # type: ignore[arg-type]
+        return self.page(request, "keys.html", keys=keys, form=form, page_title="API keys")
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        """Create a key and show its secret on this response only: it is never stored, so a
+        reload cannot show it again."""
+        form = forms.KeyCreateForm(request.POST)
+        if not form.is_valid():
+            return self.render_list(request, form)
+        try:
+            key, raw = key_services.key_create(
+                user=request.user,  # type: ignore[arg-type]
+                name=form.cleaned_data["name"],
+                mode=form.cleaned_data["mode"],
+            )
+        except ApiError as exc:
+            messages.error(request, exc.detail_text)
+            return self.render_list(request, form)
+        return secret_page(request, key=key, raw=raw, rolled=False)
+
+
+class KeyRollPage(PortalPage):
+    section = "keys"
+
+    def post(self, request: HttpRequest, key_id: int) -> HttpResponse:
+        try:
+            key, raw = key_services.key_roll(
+                user=request.user,  # type: ignore[arg-type]
+                key_id=key_id,
+                grace_seconds=ROLL_GRACE_SECONDS,
+            )
+        except ApiError as exc:
+            messages.error(request, exc.detail_text)
+            return redirect("portal:keys")
+        return secret_page(request, key=key, raw=raw, rolled=True)
+
+
+class KeyRevokePage(PortalPage):
+    def post(self, request: HttpRequest, key_id: int) -> HttpResponse:
+        try:
+            key = key_services.key_revoke(user=request.user, key_id=key_id)  # type: ignore[arg-type]
+        except ApiError as exc:
+            messages.error(request, exc.detail_text)
+        else:
+            messages.success(request, f"Key {key.prefix}… revoked. It stops working at once.")
+        return redirect("portal:keys")
+
+
+class UsagePage(PortalPage):
+    """Requests, errors and credits per day (all keys, or one), from metering's daily roll-ups."""
+
+    section = "usage"
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        user: User = request.user  # type: ignore[assignment]
+        period = _int_param(request, "days", 30)
+        period = period if period in USAGE_PERIODS else 30
+        end = timezone.localdate()
+        start = end - timedelta(days=period - 1)
+        summary = usage_selectors.usage_summary(
+            user_id=user.pk, start=start, end=end, granularity="day"
+        )
+        key = None
+        key_id = _int_param(request, "key", 0)
+        if key_id:
+            key = key_selectors.key_get(user=user, key_id=key_id)
+        if key is not None:
+            rows = usage_selectors.usage_for_key(
+                key_id=key.pk, start=start, end=end, granularity="day"
+            )["rows"]
+            periods = _sum_by_period(rows)
+            totals = {name: sum(day[name] for day in periods.values()) for name in COUNTS}
+        else:
+            periods = {row["period"]: row for row in summary["periods"]}
+            totals = summary["totals"]
+        days = [start + timedelta(days=offset) for offset in range(period)]
+        labels = [day.strftime("%b %-d") for day in days]
+        table = [{"day": day, **periods[day]} for day in reversed(days) if day in periods]
+        return self.page(
+            request,
+            "usage.html",
+            page_title="Usage",
+            period=period,
+            periods=USAGE_PERIODS,
+            key=key,
+            keys=key_selectors.key_list(user=user),
+            totals=totals,
+            by_key=summary["by_key"],
+            table=table,
+            requests_chart=bar_chart(
+                labels,
+                [
+                    Series("Requests", _series(periods, days, "requests"), "bar-requests"),
+                    Series("Errors", _series(periods, days, "errors"), "bar-errors"),
+                ],
+            ),
+            credits_chart=bar_chart(
+                labels, [Series("Credits", _series(periods, days, "credits_spent"), "bar-credits")]
+            ),
+        )
+
+
+COUNTS = ("requests", "errors", "credits_spent")
+
+
+def _int_param(request: HttpRequest, name: str, default: int) -> int:
+    try:
+        return int(request.GET.get(name, default))
+    except (TypeError, ValueError):
+        return default
+
+
+def _sum_by_period(rows: list[dict[str, Any]]) -> dict[date, dict[str, int]]:
+    """usage_for_key answers per day *and endpoint*; the chart wants one row per day."""
+    result: dict[date, dict[str, int]] = {}
+    for row in rows:
+        day = result.setdefault(row["period"], dict.fromkeys(COUNTS, 0))
+        for name in COUNTS:
+            day[name] += int(row[name] or 0)
+    return result
+
+
+def _series(periods: dict[date, Any], days: list[date], name: str) -> list[int]:
+    return [int(periods[day][name]) if day in periods else 0 for day in days]
+
+
+def _with_flash_id(user: User) -> User:
+    """The user with their Flash id, resolving it once if the browser login has not (the OIDC
+    login creates the row; Flash's resolve is idempotent). Flash down → the user as is."""
+    if user.flash_user_id or not user.auth0_sub:
+        return user
+    try:
+        return user_provision(sub=user.auth0_sub, claims={}, access_token="")
+    except ApiError:
+        return user
+
+
+class BillingPage(PortalPage):
+    """Balance and credit history from Flash; packs and plans from payments' catalogue."""
+
+    section = "billing"
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        user = _with_flash_id(request.user)  # type: ignore[arg-type]
+        history: list[dict[str, Any]] | None = None
+        if user.flash_user_id:
+            try:
+                history = flash.credit_history(flash_user_id=user.flash_user_id, limit=HISTORY_ROWS)
+            except ApiError:
+                history = None  # the page still loads; the template says Flash is not answering
+        return self.page(
+            request,
+            "billing.html",
+            page_title="Credits & billing",
+            balance=balance_lookup(user=user),
+            history=history,
+            packs=billing_selectors.pack_list(),
+            plans=[plan for plan in billing_selectors.plan_list() if plan["monthly_credits"]],
+            subscriptions=billing_selectors.subscription_list_for_user(user=user),
+            payments=billing_selectors.payment_list_for_user(user=user, limit=10),
+        )
+
+
+class CheckoutPage(PortalPage):
+    """POST a pack or plan name → payments' checkout service → 303 to Stripe Checkout."""
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        form = forms.CheckoutForm(request.POST)
+        if not form.is_valid():
+            messages.error(request, "Choose something to buy.")
+            return redirect("portal:billing")
+        kind, _, name = form.cleaned_data["product"].partition(":")
+        try:
+            if kind == "portal":
+                url = billing_services.billing_portal_create(user=request.user)  # type: ignore[arg-type]
+            else:
+                session = billing_services.checkout_create(
+                    user=request.user,  # type: ignore[arg-type]
+                    package=name if kind == "pack" else "",
+                    plan=name if kind == "plan" else "",
+                )
+                url = session["checkout_url"]
+        except ApiError as exc:
+            messages.error(request, exc.detail_text)
+            return redirect("portal:billing")
+        return checkout_redirect(url)
+
+
+def secret_page(request: HttpRequest, *, key: Any, raw: str, rolled: bool) -> HttpResponse:
+    response = render(
+        request,
+        "portal/key_secret.html",
+        {"key": key, "raw": raw, "rolled": rolled, "section": "keys", "page_title": "Your new key"},
+    )
+    # The one response that carries a secret: no browser or proxy may keep a copy.
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def checkout_redirect(url: str) -> HttpResponseRedirect:
+    """Stripe Checkout (or its billing portal) lives on Stripe's origin; 303 so the browser GETs."""
+    response = HttpResponseRedirect(url)
+    response.status_code = 303
+    return response
