@@ -145,7 +145,11 @@ def signing_keys() -> SigningKeys:
         return current
     with _keys_lock:
         if _keys is None or _keys.config != config:
-            _keys = SigningKeys(config)
+            try:
+                _keys = SigningKeys(config)
+            except jwt.PyJWKClientError as exc:  # e.g. a JWKS URL that is not http(s)
+                logger.error("AUTH0_JWKS_URL is unusable: %s", exc)
+                raise AuthUnavailable() from exc
         return _keys
 
 
