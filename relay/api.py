@@ -29,6 +29,7 @@ from relay.openapi import RECONCILE_SCHEMA, document
 from timepoint_billing.errors import (
     ApiError,
     BadRequest,
+    InvalidPath,
     NotFound,
     UpstreamError,
     api_error_response,
@@ -356,6 +357,10 @@ async def neighbors(request: HttpRequest, call: services.RelayCall, **_: Any) ->
 @relay_route(f"{PREFIX}/stats", "clockchain", ("GET",))
 async def stats(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
     return json_response(await selectors.stats())
+
+
+async def invalid_path(request: HttpRequest, **_: Any) -> HttpResponse:
+    return api_error_response(InvalidPath())
 
 
 # --- Staff

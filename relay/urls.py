@@ -4,7 +4,7 @@ Path parameters use the `path` converter so that a parameter holding an encoded 
 still reaches the view, which answers 400 `invalid_path` (rather than the resolver's 404).
 """
 
-from django.urls import path
+from django.urls import path, re_path
 
 from relay import api
 
@@ -29,6 +29,13 @@ urlpatterns = [
     path("search", api.search, name="relay-search"),
     path("graph/neighbors/<path:path>", api.neighbors, name="relay-neighbors"),
     path("stats", api.stats, name="relay-stats"),
+    # What the converters above cannot match (a decoded CR/LF: `.` stops at a newline) is still
+    # a bad path parameter, not an unknown route.
+    re_path(
+        r"^(?:moments|browse|graph/neighbors|timepoints)/(?s:.*)\Z",
+        api.invalid_path,
+        name="relay-invalid-path",
+    ),
     path(
         "staff/credits/reconcile/<int:user_id>",
         api.CreditsReconcileApi.as_view(),

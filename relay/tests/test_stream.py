@@ -1,0 +1,168 @@
+"""POST /generate/stream through the real ASGI stack (uvicorn on loopback)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+STREAM = "/api/v1/generate/stream"
+
+
+def _events(raw: bytes) -> list[dict[str, Any]]:
+    return [
+        json.loads(block[len("data: ") :])
+        for block in raw.decode().split("\n\n")
+        if block.startswith("data: ")
+    ]
+
+
+def _wait_for(predicate: Any, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_events_arrive_one_by_one(
+    gateway: Any, auth: Any, flash_peer: Any, user: Any, usage: Any
+) -> None:
+    flash_peer.stream_step_delay = 0.15
+    arrivals: list[tuple[float, bytes]] = []
+    started = time.monotonic()
+    with gateway.stream("POST", STREAM, json={"query": "Apollo 11"}, headers=auth) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-accel-buffering"] == "no"
+        assert "content-encoding" not in response.headers
+        assert "X-RateLimit-Limit" in response.headers
+        for chunk in response.iter_raw():
+            arrivals.append((time.monotonic() - started, chunk))
+    events = _events(b"".join(c for _, c in arrivals))
+    assert events[0]["event"] == "start"
+    assert events[-1]["event"] == "done" and events[-1]["data"]["status"] == "completed"
+    # The first event long before the last: nothing was buffered.
+    event_times = [t for t, chunk in arrivals if b"data: " in chunk]
+    assert len(event_times) == len(events)
+    assert event_times[-1] - event_times[0] > 0.15 * (len(events) - 2)
+    assert event_times[0] < event_times[-1] - 1.0
+
+    _wait_for(lambda: flash_peer.user_balance(user.flash_user_id) == 45)
+    sent = flash_peer.requests_to(STREAM.replace("/api/v1/", "/api/v1/timepoints/"))[-1]
+    assert "x-gateway-metered" not in sent.headers
+    _wait_for(lambda: len(usage()) == 1)
+    (row,) = usage()
+    assert (row.endpoint, row.status, row.credits_spent, row.partial) == (STREAM, 200, 5, False)
+
+
+def test_heartbeat_while_flash_is_silent(
+    gateway: Any, auth: Any, flash_peer: Any, user: Any, settings: Any
+) -> None:
+    settings.SSE_HEARTBEAT_SECONDS = 0.1
+    flash_peer.stream_step_delay = 0.35
+    flash_peer.generation_outcome = "failed"  # a short stream: start, step_error, done
+    with gateway.stream("POST", STREAM, json={"query": "Apollo 11"}, headers=auth) as response:
+        raw = b"".join(response.iter_raw())
+    assert raw.count(b": keep-alive\n\n") >= 2
+    assert [e["event"] for e in _events(raw)] == ["start", "step_error", "done"]
+
+
+def test_client_disconnect_closes_upstream_and_records_partial_once(
+    gateway: Any, auth: Any, flash_peer: Any, user: Any, usage: Any
+) -> None:
+    flash_peer.stream_step_delay = 1.0
+    with gateway.stream("POST", STREAM, json={"query": "Apollo 11"}, headers=auth) as response:
+        for chunk in response.iter_raw():
+            if b"data: " in chunk:
+                break
+        closed_at = time.monotonic()
+    # Leaving the block closes the client connection.
+    _wait_for(lambda: flash_peer.stream_disconnect_times, timeout=2)
+    assert flash_peer.stream_disconnect_times[0] - closed_at < 1.0
+    _wait_for(lambda: len(usage()) == 1)
+    time.sleep(0.2)
+    (row,) = usage()
+    assert (row.endpoint, row.partial, row.credits_spent) == (STREAM, True, 5)
+    from payments.models import CreditGrant
+
+    assert not CreditGrant.objects.exists()  # the client went away: charged, not refunded
+
+
+@pytest.mark.parametrize(
+    ("knob", "value"),
+    [("generation_outcome", "failed"), ("generation_outcome", "error"), ("stream_cut_after", 3)],
+)
+def test_failed_or_cut_streams_are_refunded(
+    gateway: Any, auth: Any, flash_peer: Any, user: Any, usage: Any, knob: str, value: Any
+) -> None:
+    from payments.models import CreditGrant
+    from payments.services import grant_deliver
+
+    setattr(flash_peer, knob, value)
+    with gateway.stream("POST", STREAM, json={"query": "Apollo 11"}, headers=auth) as response:
+        try:
+            raw = b"".join(response.iter_raw())
+        except httpx.HTTPError:
+            raw = b""
+    assert response.status_code == 200
+    _wait_for(lambda: CreditGrant.objects.exists())
+    (grant,) = CreditGrant.objects.all()
+    assert (grant.amount, grant.transaction_type) == (5, "refund")
+    _wait_for(lambda: len(usage()) == 1)
+    (row,) = usage()
+    assert row.credits_spent == 0
+    assert row.partial is (knob == "stream_cut_after")
+    time.sleep(2.2)  # the busy marker outlives the stream by the settle delay
+    grant_deliver(grant.pk)
+    assert flash_peer.user_balance(user.flash_user_id) == 50
+    del raw
+
+
+def test_maximum_duration(
+    gateway: Any, auth: Any, flash_peer: Any, user: Any, settings: Any, usage: Any
+) -> None:
+    settings.SSE_MAX_DURATION_SECONDS = 0.5
+    flash_peer.stream_step_delay = 0.3
+    started = time.monotonic()
+    with gateway.stream("POST", STREAM, json={"query": "Apollo 11"}, headers=auth) as response:
+        raw = b"".join(response.iter_raw())
+    assert time.monotonic() - started < 1.5
+    events = _events(raw)
+    assert events[-1]["event"] == "error" and "maximum duration" in events[-1]["error"]
+    _wait_for(lambda: flash_peer.stream_disconnect_times)
+    _wait_for(lambda: len(usage()) == 1)
+    assert usage()[0].partial is True
+
+
+def test_stream_refuses_private_and_checks_credits_first(
+    gateway: Any, auth: Any, flash_peer: Any, user: Any
+) -> None:
+    private = gateway.post(
+        STREAM, json={"query": "Apollo 11", "visibility": "private"}, headers=auth
+    )
+    assert private.status_code == 400
+    flash_peer.set_balance(user.flash_user_id, 0)
+    poor = gateway.post(STREAM, json={"query": "Apollo 11"}, headers=auth)
+    assert poor.status_code == 402 and poor.headers["content-type"] == "application/json"
+    assert flash_peer.requests_to("/api/v1/timepoints/generate") == []
+
+
+def test_stream_with_a_test_key_is_simulated(
+    gateway: Any, flash_peer: Any, user: Any, usage: Any
+) -> None:
+    from apikeys.services import key_create
+
+    _, raw_key = key_create(user=user, name="ci", mode="test")
+    headers = {"Authorization": f"Bearer {raw_key}"}
+    with gateway.stream("POST", STREAM, json={"query": "Apollo 11"}, headers=headers) as response:
+        raw = b"".join(response.iter_raw())
+    events = _events(raw)
+    assert [e["event"] for e in events] == ["start", "done"]
+    assert events[-1]["data"]["test_mode"] is True
+    assert flash_peer.requests_to("/api/v1/timepoints/generate") == []
+    _wait_for(lambda: len(usage()) == 1)
