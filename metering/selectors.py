@@ -91,3 +91,36 @@ def usage_for_key(*, key_id: int, start: date, end: date, granularity: str) -> d
             for row in rows.order_by(column, "endpoint", "method").values()
         ],
     }
+
+
+# --- The admin's billing dashboard (timepoint_billing/admin_site.py)
+
+
+def credits_spent_by_day(*, since: date) -> dict[date, int]:
+    """Credits spent per day across all callers, from the daily roll-ups."""
+    rows = (
+        UsageDaily.objects.filter(day__gte=since)
+        .values("day")
+        .annotate(spent=_COUNTS["credits_spent"])
+    )
+    return {row["day"]: int(row["spent"] or 0) for row in rows}
+
+
+def top_keys(*, since: date, limit: int = 10) -> list[dict[str, Any]]:
+    """The busiest API keys since `since` (by requests), with their owner's email."""
+    rows = (
+        UsageDaily.objects.filter(day__gte=since, api_key__isnull=False)
+        .values("api_key_id", "api_key__prefix", "api_key__name", "api_key__user__email")
+        .annotate(**_COUNTS)
+        .order_by("-requests", "api_key_id")[:limit]
+    )
+    return [
+        {
+            "api_key_id": row["api_key_id"],
+            "prefix": row["api_key__prefix"],
+            "name": row["api_key__name"],
+            "email": row["api_key__user__email"] or "",
+            **_counts(row),
+        }
+        for row in rows
+    ]
