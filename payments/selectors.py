@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import QuerySet, Sum
+from django.db.models.functions import TruncDate
 
 from accounts.models import User
 from payments import catalogue
-from payments.models import CreditGrant, Payment
+from payments.models import CreditGrant, GrantState, Payment
 
 
 def plan_list() -> list[dict[str, Any]]:
@@ -77,3 +79,57 @@ def _plan_of(data: dict[str, Any]) -> str:
 def _item_period_end(data: dict[str, Any]) -> Any:
     items = (data.get("items") or {}).get("data") or []
     return items[0].get("current_period_end") if items else None
+
+
+# --- The admin's billing dashboard (timepoint_billing/admin_site.py)
+
+
+def revenue_by_day(*, since: date) -> dict[date, int]:
+    """Confirmed payment cents per UTC day since `since`, net of refunds (all providers)."""
+    rows = (
+        Payment.objects.filter(created_at__date__gte=since)
+        .annotate(day=TruncDate("created_at"))
+        .values("day")
+        .annotate(gross=Sum("amount_cents"), refunded=Sum("amount_refunded_cents"))
+    )
+    return {row["day"]: int(row["gross"] or 0) - int(row["refunded"] or 0) for row in rows}
+
+
+def credits_granted_by_day(*, since: date) -> dict[date, int]:
+    """Credits Flash applied per UTC day (sent grants only)."""
+    rows = (
+        CreditGrant.objects.filter(state=GrantState.SENT, sent_at__date__gte=since)
+        .annotate(day=TruncDate("sent_at"))
+        .values("day")
+        .annotate(credits=Sum("amount"))
+    )
+    return {row["day"]: int(row["credits"] or 0) for row in rows}
+
+
+def active_subscriptions_by_plan() -> list[tuple[str, int]]:
+    """(plan label, count) of live dj-stripe subscriptions, most popular first."""
+    from djstripe.models import Subscription
+
+    counts: dict[str, int] = {}
+    for subscription in Subscription.objects.all().only("id", "stripe_data"):
+        data = subscription.stripe_data or {}
+        if data.get("status") not in ("active", "trialing", "past_due"):
+            continue
+        offer = catalogue.PLANS.get(_plan_of(data))
+        label = offer.label if offer else "Unknown plan"
+        counts[label] = counts.get(label, 0) + 1
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+def grants_needing_attention() -> QuerySet[CreditGrant]:
+    """Grants no worker will finish on its own soon: failed (backing off) or parked for staff."""
+    return (
+        CreditGrant.objects.filter(state__in=[GrantState.FAILED, GrantState.NEEDS_ATTENTION])
+        .select_related("user")
+        .order_by("created_at")
+    )
+
+
+def payments_needing_review() -> QuerySet[Payment]:
+    """Refunded or disputed payments that staff have not reviewed yet."""
+    return Payment.objects.filter(needs_review=True).select_related("user").order_by("-updated_at")

@@ -2,11 +2,12 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from timepoint_billing import health
+from timepoint_billing import admin_site, health
 
 urlpatterns = [
     path("health", health.health, name="health"),
     path("health/ready", health.health_ready, name="health-ready"),
+    path("admin/dashboard/", admin_site.dashboard, name="admin-dashboard"),
     path("admin/", admin.site.urls),
     path("portal/", include("portal.urls")),
     path("oidc/", include("mozilla_django_oidc.urls")),

@@ -203,9 +203,7 @@ def test_buying_credits_redirects_to_stripe_checkout(
 
 
 @pytest.mark.django_db
-def test_an_unknown_product_is_refused_on_the_page(
-    portal_client: Client, stripe_api: Any
-) -> None:
+def test_an_unknown_product_is_refused_on_the_page(portal_client: Client, stripe_api: Any) -> None:
     response = portal_client.post(
         "/portal/billing/checkout/", {"product": "pack:free_money"}, follow=True
     )
