@@ -11,13 +11,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
+from timepoint_billing.db import run_db
 from timepoint_billing.errors import RateLimited, Unauthenticated
 
 if TYPE_CHECKING:
@@ -134,9 +134,7 @@ async def aauthenticate(request: HttpRequest) -> Caller:
     found = credentials(request)
     if found is None:
         raise Unauthenticated()
-    caller = await sync_to_async(_authenticate_found, thread_sensitive=False)(
-        _client(request), *found
-    )
+    caller = await run_db(_authenticate_found, _client(request), *found)
     request.caller_label = caller.label  # type: ignore[attr-defined]
     return caller
 

@@ -275,7 +275,7 @@ _REDIS_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
 def _client_options() -> dict[str, Any]:
     return {
         "socket_timeout": settings.REDIS_SOCKET_TIMEOUT,
-        "socket_connect_timeout": settings.REDIS_SOCKET_TIMEOUT,
+        "socket_connect_timeout": settings.REDIS_CONNECT_TIMEOUT,
         "health_check_interval": 30,
     }
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
 from relay import clockchain, flash
+from timepoint_billing.db import run_db
 
 
 def _database_ok() -> bool:
@@ -22,8 +22,6 @@ def _database_ok() -> bool:
         return True
     except Exception:
         return False
-    finally:
-        connection.close_if_unusable_or_obsolete()
 
 
 def _redis_ok() -> bool:
@@ -47,7 +45,7 @@ async def _check(coro: Any) -> dict[str, Any]:
 async def health(request: HttpRequest) -> JsonResponse:
     if request.GET.get("deep") in ("1", "true"):
         return await health_ready(request)
-    database = await sync_to_async(_database_ok, thread_sensitive=False)()
+    database = await run_db(_database_ok)
     body = {"status": "healthy" if database else "unhealthy", "version": settings.VERSION}
     response = JsonResponse(body, status=200 if database else 503)
     if not database:
@@ -58,10 +56,8 @@ async def health(request: HttpRequest) -> JsonResponse:
 @require_GET
 async def health_ready(request: HttpRequest) -> JsonResponse:
     database, redis = await asyncio.gather(
-        sync_to_async(_database_ok, thread_sensitive=False)(),
-        sync_to_async(_redis_ok, thread_sensitive=False)()
-        if settings.REDIS_URL
-        else asyncio.sleep(0, result=True),
+        run_db(_database_ok),
+        run_db(_redis_ok) if settings.REDIS_URL else asyncio.sleep(0, result=True),
     )
     flash_check, clockchain_check = await asyncio.gather(
         _check(flash.health()), _check(clockchain.health())

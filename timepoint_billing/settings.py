@@ -123,22 +123,34 @@ DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
 DATABASES = {
     "default": dj_database_url.parse(
         DATABASE_URL,
-        conn_max_age=env_int("DB_CONN_MAX_AGE", 0),
+        # Persistent connections, health-checked before reuse (a restarted PostgreSQL recovers).
+        conn_max_age=env_int("DB_CONN_MAX_AGE", 60),
         conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # WAL + a busy timeout let the request path, the flusher and the grant worker share one file.
+    # WAL, a busy timeout and IMMEDIATE transactions let the request path, the usage flusher and
+    # the grant worker write to one file without "database is locked" failures.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+        {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
     )
+    # Tests on a file, not shared-cache memory (which ignores the busy timeout under threads);
+    # one file per test process so parallel runs never share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / f".test-db-{os.getpid()}.sqlite3")}
 else:
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL", "")
-# A few milliseconds: a slow Redis must not stall every request (see the limiter's failure policy).
-REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.05)
+# A dead Redis is noticed within the connect timeout; a reply gets a little longer, because on a
+# saturated worker the reply waits for the event loop and a too-short read timeout would make the
+# limiter fail open exactly at peak load (see the limiter's failure policy).
+REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 0.05)
+REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.25)
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -146,7 +158,7 @@ if REDIS_URL:
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "tpb",
             "OPTIONS": {
-                "SOCKET_CONNECT_TIMEOUT": REDIS_SOCKET_TIMEOUT,
+                "SOCKET_CONNECT_TIMEOUT": REDIS_CONNECT_TIMEOUT,
                 "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
                 # A cache outage degrades to misses rather than 500s.
                 "IGNORE_EXCEPTIONS": True,
