@@ -140,6 +140,6 @@ def session_token(user: Any) -> str:
 
 
 @pytest.fixture
-def auth_headers(session_token: str) -> dict[str, str]:
+def auth_headers(session_token: str) -> dict[str, Any]:
     """Django test-client kwargs that authenticate as `user` with a gateway session."""
     return {"HTTP_AUTHORIZATION": f"Bearer {session_token}"}

@@ -303,3 +303,8 @@ def keys_revoke_all_for_user(*, user: User) -> int:
     )
     key_cache_forget()
     return revoked
+
+
+def on_user_deleted(sender: object, *, user: User, **kwargs: object) -> None:
+    """`accounts.signals.user_deleted` receiver: a deleted account's keys stop working at once."""
+    keys_revoke_all_for_user(user=user)

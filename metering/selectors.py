@@ -7,7 +7,7 @@ from typing import Any
 
 from django.db.models import Model, QuerySet, Sum
 
-from metering.models import UsageDaily, UsageMonthly
+from metering.models import UsageDaily, UsageMonthly, UsageRecord
 from metering.services import month_start
 
 _COUNTS = {
@@ -124,3 +124,31 @@ def top_keys(*, since: date, limit: int = 10) -> list[dict[str, Any]]:
         }
         for row in rows
     ]
+
+
+EXPORT_USAGE_LIMIT = 10_000
+
+
+def usage_export(sender: object, *, user: Any, **kwargs: object) -> dict[str, object]:
+    """`accounts.signals.user_export` receiver: the user's usage records, newest first (capped,
+    with the total so a truncated export says so)."""
+    records = UsageRecord.objects.filter(user=user).order_by("-created_at", "-id")
+    rows = records.values(
+        "request_id",
+        "endpoint",
+        "method",
+        "status",
+        "credits_spent",
+        "response_time_ms",
+        "preset",
+        "upstream",
+        "partial",
+        "created_at",
+        "api_key__prefix",
+    )[:EXPORT_USAGE_LIMIT]
+    return {
+        "usage": {
+            "total_records": records.count(),
+            "records": [{**row, "created_at": row["created_at"].isoformat()} for row in rows],
+        }
+    }
