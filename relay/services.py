@@ -52,9 +52,6 @@ HD_PRESETS = frozenset({"hd", "frontier"})
 COSTS_CACHE_KEY = "relay:flash-costs"
 # `CreditGrant.source` of the refunds the relay records in the payments outbox.
 REFUND_GRANT_SOURCE = "refund"
-# Seconds a stream's reservation and busy marker outlive its end: Flash writes a streamed
-# generation's charge back only after the stream has closed (pitfall 11).
-STREAM_SETTLE_SECONDS = 2.0
 
 
 def _setting(name: str, default: float) -> float:
@@ -63,6 +60,12 @@ def _setting(name: str, default: float) -> float:
 
 def costs_cache_seconds() -> float:
     return _setting("FLASH_COSTS_CACHE_SECONDS", 60.0)
+
+
+def stream_settle_seconds() -> float:
+    """How long a stream's reservation and busy marker outlive its end: Flash writes a streamed
+    generation's charge back only after the stream has closed (pitfall 11)."""
+    return _setting("RELAY_STREAM_SETTLE_SECONDS", 2.0)
 
 
 def generation_hold_seconds() -> int:
@@ -589,7 +592,7 @@ async def _stream_settle(
     finally:
         # Flash writes a stream's charge back after the stream closed (pitfall 11): hold the
         # reservation and the busy marker a moment longer.
-        generation_release(generation, delay=STREAM_SETTLE_SECONDS)
+        generation_release(generation, delay=stream_settle_seconds())
         await call.finish()
 
 

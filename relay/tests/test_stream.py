@@ -98,11 +98,19 @@ def test_client_disconnect_closes_upstream_and_records_partial_once(
     [("generation_outcome", "failed"), ("generation_outcome", "error"), ("stream_cut_after", 3)],
 )
 def test_failed_or_cut_streams_are_refunded(
-    gateway: Any, auth: Any, flash_peer: Any, user: Any, usage: Any, knob: str, value: Any
+    gateway: Any,
+    auth: Any,
+    flash_peer: Any,
+    user: Any,
+    usage: Any,
+    settings: Any,
+    knob: str,
+    value: Any,
 ) -> None:
     from payments.models import CreditGrant
     from payments.services import grant_deliver
 
+    settings.RELAY_STREAM_SETTLE_SECONDS = 0.3
     setattr(flash_peer, knob, value)
     with gateway.stream("POST", STREAM, json={"query": "Apollo 11"}, headers=auth) as response:
         try:
@@ -117,7 +125,7 @@ def test_failed_or_cut_streams_are_refunded(
     (row,) = usage()
     assert row.credits_spent == 0
     assert row.partial is (knob == "stream_cut_after")
-    time.sleep(2.2)  # the busy marker outlives the stream by the settle delay
+    # The busy marker outlives the stream by the settle delay; the grant waits for it.
     grant_deliver(grant.pk)
     assert flash_peer.user_balance(user.flash_user_id) == 50
     del raw
