@@ -1,1 +1,68 @@
-"""Accounts admin."""
+"""The staff view of users: plan, tier, Flash id and live balance, sessions, and links to their
+keys, usage, grants and payments. Secrets (token digests) never appear."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+
+from accounts.models import GatewaySession, User
+from accounts.services import balance_lookup
+
+
+class GatewaySessionInline(admin.TabularInline):
+    model = GatewaySession
+    fields = ("prefix", "created_at", "expires_at", "revoked_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ("-created_at",)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):
+    list_display = ("username", "email", "plan", "tier", "flash_user_id", "is_staff", "date_joined")
+    list_filter = ("plan", "tier", "is_staff", "is_active")
+    search_fields = ("username", "email", "auth0_sub", "flash_user_id")
+    readonly_fields = ("auth0_sub", "flash_user_id", "flash_balance", "related", "deleted_at")
+    fieldsets = (
+        (
+            "TIMEPOINT",
+            {"fields": ("auth0_sub", "flash_user_id", "flash_balance", "plan", "tier", "related")},
+        ),
+        *(DjangoUserAdmin.fieldsets or ()),
+        ("Deletion", {"fields": ("deleted_at",)}),
+    )
+    inlines = [GatewaySessionInline]
+
+    @admin.display(description="Flash balance (live)")
+    def flash_balance(self, user: User) -> str:
+        balance = balance_lookup(user=user)
+        if balance is None:
+            return "unavailable (no Flash id, or Flash is not answering)"
+        return (
+            f"{balance.get('balance')} credits "
+            f"(earned {balance.get('lifetime_earned')}, spent {balance.get('lifetime_spent')})"
+        )
+
+    @admin.display(description="Records")
+    def related(self, user: User) -> str:
+        links = [
+            ("API keys", "admin:apikeys_apikey_changelist"),
+            ("Usage (daily)", "admin:metering_usagedaily_changelist"),
+            ("Credit grants", "admin:payments_creditgrant_changelist"),
+            ("Payments", "admin:payments_payment_changelist"),
+        ]
+        return format_html_join(
+            " · ",
+            '<a href="{}?user__id__exact={}">{}</a>',
+            ((reverse(name), user.pk, label) for label, name in links),
+        ) or format_html("")

@@ -1,7 +1,10 @@
 """Staff view of API keys (minimal; the billing admin panel builds on it). Digests stay hidden."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
+from apikeys import services
 from apikeys.models import APIKey
 
 
@@ -22,3 +25,19 @@ class APIKeyAdmin(admin.ModelAdmin):
     readonly_fields = ("prefix", "mode", "created_at", "last_used_at", "replaced_by")
     exclude = ("key_digest",)
     raw_id_fields = ("user",)
+    actions = ["revoke"]
+
+    @admin.action(
+        description="Revoke selected keys (they stop working at once)", permissions=["change"]
+    )
+    def revoke(self, request: HttpRequest, queryset: QuerySet[APIKey]) -> None:
+        count = 0
+        for key in queryset.filter(revoked_at__isnull=True).select_related("user"):
+            services.key_revoke(user=key.user, key_id=key.pk)
+            self.log_change(request, key, "Revoked by staff.")
+            count += 1
+        self.message_user(request, f"{count} key(s) revoked.", messages.SUCCESS)
+
+    def save_model(self, request: HttpRequest, obj: APIKey, form: object, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        services.key_cache_forget(digest=obj.key_digest)  # new tier or limits apply at once

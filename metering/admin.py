@@ -38,6 +38,8 @@ class UsageRecordAdmin(ReadOnlyAdmin):
 @admin.register(UsageDaily)
 class UsageDailyAdmin(ReadOnlyAdmin):
     list_display = ("day", "user", "api_key", "method", "endpoint", "requests", "errors")
+    list_filter = ("method", "endpoint")
+    search_fields = ("api_key__prefix", "user__email", "endpoint")
     date_hierarchy = "day"
 
 

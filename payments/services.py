@@ -26,7 +26,6 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, connections, transaction
 from django.db.models import Case, F, Q, When
 from django.utils import timezone
@@ -130,12 +129,16 @@ def grant_create(
 
 
 @transaction.atomic
-def grant_manual(*, user: User, amount: int, reason: str, staff_user: User) -> CreditGrant:
-    """A staff grant: the same outbox, keyed `manual:<uuid>`."""
+def grant_manual(
+    *, user: User, amount: int, reason: str, staff_user: User, request_key: str = ""
+) -> CreditGrant:
+    """A staff grant: the same outbox, keyed `manual:<uuid>`.
+
+    `request_key` (a UUID the admin form carries) makes a resubmitted form the same grant."""
     if not reason.strip():
         raise BadRequest("A manual grant needs a reason.", code="invalid_request")
     grant, _ = grant_create(
-        key=f"manual:{uuid.uuid4()}",
+        key=f"manual:{uuid.UUID(request_key) if request_key else uuid.uuid4()}",
         user=user,
         amount=amount,
         transaction_type="admin_grant",
@@ -828,7 +831,8 @@ def apple_verifier() -> Any:
     allowed = {"Production": Environment.PRODUCTION, "Sandbox": Environment.SANDBOX}
     environment = allowed.get(settings.APPLE_ENVIRONMENT)
     if environment is None:
-        raise ImproperlyConfigured("APPLE_ENVIRONMENT must be Production or Sandbox.")
+        logger.error({"event": "apple_environment_refused", "env": settings.APPLE_ENVIRONMENT})
+        raise ServiceUnavailable("In-app purchases are not configured.", code="apple_unconfigured")
     roots = [Path(path).read_bytes() for path in settings.APPLE_ROOT_CERT_PATHS]
     if not roots:
         raise ServiceUnavailable("In-app purchases are not configured.", code="apple_unconfigured")

@@ -1,0 +1,127 @@
+"""The billing panel's staff actions, through the admin as staff use it (and the admin log)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from django.contrib.admin.models import LogEntry
+from django.contrib.auth.models import Group
+from django.test import Client
+
+from accounts.models import User
+
+
+def _staff_client(group: str) -> tuple[Client, User]:
+    staff = User.objects.create_user(username=f"{group}-staff", is_staff=True)
+    staff.groups.add(Group.objects.get(name=group))
+    client = Client()
+    client.force_login(staff, backend="django.contrib.auth.backends.ModelBackend")
+    return client, staff
+
+
+@pytest.fixture(autouse=True)
+def _quiet_worker(settings: Any) -> None:
+    settings.GRANTS_DELIVER_IMMEDIATELY = False  # the test drives delivery itself
+    settings.METERING_BACKGROUND_FLUSH = False
+
+
+def _needs_attention_grant(user: User) -> Any:
+    from payments.models import CreditGrant
+
+    return CreditGrant.objects.create(
+        key="apple:stuck-1",
+        user=user,
+        flash_user_id=user.flash_user_id,
+        amount=40,
+        transaction_type="apple_iap",
+        description="[grant:apple:stuck-1] 40 credits",
+        source="apple",
+        state="needs_attention",
+        last_error="Flash answered 500",
+    )
+
+
+@pytest.mark.django_db
+def test_manual_grant_goes_through_once_even_when_posted_twice(user: User, flash_peer: Any) -> None:
+    from payments.models import CreditGrant
+    from payments.services import grants_deliver_due
+
+    client, staff = _staff_client("billing")
+    form = client.get("/admin/payments/creditgrant/manual/")
+    assert form.status_code == 200
+    data = {
+        "user": user.email,
+        "amount": "25",
+        "reason": "Goodwill after an outage",
+        "request_key": str(uuid.uuid4()),
+    }
+    first = client.post("/admin/payments/creditgrant/manual/", data)
+    second = client.post("/admin/payments/creditgrant/manual/", data)  # a double click
+    assert first.status_code == second.status_code == 302
+    grant = CreditGrant.objects.get(source="manual")
+    assert grant.created_by == staff and grant.reason == "Goodwill after an outage"
+    grants_deliver_due()
+    grants_deliver_due()
+    assert flash_peer.user_balance(user.flash_user_id) == 75  # 50 signup + 25, once
+    assert LogEntry.objects.filter(user=staff, object_id=str(grant.pk)).exists()
+
+
+@pytest.mark.django_db
+def test_support_staff_cannot_grant_or_retry(user: User) -> None:
+    client, _ = _staff_client("support")
+    assert client.get("/admin/payments/creditgrant/manual/").status_code == 403
+    listing = client.get("/admin/payments/creditgrant/")
+    assert listing.status_code == 200
+    assert b"Manual grant" not in listing.content
+    assert b'value="retry"' not in listing.content
+
+
+@pytest.mark.django_db
+def test_retry_puts_a_stuck_grant_through(user: User, flash_peer: Any) -> None:
+    from payments.services import grants_deliver_due
+
+    grant = _needs_attention_grant(user)
+    client, staff = _staff_client("billing")
+    response = client.post(
+        "/admin/payments/creditgrant/",
+        {"action": "retry", "_selected_action": [grant.pk]},
+        follow=True,
+    )
+    assert b"1 grant(s) queued again" in response.content
+    grants_deliver_due()
+    grant.refresh_from_db()
+    assert grant.state == "sent"
+    assert flash_peer.user_balance(user.flash_user_id) == 90
+    assert LogEntry.objects.filter(user=staff, change_message__contains="Retried").exists()
+
+
+@pytest.mark.django_db
+def test_user_page_shows_the_live_flash_balance(user: User, flash_peer: Any) -> None:
+    client, _ = _staff_client("support")
+    page = client.get(f"/admin/accounts/user/{user.pk}/change/").content.decode()
+    assert "50 credits (earned 50, spent 0)" in page
+    assert f"/admin/apikeys/apikey/?user__id__exact={user.pk}" in page
+    keys = client.get(f"/admin/apikeys/apikey/?user__id__exact={user.pk}")
+    assert keys.status_code == 200
+
+
+@pytest.mark.django_db
+def test_staff_revoke_a_key_and_review_a_dispute(user: User) -> None:
+    from apikeys.models import APIKey
+    from apikeys.services import key_create
+    from payments.models import Payment
+
+    key, _ = key_create(user=user, name="leaked", mode="live")
+    payment = Payment.objects.create(
+        provider="stripe", reference="stripe:pi_d", user=user, amount_cents=499, needs_review=True
+    )
+    client, _ = _staff_client("billing")
+    client.post("/admin/apikeys/apikey/", {"action": "revoke", "_selected_action": [key.pk]})
+    assert APIKey.objects.get(pk=key.pk).revoked_at is not None
+    client.post(
+        "/admin/payments/payment/", {"action": "mark_reviewed", "_selected_action": [payment.pk]}
+    )
+    payment.refresh_from_db()
+    assert payment.needs_review is False
