@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-WIDTH = 640
-HEIGHT = 220
+WIDTH = 520
+HEIGHT = 200
 LEFT = 44  # room for the y-axis labels
 BOTTOM = 28  # room for the x-axis labels
 TOP = 10
@@ -98,7 +98,8 @@ def bar_chart(labels: list[str], series: list[Series]) -> BarChart:
             chart.x_ticks.append(
                 Tick(x=round(group_x + bar_width * len(series) / 2, 2), y=HEIGHT - 8, label=label)
             )
-    for fraction in (0, 0.5, 1):
+    # A half-way tick only when it is a whole number (a peak of 1 gets 0 and 1).
+    for fraction in (0, 0.5, 1) if top % 2 == 0 else (0, 1):
         chart.y_ticks.append(
             Tick(
                 x=LEFT - 6,

@@ -179,6 +179,7 @@ def test_billing_shows_flash_balance_and_history(
     page = portal_client.get("/portal/billing/").content.decode()
     assert '<div class="stat" id="balance">150</div>' in page
     assert "100 credits" in page and "+100" in page
+    assert "<strong>500 credits</strong>" in page and "<strong>API Pro</strong>" in page
 
 
 @pytest.mark.django_db

@@ -1,0 +1,142 @@
+"""Browser tests: Debian's Chromium, headless, driven by Selenium against pytest-django's live
+server. Skipped with a message when Chromium, chromedriver or Selenium is missing, so `make test`
+passes on a machine without a browser; `.ci/run` installs Chromium and runs them.
+
+Chromium is started with every background-networking feature off and a host-resolver rule that
+answers "not found" for any name but loopback: a page that tries to load anything from outside
+this machine fails visibly instead of reaching out.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings as django_settings
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = Path(django_settings.BASE_DIR) / "test-artifacts"
+
+
+def _missing() -> str | None:
+    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
+        return (
+            "browser tests need Debian's Chromium: apt-get install chromium chromium-driver "
+            f"({CHROMIUM} or {CHROMEDRIVER} not found)"
+        )
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "browser tests need Selenium: pip install -r requirements-dev.txt"
+    return None
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    reason = _missing()
+    if reason is None:
+        return
+    for item in items:
+        if "browser" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def chrome() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="tpb-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-default-apps",
+        "--disable-extensions",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(20)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def browser(chrome: Any, live_server: Any, settings: Any) -> Iterator[Any]:
+    """A clean browser (no cookies) at desktop size, and a quiet test process."""
+    from apikeys.services import key_cache_forget
+    from metering import services as metering
+
+    settings.METERING_BACKGROUND_FLUSH = False  # the test flushes usage itself
+    settings.GRANTS_DELIVER_IMMEDIATELY = False  # the test drives grant delivery itself
+    metering.usage_buffer_discard()
+    key_cache_forget()
+    chrome.get(live_server.url + "/health")
+    chrome.delete_all_cookies()
+    chrome.set_window_size(1280, 900)
+    yield chrome
+    metering.usage_buffer_discard()
+
+
+@pytest.fixture
+def screenshot(chrome: Any) -> Any:
+    """`screenshot("name")` saves test-artifacts/<name>.png (full page height)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    def take(name: str) -> Path:
+        width = chrome.get_window_size()["width"]
+        height = chrome.execute_script("return document.documentElement.scrollHeight")
+        chrome.set_window_size(width, min(max(int(height), 600), 4000))
+        path = ARTIFACTS / f"{name}.png"
+        chrome.save_screenshot(str(path))
+        return path
+
+    return take
+
+
+@pytest.fixture
+def oidc_provider(settings: Any) -> Iterator[Any]:
+    from tests.browser.oidc_stub import OIDCProviderStub
+
+    stub = OIDCProviderStub(
+        claims={"sub": "auth0|browser-dev", "email": "grace@example.com", "name": "Grace"}
+    ).start()
+    for name, value in stub.settings().items():
+        setattr(settings, name, value)
+    yield stub
+    stub.stop()
+
+
+@pytest.fixture
+def stripe_api(settings: Any) -> Iterator[Any]:
+    """payments' Stripe-compatible test server on loopback."""
+    from devpeers.server import start_peer
+    from payments.tests.factories import PRICE_IDS
+    from payments.tests.fakestripe import FakeStripe
+
+    fake = FakeStripe()
+    running = start_peer(fake)
+    settings.STRIPE_API_BASE = running.url
+    settings.STRIPE_SECRET_KEY = "sk_test_browser"
+    settings.STRIPE_TEST_SECRET_KEY = "sk_test_browser"
+    settings.STRIPE_LIVE_MODE = False
+    settings.STRIPE_PRICE_IDS = dict(PRICE_IDS)
+    yield fake
+    running.stop()
