@@ -34,6 +34,7 @@ from timepoint_billing.errors import (
     UpstreamError,
     api_error_response,
     error_response,
+    exception_to_response,
 )
 
 AnyResponse = HttpResponse | StreamingHttpResponse
@@ -79,6 +80,8 @@ def relay_route(
                 response = await handler(request, call, **kwargs)
             except ApiError as exc:
                 response = api_error_response(exc)
+            except Exception as exc:  # DRF validation errors and the unexpected: same JSON
+                response = exception_to_response(exc, request)
             finally:
                 if not isinstance(response, StreamingHttpResponse):
                     call.status = response.status_code if response is not None else 500

@@ -72,12 +72,13 @@ def test_sync_generation_charges_once_and_meters(
     ],
 )
 def test_invalid_bodies_never_reach_flash(
-    gateway: Any, auth: Any, flash_peer: Any, user: Any, body: Any
+    gateway: Any, auth: Any, flash_peer: Any, user: Any, body: Any, usage: Any
 ) -> None:
     response = gateway.post(GENERATE, json=body, headers=auth)
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "invalid_request"
     assert _generations(flash_peer) == []
+    assert [(r.status, r.credits_spent) for r in usage()] == [(400, 0)]
 
 
 def test_not_json_is_400(gateway: Any, auth: Any, flash_peer: Any, user: Any) -> None:
