@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from payments.tests.factories import OLD_WEBHOOK_SECRET, PRICE_IDS, WEBHOOK_SECRET
+from payments.tests.factories import (
+    OLD_WEBHOOK_SECRET,
+    PRICE_IDS,
+    WEBHOOK_SECRET,
+    price,
+    product,
+)
 from payments.tests.fakestripe import FakeStripe
 
 
@@ -34,6 +40,9 @@ def stripe_api(_stripe_server: tuple[_Switch, Any], settings: Any) -> FakeStripe
     """A fresh fake Stripe for every payments test; the SDK (and dj-stripe) talk only to it."""
     switch, running = _stripe_server
     fake = FakeStripe()
+    for name, price_id in PRICE_IDS.items():  # the account's catalogue, as the Dashboard made it
+        fake.put(product(name))
+        fake.put(price(name, price_id))
     switch.target = fake
     settings.STRIPE_API_BASE = running.url
     settings.STRIPE_SECRET_KEY = "sk_test_51GatewayTestKey0000000000000000"

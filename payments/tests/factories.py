@@ -77,24 +77,42 @@ def pack_session(customer: str, user_id: int, package: str = "100_credits") -> d
     }
 
 
+def product(name: str) -> dict[str, Any]:
+    return {
+        "id": "prod_" + name,
+        "object": "product",
+        "name": name,
+        "active": True,
+        "type": "service",
+        "livemode": False,
+        "created": 1_700_000_000,
+        "metadata": {},
+    }
+
+
+def price(name: str, price_id: str) -> dict[str, Any]:
+    recurring = not name.endswith("_credits")
+    return {
+        "id": price_id,
+        "object": "price",
+        "active": True,
+        "currency": "usd",
+        "product": "prod_" + name,
+        "recurring": {"interval": "month", "interval_count": 1} if recurring else None,
+        "type": "recurring" if recurring else "one_time",
+        "unit_amount": 1499,
+        "billing_scheme": "per_unit",
+        "livemode": False,
+        "created": 1_700_000_000,
+        "metadata": {},
+    }
+
+
 def subscription(
     customer: str, plan: str, status: str = "active", sub_id: str | None = None
 ) -> dict[str, Any]:
     sub_id = sub_id or new_id("sub")
     now = int(time.time())
-    price = {
-        "id": PRICE_IDS[plan],
-        "object": "price",
-        "active": True,
-        "currency": "usd",
-        "product": "prod_" + plan,
-        "recurring": {"interval": "month", "interval_count": 1},
-        "type": "recurring",
-        "unit_amount": 1499,
-        "livemode": False,
-        "created": now,
-        "metadata": {},
-    }
     return {
         "id": sub_id,
         "object": "subscription",
@@ -115,7 +133,7 @@ def subscription(
                 {
                     "id": new_id("si"),
                     "object": "subscription_item",
-                    "price": price,
+                    "price": price(plan, PRICE_IDS[plan]),
                     "quantity": 1,
                     "subscription": sub_id,
                     "created": now,

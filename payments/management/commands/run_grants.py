@@ -44,7 +44,6 @@ class Command(BaseCommand):
             else settings.GRANT_WORKER_SLEEP_SECONDS
         )
         while True:
-            close_old_connections()
             grants = grants_deliver_due()
             events = stripe_events_process_due()
             if grants or events or options["verbosity"] > 1:
@@ -52,3 +51,4 @@ class Command(BaseCommand):
             if options["once"] or stopping:
                 return
             time.sleep(pause)
+            close_old_connections()  # a long-lived worker must not keep a dead connection

@@ -1,0 +1,166 @@
+"""Apple in-app purchases: transactions signed by a test-made chain with Apple's OIDs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.test import Client
+
+from accounts.models import User
+from accounts.services import session_create
+from payments.models import AppleNotification, CreditGrant, GrantState, Payment
+from payments.tests.apple import AppleChain
+
+PRODUCT = "com.timepointai.credits100"
+
+
+@pytest.fixture(scope="module")
+def chain() -> AppleChain:
+    return AppleChain()
+
+
+@pytest.fixture(autouse=True)
+def apple_settings(settings: Any, tmp_path: Path, chain: AppleChain) -> None:
+    root = tmp_path / "AppleRootCA-test.cer"
+    root.write_bytes(chain.root_der())
+    settings.APPLE_ROOT_CERT_PATHS = [str(root)]
+    settings.APPLE_BUNDLE_ID = "com.timepointai.app"
+    settings.APPLE_ENVIRONMENT = "Sandbox"
+    settings.APPLE_APP_APPLE_ID = 0
+    settings.APPLE_PRODUCT_CREDITS = {PRODUCT: 100}
+
+
+def _verify(client: Client, headers: dict, signed: str) -> Any:
+    return client.post(
+        "/api/v1/billing/verify-receipt",
+        {"signed_transaction": signed},
+        content_type="application/json",
+        **headers,
+    )
+
+
+def test_signed_transaction_grants_once(
+    client: Client, auth_headers: dict, user: Any, flash_peer: Any, chain: AppleChain
+):
+    signed = chain.transaction()
+
+    first = _verify(client, auth_headers, signed)
+    second = _verify(client, auth_headers, signed)
+
+    assert first.status_code == 200, first.content
+    assert second.status_code == 200
+    assert first.json()["credits"] == 100
+    assert first.json()["transaction_key"].startswith("apple:")
+    call_command("run_grants", "--once")
+    grant = CreditGrant.objects.get()
+    assert grant.state == GrantState.SENT and grant.transaction_type == "apple_iap"
+    rows = [r for r in flash_peer.ledger_for(user.flash_user_id) if r["amount"] > 0]
+    assert len(rows) == 1 and rows[0]["type"] == "apple_iap"
+    assert flash_peer.user_balance(user.flash_user_id) == 150
+
+
+def test_transaction_from_another_user_is_409(
+    client: Client, auth_headers: dict, user: Any, flash_peer: Any, chain: AppleChain
+):
+    signed = chain.transaction()
+    assert _verify(client, auth_headers, signed).status_code == 200
+    sub = "auth0|someone-else"
+    other = User.objects.create_user(
+        username=sub, auth0_sub=sub, flash_user_id=flash_peer.add_user(sub)
+    )
+    _, token = session_create(user=other)
+
+    response = _verify(client, {"HTTP_AUTHORIZATION": f"Bearer {token}"}, signed)
+
+    assert response.status_code == 409
+    assert response.json()["code"] == "transaction_already_claimed"
+    assert CreditGrant.objects.count() == 1 and CreditGrant.objects.get().user == user
+
+
+@pytest.mark.parametrize(
+    "case", ["wrong_root", "wrong_bundle", "wrong_environment", "expired", "garbage"]
+)
+def test_bad_transactions_are_400(
+    client: Client, auth_headers: dict, user: Any, chain: AppleChain, case: str
+):
+    if case == "wrong_root":
+        signed = AppleChain().transaction()
+    elif case == "wrong_bundle":
+        signed = chain.transaction(bundleId="com.example.other")
+    elif case == "wrong_environment":
+        signed = chain.transaction(environment="Production")
+    elif case == "expired":
+        signed = AppleChain(leaf_expired=True).transaction()
+    else:
+        signed = "not.a.jws"
+    response = _verify(client, auth_headers, signed)
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_apple_signature"
+    assert CreditGrant.objects.count() == 0
+
+
+def test_expired_leaf_is_400_even_with_a_trusted_root(
+    client: Client, auth_headers: dict, user: Any, settings: Any, tmp_path: Path
+):
+    expired = AppleChain(leaf_expired=True)
+    root = tmp_path / "expired-root.cer"
+    root.write_bytes(expired.root_der())
+    settings.APPLE_ROOT_CERT_PATHS = [str(root)]
+
+    response = _verify(client, auth_headers, expired.transaction())
+
+    assert response.status_code == 400
+    assert CreditGrant.objects.count() == 0
+
+
+def test_unknown_product_is_400(client: Client, auth_headers: dict, user: Any, chain: AppleChain):
+    response = _verify(client, auth_headers, chain.transaction(productId="com.example.gems"))
+    assert response.status_code == 400 and response.json()["code"] == "unknown_product"
+
+
+@pytest.mark.parametrize("environment", ["Xcode", "LocalTesting"])
+def test_unsigned_environments_are_refused(
+    client: Client, auth_headers: dict, user: Any, chain: AppleChain, settings: Any, environment
+):
+    settings.APPLE_ENVIRONMENT = environment
+    response = _verify(client, auth_headers, chain.transaction(environment=environment))
+    assert response.status_code == 503
+    assert response.json()["code"] == "apple_unconfigured"
+    assert CreditGrant.objects.count() == 0
+
+
+def test_refund_notification_is_recorded_once(
+    client: Client, auth_headers: dict, user: Any, flash_peer: Any, chain: AppleChain
+):
+    signed = chain.transaction()
+    assert _verify(client, auth_headers, signed).status_code == 200
+    notification = chain.notification("REFUND", signed)
+
+    for _ in range(2):
+        response = client.post(
+            "/api/v1/billing/webhooks/apple",
+            {"signedPayload": notification},
+            content_type="application/json",
+        )
+        assert response.status_code == 200
+
+    assert AppleNotification.objects.count() == 1
+    payment = Payment.objects.get()
+    assert payment.status == "refunded" and payment.needs_review
+    # Credits are never taken back silently: the grant stands until staff decide.
+    assert CreditGrant.objects.get().amount == 100
+
+
+def test_forged_notification_is_400(client: Client, db: Any, chain: AppleChain):
+    forger = AppleChain()
+    response = client.post(
+        "/api/v1/billing/webhooks/apple",
+        {"signedPayload": forger.notification("REFUND", forger.transaction())},
+        content_type="application/json",
+    )
+    assert response.status_code == 400
+    assert AppleNotification.objects.count() == 0
