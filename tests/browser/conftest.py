@@ -9,6 +9,7 @@ this machine fails visibly instead of reaching out.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -18,8 +19,9 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
+# Debian's paths; the variables exist to try the skip path on a machine that has Chromium.
+CHROMIUM = Path(os.environ.get("TPB_CHROMIUM", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("TPB_CHROMEDRIVER", "/usr/bin/chromedriver"))
 ARTIFACTS = Path(django_settings.BASE_DIR) / "test-artifacts"
 
 

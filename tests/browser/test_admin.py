@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group
 from django.utils import timezone
+
+pytest.importorskip("selenium", reason="browser tests need Selenium (requirements-dev.txt)")
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 

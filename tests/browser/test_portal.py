@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 import pytest
 from django.utils import timezone
+
+pytest.importorskip("selenium", reason="browser tests need Selenium (requirements-dev.txt)")
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as expected
 from selenium.webdriver.support.ui import WebDriverWait
@@ -116,8 +118,8 @@ def test_developer_signs_in_manages_a_key_sees_usage_and_checks_out(
     browser.get(live_server.url + "/portal/billing/")
     screenshot("portal-billing")
     browser.find_element(By.CSS_SELECTOR, "button[data-product='pack:100_credits']").click()
-    sessions = [o for o in stripe_api.objects.values() if o.get("object") == "checkout.session"]
     WebDriverWait(browser, 10).until(lambda driver: "/portal/" not in driver.current_url)
+    sessions = [o for o in stripe_api.objects.values() if o.get("object") == "checkout.session"]
     assert len(sessions) == 1
     assert browser.current_url == sessions[0]["url"]
 
