@@ -4,3 +4,10 @@ from django.apps import AppConfig
 class PaymentsConfig(AppConfig):
     name = "payments"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from accounts.signals import user_deleted, user_export
+        from payments import selectors, services
+
+        user_deleted.connect(services.on_user_deleted, dispatch_uid="payments.user_deleted")
+        user_export.connect(selectors.billing_export, dispatch_uid="payments.user_export")

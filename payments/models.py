@@ -23,6 +23,7 @@ class GrantSource(models.TextChoices):
     STRIPE = "stripe", "Stripe"
     APPLE = "apple", "Apple"
     MANUAL = "manual", "Manual"
+    REFUND = "refund", "Refund of a failed generation"
 
 
 class CreditGrant(models.Model):

@@ -133,3 +133,35 @@ def grants_needing_attention() -> QuerySet[CreditGrant]:
 def payments_needing_review() -> QuerySet[Payment]:
     """Refunded or disputed payments that staff have not reviewed yet."""
     return Payment.objects.filter(needs_review=True).select_related("user").order_by("-updated_at")
+
+
+def billing_export(sender: object, *, user: Any, **kwargs: object) -> dict[str, object]:
+    """`accounts.signals.user_export` receiver: payments and credit grants (no card data kept)."""
+    payments = Payment.objects.filter(user=user).order_by("created_at", "id")
+    grants = CreditGrant.objects.filter(user=user).order_by("created_at", "id")
+    return {
+        "payments": [
+            {
+                "provider": p.provider,
+                "reference": p.reference,
+                "product": p.product,
+                "amount_cents": p.amount_cents,
+                "currency": p.currency,
+                "amount_refunded_cents": p.amount_refunded_cents,
+                "disputed": p.disputed,
+                "created_at": p.created_at.isoformat(),
+            }
+            for p in payments
+        ],
+        "credit_grants": [
+            {
+                "key": g.key,
+                "amount": g.amount,
+                "transaction_type": g.transaction_type,
+                "state": g.state,
+                "created_at": g.created_at.isoformat(),
+                "sent_at": g.sent_at.isoformat() if g.sent_at else None,
+            }
+            for g in grants
+        ],
+    }

@@ -938,3 +938,22 @@ def apple_notification_receive(*, signed_payload: str) -> bool:
                     ]
                 )
     return created
+
+
+# --- Account lifecycle (accounts.signals receivers)
+
+
+def on_user_deleted(sender: object, *, user: User, **kwargs: object) -> None:
+    """Cancel the deleted user's live subscriptions at Stripe, inside the deletion's transaction:
+    if Stripe cannot be reached the deletion rolls back (the client sees 502 and may retry), so an
+    account is never gone while its subscription keeps billing."""
+    from djstripe.models import Customer
+
+    for customer in Customer.objects.filter(subscriber=user):
+        for subscription in stripe_client.subscriptions_for_customer(str(customer.id)):
+            if subscription.get("status") in LIVE_SUBSCRIPTION_STATUSES:
+                stripe_client.subscription_cancel(str(subscription["id"]))
+                logger.info(
+                    {"event": "subscription_cancelled", "user": user.pk, "why": "account_deleted"}
+                )
+    user_plan_set(user=user, plan=Plan.FREE)

@@ -119,3 +119,12 @@ def subscriptions_for_customer(customer_id: str) -> list[dict[str, Any]]:
     from djstripe.models import Subscription
 
     return [dict(sub.stripe_data) for sub in Subscription.objects.filter(customer_id=customer_id)]
+
+
+def subscription_cancel(subscription_id: str) -> None:
+    """Cancel a subscription now (account deletion). Failures raise our typed errors."""
+    configure()
+    try:
+        stripe.Subscription.cancel(subscription_id)
+    except stripe.StripeError as exc:
+        raise _map_error(exc) from exc

@@ -51,6 +51,7 @@ class FakeStripe:
         self.lock = threading.Lock()
         self.objects: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
+        self.cancelled: list[str] = []  # subscription ids cancelled through the API
         self.down = False  # answer every call with a 500 api_error (a Stripe outage)
         self._ids = itertools.count(1)
         self.account = {
@@ -160,6 +161,14 @@ class FakeStripe:
                 "livemode": False,
                 "created": int(time.time()),
             }
+        if method == "DELETE" and path.startswith("/v1/subscriptions/"):
+            with self.lock:
+                found = self.objects.get(path.rsplit("/", 1)[1])
+                if found is not None:
+                    found.update({"status": "canceled", "canceled_at": int(time.time())})
+                    self.cancelled.append(found["id"])
+            if found is not None:
+                return 200, found
         if method == "GET":
             for collection in COLLECTIONS:
                 prefix = f"/v1/{collection}"

@@ -178,3 +178,35 @@ def test_history_lists_payments_subscriptions_and_grants(
     assert body["grants"][0]["state"] == "sent" and body["grants"][0]["amount"] == 100
     assert body["subscriptions"][0]["plan"] == "historian"
     assert body["subscriptions"][0]["status"] == "active"
+
+
+def test_deleting_the_account_cancels_the_subscription_and_exports_billing(
+    client: Client, user: Any, customer_id: str, stripe_api: FakeStripe, auth_headers: dict
+):
+    sub = f.subscription(customer_id, "historian")
+    _subscription_event(client, stripe_api, "customer.subscription.created", sub)
+    user.refresh_from_db()
+    assert user.plan == Plan.HISTORIAN
+
+    export = client.get("/api/v1/users/me/export", **auth_headers)
+    assert export.status_code == 200
+    assert {"payments", "credit_grants"} <= set(export.json())
+
+    assert client.delete("/api/v1/auth/me", **auth_headers).status_code == 204
+    assert stripe_api.cancelled == [sub["id"]]
+    user.refresh_from_db()
+    assert user.plan == Plan.FREE and user.deleted_at is not None
+
+
+def test_account_is_not_deleted_while_stripe_cannot_cancel_the_subscription(
+    client: Client, user: Any, customer_id: str, stripe_api: FakeStripe, auth_headers: dict
+):
+    sub = f.subscription(customer_id, "historian")
+    _subscription_event(client, stripe_api, "customer.subscription.created", sub)
+
+    stripe_api.down = True
+    response = client.delete("/api/v1/auth/me", **auth_headers)
+    assert response.status_code == 502
+    assert response.json()["code"] == "stripe_error"
+    user.refresh_from_db()
+    assert user.deleted_at is None and user.plan == Plan.HISTORIAN
