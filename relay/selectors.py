@@ -34,7 +34,7 @@ ACTOR_FIELDS = ("created_by", "proposed_by", "challenged_by")
 
 
 def clockchain_cache_seconds() -> float:
-    return float(getattr(settings, "CLOCKCHAIN_CACHE_SECONDS", 10.0))
+    return float(settings.CLOCKCHAIN_CACHE_SECONDS)
 
 
 def _cache_key(path: str, params: dict[str, Any] | None, with_key: bool) -> str:

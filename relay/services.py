@@ -33,6 +33,7 @@ from django.core.cache import cache
 
 from accounts.authentication import Caller
 from relay import flash
+from timepoint_billing.db import run_db
 from timepoint_billing.errors import (
     BadRequest,
     FlashUnavailable,
@@ -54,18 +55,14 @@ COSTS_CACHE_KEY = "relay:flash-costs"
 REFUND_GRANT_SOURCE = "refund"
 
 
-def _setting(name: str, default: float) -> float:
-    return float(getattr(settings, name, default))
-
-
 def costs_cache_seconds() -> float:
-    return _setting("FLASH_COSTS_CACHE_SECONDS", 60.0)
+    return float(settings.FLASH_COSTS_CACHE_SECONDS)
 
 
 def stream_settle_seconds() -> float:
     """How long a stream's reservation and busy marker outlive its end: Flash writes a streamed
     generation's charge back only after the stream has closed (pitfall 11)."""
-    return _setting("RELAY_STREAM_SETTLE_SECONDS", 2.0)
+    return float(settings.RELAY_STREAM_SETTLE_SECONDS)
 
 
 def generation_hold_seconds() -> int:
@@ -251,11 +248,10 @@ async def generation_refund(generation: Generation, *, reason: str) -> None:
     Flash's grant is not idempotent (pitfall 12), so the refund is an outbox row keyed by the
     gateway request id (`refund:<request id>`) that the payments grant worker delivers exactly
     once, after the user's busy marker has cleared."""
-    from asgiref.sync import sync_to_async
-
     from payments.services import grant_create
 
-    await sync_to_async(grant_create, thread_sensitive=False)(
+    await run_db(
+        grant_create,
         key=f"refund:{generation.request_id}",
         user=generation.caller.user,
         amount=generation.cost,

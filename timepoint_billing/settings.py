@@ -231,6 +231,12 @@ UPSTREAM_POOL_TIMEOUT = env_float("UPSTREAM_POOL_TIMEOUT", 1.0)
 HEALTH_CHECK_TIMEOUT = env_float("HEALTH_CHECK_TIMEOUT", 2.0)
 SSE_HEARTBEAT_SECONDS = env_float("SSE_HEARTBEAT_SECONDS", 15.0)
 SSE_MAX_DURATION_SECONDS = env_float("SSE_MAX_DURATION_SECONDS", 400.0)
+# Public Clockchain reads are the same for every caller, and Clockchain limits all gateway traffic
+# as one client (60/min), so they are cached briefly. 0 turns the cache off (the benchmark does).
+CLOCKCHAIN_CACHE_SECONDS = env_float("CLOCKCHAIN_CACHE_SECONDS", 10.0)
+FLASH_COSTS_CACHE_SECONDS = env_float("FLASH_COSTS_CACHE_SECONDS", 60.0)
+# Flash writes a stream's charge back after the stream closes; the reservation outlives it by this.
+RELAY_STREAM_SETTLE_SECONDS = env_float("RELAY_STREAM_SETTLE_SECONDS", 2.0)
 
 # --- Stripe and Apple (payments)
 STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "")
