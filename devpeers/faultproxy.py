@@ -61,10 +61,23 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            # Cancel open connections first so no coroutine is left half-run at loop close.
+            future = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
+            with suppress(Exception):
+                future.result(2)
+            loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(2)
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def __enter__(self) -> FaultProxy:
         return self.start()
