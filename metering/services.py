@@ -31,6 +31,7 @@ from itertools import islice
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import close_old_connections, transaction
 from django.utils import timezone
 
@@ -267,3 +268,19 @@ def usage_rollup(*, days: list[date]) -> dict[str, int]:
     for month in sorted({month_start(day) for day in days}):
         written["monthly_rows"] += usage_rollup_month(month=month)
     return written
+
+
+ROLLUP_LOCK_KEY = "metering:rollup-lock"
+
+
+def usage_rollup_recent() -> dict[str, int] | None:
+    """Roll up today and yesterday (UTC) and their months: what the background worker runs every
+    METERING_ROLLUP_INTERVAL_SECONDS so the usage endpoints and dashboards stay fresh. One process
+    at a time (a cache lock; with Redis, across machines); returns None when another holds it."""
+    if not cache.add(ROLLUP_LOCK_KEY, 1, timeout=300):
+        return None
+    try:
+        today = timezone.now().date()
+        return usage_rollup(days=[today - timedelta(days=1), today])
+    finally:
+        cache.delete(ROLLUP_LOCK_KEY)

@@ -1,5 +1,6 @@
-"""`make run`: the gateway on embedded defaults, with the Flash and Clockchain contract peers
-started alongside so the relay answers locally. Ctrl-C stops everything."""
+"""`make run`: the gateway on embedded defaults, with the background worker (grants, usage
+roll-ups) and the Flash and Clockchain contract peers started alongside so the relay answers
+locally. Ctrl-C stops everything."""
 
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ def main() -> int:
         cwd=ROOT,
         env=env,
     )
+    worker = subprocess.Popen(  # noqa: S603 - fixed argv
+        [sys.executable, "manage.py", "run_grants"], cwd=ROOT, env=env
+    )
     try:
         return subprocess.call(  # noqa: S603 - fixed argv
             [
@@ -58,8 +62,9 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        peers.send_signal(signal.SIGTERM)
-        peers.wait(timeout=10)
+        for process in (worker, peers):
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=10)
 
 
 if __name__ == "__main__":

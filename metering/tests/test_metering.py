@@ -152,3 +152,22 @@ def test_usage_query_is_validated(client: Client, auth_headers: dict[str, Any]) 
     assert bad.status_code == 400
     assert client.get("/api/v1/usage?granularity=week", **auth_headers).status_code == 400
     assert client.get("/api/v1/usage", **auth_headers).status_code == 200
+
+
+@pytest.mark.django_db
+def test_the_background_worker_keeps_todays_aggregates_fresh() -> None:
+    for n in range(3):
+        services.record_usage(
+            request_id=f"fresh-{n}",
+            user_id=None,
+            api_key_id=None,
+            endpoint="/api/v1/browse",
+            method="GET",
+            status=200 if n else 500,
+            credits_spent=0,
+            response_time_ms=2.0,
+        )
+    services.flush_usage()
+    call_command("run_grants", "--once")
+    row = UsageDaily.objects.get(endpoint="/api/v1/browse")
+    assert (row.requests, row.errors) == (3, 1)

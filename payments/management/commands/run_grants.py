@@ -1,7 +1,9 @@
-"""The credit-grant worker: `python manage.py run_grants` (a second process in production).
+"""The background worker: `python manage.py run_grants` (a second process in production).
 
-Delivers due grants to Flash and retries stored Stripe events whose mirror/plan work failed.
-Several may run at once: every grant and event is claimed by exactly one of them."""
+Delivers due grants to Flash, retries stored Stripe events whose mirror/plan work failed, and
+rolls usage up (today and yesterday) every METERING_ROLLUP_INTERVAL_SECONDS so the usage endpoints
+and dashboards stay fresh. Several may run at once: every grant and event is claimed by exactly
+one of them, and one roll-up runs at a time."""
 
 from __future__ import annotations
 
@@ -13,11 +15,12 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
+from metering.services import usage_rollup_recent
 from payments.services import grants_deliver_due, stripe_events_process_due
 
 
 class Command(BaseCommand):
-    help = "Deliver pending credit grants to Flash (exactly once) and retry stored Stripe events."
+    help = "Deliver credit grants to Flash (exactly once), retry Stripe events, roll usage up."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--once", action="store_true", help="one pass, then exit")
@@ -43,11 +46,15 @@ class Command(BaseCommand):
             if options["sleep"] is not None
             else settings.GRANT_WORKER_SLEEP_SECONDS
         )
+        next_rollup = 0.0
         while True:
             grants = grants_deliver_due()
             events = stripe_events_process_due()
             if grants or events or options["verbosity"] > 1:
                 self.stdout.write(f"grants claimed: {grants}, events processed: {events}")
+            if time.monotonic() >= next_rollup:
+                usage_rollup_recent()
+                next_rollup = time.monotonic() + settings.METERING_ROLLUP_INTERVAL_SECONDS
             if options["once"] or stopping:
                 return
             time.sleep(pause)
