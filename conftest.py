@@ -42,51 +42,49 @@ socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign,ass
 
 
 @pytest.fixture(autouse=True)
-def _empty_cache() -> Iterator[None]:
-    """Limiter windows, cached lookups and reservations never leak from one test to the next."""
+def _isolated_state(settings: Any) -> Iterator[None]:
+    """Nothing leaks from one test to the next: limiter windows, reservations and cached lookups
+    (the cache), queued usage records, cached API-key callers, the limiter's Redis breaker. Tests
+    flush usage themselves (`flush_usage()`), so the background flusher is off."""
     from django.core.cache import cache
 
+    from apikeys.limits import reset_breaker
+    from apikeys.services import key_cache_forget
+    from metering import services as metering
+
+    settings.METERING_BACKGROUND_FLUSH = False
     cache.clear()
+    metering.usage_buffer_discard()
+    key_cache_forget()
+    reset_breaker()
     yield
+    metering.usage_buffer_discard()
+    reset_breaker()
 
 
 # --- Upstream contract peers on loopback
-# One server per session for each upstream; each test gets a fresh peer object behind it, so state
-# and knobs never leak between tests while the (slower) server start happens once.
-
-
-class _Switch:
-    """An ASGI app that forwards to whichever peer the current test installed."""
-
-    def __init__(self) -> None:
-        self.target: Any = None
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.target(scope, receive, send)
 
 
 @pytest.fixture(scope="session")
-def _flash_server() -> Iterator[tuple[_Switch, Any]]:
-    from devpeers.server import start_peer
+def _flash_server() -> Iterator[tuple[Any, Any]]:
+    from devpeers.server import start_switch
 
-    switch = _Switch()
-    running = start_peer(switch)
+    switch, running = start_switch()
     yield switch, running
     running.stop()
 
 
 @pytest.fixture(scope="session")
-def _clockchain_server() -> Iterator[tuple[_Switch, Any]]:
-    from devpeers.server import start_peer
+def _clockchain_server() -> Iterator[tuple[Any, Any]]:
+    from devpeers.server import start_switch
 
-    switch = _Switch()
-    running = start_peer(switch)
+    switch, running = start_switch()
     yield switch, running
     running.stop()
 
 
 @pytest.fixture
-def flash_peer(_flash_server: tuple[_Switch, Any], settings: Any) -> Any:
+def flash_peer(_flash_server: tuple[Any, Any], settings: Any) -> Any:
     """A fresh Flash contract peer on loopback; the gateway's settings point at it."""
     from devpeers.flash import FlashPeer
 
@@ -106,7 +104,7 @@ def flash_peer(_flash_server: tuple[_Switch, Any], settings: Any) -> Any:
 
 
 @pytest.fixture
-def clockchain_peer(_clockchain_server: tuple[_Switch, Any], settings: Any) -> Any:
+def clockchain_peer(_clockchain_server: tuple[Any, Any], settings: Any) -> Any:
     """A fresh Clockchain contract peer on loopback; the gateway's settings point at it."""
     from devpeers.clockchain import ClockchainPeer
 
@@ -143,3 +141,58 @@ def session_token(user: Any) -> str:
 def auth_headers(session_token: str) -> dict[str, Any]:
     """Django test-client kwargs that authenticate as `user` with a gateway session."""
     return {"HTTP_AUTHORIZATION": f"Bearer {session_token}"}
+
+
+@pytest.fixture
+def other_user(db: Any) -> Any:
+    from accounts.models import User
+
+    return User.objects.create_user(username="auth0|other", email="bob@example.com")
+
+
+@pytest.fixture
+def make_key(db: Any) -> Any:
+    """`make_key(user, name=..., mode=..., **limits) -> (APIKey, raw key)`."""
+    from apikeys.services import key_create
+
+    def make(user: Any, name: str = "test key", mode: str = "live", **limits: Any) -> Any:
+        key, raw = key_create(user=user, name=name, mode=mode)
+        if limits:
+            for field, value in limits.items():
+                setattr(key, field, value)
+            key.save()
+        return key, raw
+
+    return make
+
+
+@pytest.fixture
+def oidc_provider(settings: Any) -> Iterator[Any]:
+    """A local OpenID provider (Auth0 stand-in) on loopback; the OIDC settings point at it."""
+    from tests.browser.oidc_stub import OIDCProviderStub
+
+    stub = OIDCProviderStub(
+        claims={"sub": "auth0|portal-dev", "email": "dev@example.com", "name": "Dev Eloper"}
+    ).start()
+    for name, value in stub.settings().items():
+        setattr(settings, name, value)
+    yield stub
+    stub.stop()
+
+
+@pytest.fixture
+def stripe_api(settings: Any) -> Iterator[Any]:
+    """payments' Stripe-compatible test server on loopback, with its test price ids."""
+    from devpeers.server import start_peer
+    from payments.tests.factories import PRICE_IDS
+    from payments.tests.fakestripe import FakeStripe
+
+    fake = FakeStripe()
+    running = start_peer(fake)
+    settings.STRIPE_API_BASE = running.url
+    settings.STRIPE_SECRET_KEY = "sk_test_portal"
+    settings.STRIPE_TEST_SECRET_KEY = "sk_test_portal"
+    settings.STRIPE_LIVE_MODE = False
+    settings.STRIPE_PRICE_IDS = dict(PRICE_IDS)
+    yield fake
+    running.stop()

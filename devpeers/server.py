@@ -62,6 +62,23 @@ class RunningPeer:
         self.stop()
 
 
+class SwitchApp:
+    """An ASGI app that forwards to whichever app `target` holds. Tests start one server per
+    session and install a fresh peer per test: state never leaks, the slow start happens once."""
+
+    def __init__(self) -> None:
+        self.target: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.target(scope, receive, send)
+
+
+def start_switch() -> tuple[SwitchApp, RunningPeer]:
+    """A started server whose app is a `SwitchApp` (install the app per test)."""
+    switch = SwitchApp()
+    return switch, start_peer(switch)
+
+
 def make_config(app: Any, host: str, port: int) -> uvicorn.Config:
     return uvicorn.Config(
         app,

@@ -3,49 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from devpeers.clockchain import ClockchainPeer
 from devpeers.flash import FlashPeer
-from devpeers.server import RunningPeer, start_peer
+from devpeers.server import RunningPeer, SwitchApp, start_switch
 
 
 @pytest.fixture(autouse=True)
-def _empty_cache() -> Iterator[None]:
+def _isolated_state() -> Iterator[None]:
     """Overrides the suite-wide Django cache fixture: these tests never touch Django."""
     yield
 
 
-class Switch:
-    """Forwards to the peer the current test installed (fresh state per test, one server)."""
-
-    def __init__(self) -> None:
-        self.target: Any = None
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.target(scope, receive, send)
-
-
 @pytest.fixture(scope="session")
-def _flash_running() -> Iterator[tuple[Switch, RunningPeer]]:
-    switch = Switch()
-    running = start_peer(switch)
+def _flash_running() -> Iterator[tuple[SwitchApp, RunningPeer]]:
+    switch, running = start_switch()
     yield switch, running
     running.stop()
 
 
 @pytest.fixture(scope="session")
-def _clockchain_running() -> Iterator[tuple[Switch, RunningPeer]]:
-    switch = Switch()
-    running = start_peer(switch)
+def _clockchain_running() -> Iterator[tuple[SwitchApp, RunningPeer]]:
+    switch, running = start_switch()
     yield switch, running
     running.stop()
 
 
 @pytest.fixture
-def flash(_flash_running: tuple[Switch, RunningPeer]) -> FlashPeer:
+def flash(_flash_running: tuple[SwitchApp, RunningPeer]) -> FlashPeer:
     switch, running = _flash_running
     peer = FlashPeer()
     peer.url = running.url
@@ -54,7 +41,7 @@ def flash(_flash_running: tuple[Switch, RunningPeer]) -> FlashPeer:
 
 
 @pytest.fixture
-def clockchain(_clockchain_running: tuple[Switch, RunningPeer]) -> ClockchainPeer:
+def clockchain(_clockchain_running: tuple[SwitchApp, RunningPeer]) -> ClockchainPeer:
     switch, running = _clockchain_running
     peer = ClockchainPeer()
     peer.url = running.url

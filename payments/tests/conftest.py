@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from devpeers.server import SwitchApp, start_switch
 from payments.tests.factories import (
     OLD_WEBHOOK_SECRET,
     PRICE_IDS,
@@ -17,26 +18,15 @@ from payments.tests.factories import (
 from payments.tests.fakestripe import FakeStripe
 
 
-class _Switch:
-    def __init__(self) -> None:
-        self.target: Any = None
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.target(scope, receive, send)
-
-
 @pytest.fixture(scope="session")
-def _stripe_server() -> Iterator[tuple[_Switch, Any]]:
-    from devpeers.server import start_peer
-
-    switch = _Switch()
-    running = start_peer(switch)
+def _stripe_server() -> Iterator[tuple[SwitchApp, Any]]:
+    switch, running = start_switch()
     yield switch, running
     running.stop()
 
 
 @pytest.fixture(autouse=True)
-def stripe_api(_stripe_server: tuple[_Switch, Any], settings: Any) -> FakeStripe:
+def stripe_api(_stripe_server: tuple[SwitchApp, Any], settings: Any) -> FakeStripe:
     """A fresh fake Stripe for every payments test; the SDK (and dj-stripe) talk only to it."""
     switch, running = _stripe_server
     fake = FakeStripe()

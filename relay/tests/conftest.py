@@ -22,20 +22,13 @@ def _gateway_server() -> Iterator[Any]:
 
 @pytest.fixture(autouse=True)
 def _relay_settings(settings: Any) -> Iterator[None]:
-    """Limits high enough not to interfere; usage flushed by the tests themselves."""
-    from apikeys.limits import reset_breaker
-    from metering import services as metering
-
+    """Limits high enough not to interfere (isolation itself is the root conftest's)."""
     settings.USER_RATE_LIMIT_PER_MINUTE = 10_000
     settings.USER_RATE_LIMIT_PER_DAY = 100_000
     settings.USER_CONCURRENCY_LIMIT = 50
-    settings.METERING_BACKGROUND_FLUSH = False
     settings.GRANTS_DELIVER_IMMEDIATELY = False
     settings.UPSTREAM_POOL_TIMEOUT = 5.0
-    metering.usage_buffer_discard()
-    reset_breaker()
     yield
-    metering.usage_buffer_discard()
 
 
 @pytest.fixture

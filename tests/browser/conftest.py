@@ -83,18 +83,11 @@ def chrome() -> Iterator[Any]:
 @pytest.fixture
 def browser(chrome: Any, live_server: Any, settings: Any) -> Iterator[Any]:
     """A clean browser (no cookies) at desktop size, and a quiet test process."""
-    from apikeys.services import key_cache_forget
-    from metering import services as metering
-
-    settings.METERING_BACKGROUND_FLUSH = False  # the test flushes usage itself
     settings.GRANTS_DELIVER_IMMEDIATELY = False  # the test drives grant delivery itself
-    metering.usage_buffer_discard()
-    key_cache_forget()
     chrome.get(live_server.url + "/health")
     chrome.delete_all_cookies()
     chrome.set_window_size(1280, 900)
     yield chrome
-    metering.usage_buffer_discard()
 
 
 @pytest.fixture
@@ -111,34 +104,3 @@ def screenshot(chrome: Any) -> Any:
         return path
 
     return take
-
-
-@pytest.fixture
-def oidc_provider(settings: Any) -> Iterator[Any]:
-    from tests.browser.oidc_stub import OIDCProviderStub
-
-    stub = OIDCProviderStub(
-        claims={"sub": "auth0|browser-dev", "email": "grace@example.com", "name": "Grace"}
-    ).start()
-    for name, value in stub.settings().items():
-        setattr(settings, name, value)
-    yield stub
-    stub.stop()
-
-
-@pytest.fixture
-def stripe_api(settings: Any) -> Iterator[Any]:
-    """payments' Stripe-compatible test server on loopback."""
-    from devpeers.server import start_peer
-    from payments.tests.factories import PRICE_IDS
-    from payments.tests.fakestripe import FakeStripe
-
-    fake = FakeStripe()
-    running = start_peer(fake)
-    settings.STRIPE_API_BASE = running.url
-    settings.STRIPE_SECRET_KEY = "sk_test_browser"
-    settings.STRIPE_TEST_SECRET_KEY = "sk_test_browser"
-    settings.STRIPE_LIVE_MODE = False
-    settings.STRIPE_PRICE_IDS = dict(PRICE_IDS)
-    yield fake
-    running.stop()

@@ -55,7 +55,7 @@ def test_developer_signs_in_manages_a_key_sees_usage_and_checks_out(
     browser.find_element(By.ID, "signin").click()
     _wait(browser, "#balance")
     assert browser.current_url == live_server.url + "/portal/"
-    assert "grace@example.com" in browser.page_source
+    assert "dev@example.com" in browser.page_source
     assert browser.find_element(By.ID, "balance").text == "50"  # Flash's signup credits
     screenshot("portal-home")
 
