@@ -49,7 +49,7 @@ class CreditGrantAdmin(admin.ModelAdmin):
     list_filter = ["state", "source", "transaction_type"]
     search_fields = ["key", "user__username", "user__email", "flash_user_id"]
     readonly_fields = [f.name for f in CreditGrant._meta.fields]
-    actions = ["retry"]
+    actions = ["retry", "mark_resolved"]
     change_list_template = "admin/payments/creditgrant/change_list.html"
 
     @admin.action(
@@ -62,6 +62,19 @@ class CreditGrantAdmin(admin.ModelAdmin):
                 count += 1
                 self.log_change(request, grant, "Retried (queued again).")
         self.message_user(request, f"{count} grant(s) queued again.", messages.SUCCESS)
+
+    @admin.action(
+        description="Mark selected failed / needs-attention grants resolved (never sent)",
+        permissions=["change"],
+    )
+    def mark_resolved(self, request: HttpRequest, queryset: QuerySet[CreditGrant]) -> None:
+        count = 0
+        for grant in queryset:
+            note = "settled by hand in the admin"
+            if services.grant_resolve(grant_id=grant.pk, staff_user=request.user, note=note):  # type: ignore[arg-type]
+                count += 1
+                self.log_change(request, grant, "Marked resolved (will not be sent).")
+        self.message_user(request, f"{count} grant(s) marked resolved.", messages.SUCCESS)
 
     def get_urls(self) -> list[URLPattern]:
         manual = path(

@@ -17,6 +17,8 @@ class GrantState(models.TextChoices):
     SENT = "sent", "Sent"  # Flash applied it (answered, or found in its ledger)
     FAILED = "failed", "Failed"  # the last attempt failed; retried at next_attempt_at
     NEEDS_ATTENTION = "needs_attention", "Needs attention"  # no automatic retry; staff decide
+    # Staff settled it by hand (confirmed in Flash, or no credits owed); it is never sent.
+    RESOLVED = "resolved", "Resolved by staff"
 
 
 class GrantSource(models.TextChoices):

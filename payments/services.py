@@ -162,6 +162,24 @@ def grant_retry(*, grant_id: int) -> bool:
     return bool(updated)
 
 
+def grant_resolve(*, grant_id: int, staff_user: User, note: str) -> bool:
+    """Staff settle a failed / needs-attention grant by hand: it leaves the queue for good and is
+    never sent. The note says why (who is recorded by the admin log)."""
+    if not note.strip():
+        raise BadRequest("Resolving a grant needs a note saying why.", code="invalid_request")
+    updated = CreditGrant.objects.filter(
+        pk=grant_id, state__in=[GrantState.FAILED, GrantState.NEEDS_ATTENTION]
+    ).update(
+        state=GrantState.RESOLVED,
+        last_error=f"resolved by {staff_user.get_username()}: {note.strip()}"[:2000],
+        claimed_at=None,
+        updated_at=timezone.now(),
+    )
+    if updated:
+        logger.info({"event": "grant_resolved", "grant": grant_id, "staff": staff_user.pk})
+    return bool(updated)
+
+
 def _due_q(now: datetime) -> Q:
     stale = now - timedelta(seconds=settings.GRANT_SENDING_LEASE_SECONDS)
     return Q(state__in=[GrantState.PENDING, GrantState.FAILED], next_attempt_at__lte=now) | Q(

@@ -98,6 +98,26 @@ def test_retry_puts_a_stuck_grant_through(user: User, flash_peer: Any) -> None:
 
 
 @pytest.mark.django_db
+def test_mark_resolved_takes_a_grant_out_of_the_queue_for_good(user: User, flash_peer: Any) -> None:
+    from payments.services import grants_deliver_due
+
+    grant = _needs_attention_grant(user)
+    client, staff = _staff_client("billing")
+    response = client.post(
+        "/admin/payments/creditgrant/",
+        {"action": "mark_resolved", "_selected_action": [grant.pk]},
+        follow=True,
+    )
+    assert b"1 grant(s) marked resolved" in response.content
+    grants_deliver_due()
+    grant.refresh_from_db()
+    assert grant.state == "resolved"
+    assert staff.username in grant.last_error
+    assert flash_peer.requests_to("/api/v1/credits/admin/grant") == []
+    assert LogEntry.objects.filter(user=staff, change_message__contains="resolved").exists()
+
+
+@pytest.mark.django_db
 def test_user_page_shows_the_live_flash_balance(user: User, flash_peer: Any) -> None:
     client, _ = _staff_client("support")
     page = client.get(f"/admin/accounts/user/{user.pk}/change/").content.decode()
