@@ -145,3 +145,30 @@ def test_staff_revoke_a_key_and_review_a_dispute(user: User) -> None:
     )
     payment.refresh_from_db()
     assert payment.needs_review is False
+
+
+@pytest.mark.django_db
+def test_usage_list_charts_requests_errors_and_credits_for_the_filter(user: User) -> None:
+    from datetime import date
+
+    from metering.models import UsageDaily
+
+    for day, requests, errors in ((date(2026, 11, 20), 7, 1), (date(2026, 11, 21), 3, 0)):
+        UsageDaily.objects.create(
+            day=day,
+            user=user,
+            endpoint="/api/v1/browse",
+            method="GET",
+            requests=requests,
+            errors=errors,
+            credits_spent=5,
+            p50_ms=1,
+            p95_ms=2,
+        )
+    client, _ = _staff_client("support")
+    page = client.get(f"/admin/metering/usagedaily/?user__id__exact={user.pk}")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'id="usage-chart"' in html
+    assert "Nov 20: 7 requests" in html and "Nov 20: 1 errors" in html
+    assert "Nov 21: 3 requests" in html and "Nov 21: 5 credits" in html
