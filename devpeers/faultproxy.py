@@ -5,7 +5,9 @@ Modes (set `proxy.mode` at any time; new connections pick it up):
 - ``refuse``: accept and reset at once (the client sees a connection reset / refused).
 - ``hang``: accept, read, never answer.
 - ``delay``: wait ``delay_seconds`` before forwarding the request.
-- ``cut``: forward the request, then only the first ``cut_after_bytes`` of the answer, then close.
+- ``cut``: forward the request, then only the first ``cut_after_bytes`` of the answer, then close;
+  with ``cut_after_marker`` set, the answer up to and including the first occurrence of those
+  bytes instead (so pooled keep-alive connections can be cut at a known point).
 - ``drop_after_request``: forward the request, let the upstream answer (it has acted), and close
   the client's connection without passing the answer on.
 """
@@ -28,6 +30,7 @@ class FaultProxy:
         self.mode = "pass"
         self.delay_seconds = 0.0
         self.cut_after_bytes = 0
+        self.cut_after_marker: bytes | None = None
         self.connections = 0
         self.upstream_closed_at: list[float] = []  # time.monotonic() when an upstream leg closed
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -110,14 +113,20 @@ class FaultProxy:
             await asyncio.sleep(self.delay_seconds)
         to_upstream = asyncio.create_task(self._pipe(reader, up_writer))
         try:
-            if mode == "cut":
+            if mode == "cut" and self.cut_after_marker:
+                await self._pipe_until(up_reader, writer, self.cut_after_marker)
+            elif mode == "cut":
                 await self._pipe_limited(up_reader, writer, self.cut_after_bytes)
             elif mode == "drop_after_request":
                 # Read the upstream's whole first answer (it has acted), pass nothing back.
                 with suppress(Exception):
                     await asyncio.wait_for(up_reader.read(65536), timeout=30)
             else:
-                await self._pipe(up_reader, writer)
+                # Either side closing ends both legs: a client that goes away closes the
+                # upstream connection at once, and `upstream_closed_at` says when.
+                to_client = asyncio.create_task(self._pipe(up_reader, writer))
+                await asyncio.wait({to_client, to_upstream}, return_when=asyncio.FIRST_COMPLETED)
+                to_client.cancel()
         finally:
             to_upstream.cancel()
             up_writer.close()
@@ -128,6 +137,22 @@ class FaultProxy:
     async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with suppress(Exception):
             while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+    @staticmethod
+    async def _pipe_until(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, marker: bytes
+    ) -> None:
+        seen = b""
+        with suppress(Exception):
+            while data := await reader.read(65536):
+                seen += data
+                at = seen.find(marker)
+                if at >= 0:
+                    writer.write(data[: len(data) - (len(seen) - at - len(marker))])
+                    await writer.drain()
+                    return
                 writer.write(data)
                 await writer.drain()
 

@@ -199,8 +199,12 @@ async def generate(request: HttpRequest, call: services.RelayCall) -> HttpRespon
 @relay_route(f"{PREFIX}/generate/stream", "flash", ("POST",), spends_credits=True)
 async def generate_stream(request: HttpRequest, call: services.RelayCall) -> AnyResponse:
     generation = await _prepared_generation(request, call, stream=True)
+    content_type = "text/event-stream; charset=utf-8"
     if call.caller.is_test_mode:
-        content = services.simulated_stream(generation, call)
+        response = StreamingHttpResponse(
+            services.simulated_stream(generation, call), content_type=content_type
+        )
+        response["X-Test-Mode"] = "simulated"
     else:
         await services.generation_admit(generation)
         try:
@@ -208,12 +212,12 @@ async def generate_stream(request: HttpRequest, call: services.RelayCall) -> Any
         except BaseException:
             services.generation_release(generation)
             raise
-        content = services.generation_stream(generation, upstream, call)
-    response = StreamingHttpResponse(content, content_type="text/event-stream; charset=utf-8")
+        stream = services.generation_stream(generation, upstream, call)
+        await anext(stream)  # started: its `finally` (cleanup) can now run whatever happens
+        response = StreamingHttpResponse(stream, content_type=content_type)
+        services.stream_guard(stream, response, call)
     response["Cache-Control"] = "no-cache, no-transform"
     response["X-Accel-Buffering"] = "no"
-    if call.caller.is_test_mode:
-        response["X-Test-Mode"] = "simulated"
     return response
 
 

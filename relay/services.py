@@ -22,7 +22,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -377,6 +377,7 @@ class RelayCall:
     preset: str = ""
     partial: bool = False
     recorded: bool = False
+    body_started: bool = False  # a stream's body is being sent (see `stream_guard`)
 
     def record(self) -> None:
         if self.recorded:
@@ -499,7 +500,7 @@ async def generation_open_stream(generation: Generation) -> httpx.Response:
 
 async def generation_stream(
     generation: Generation, upstream: httpx.Response, call: RelayCall
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Flash's events, passed on one by one as they complete, with a heartbeat comment while
     Flash is silent and a hard maximum duration.
 
@@ -525,6 +526,12 @@ async def generation_stream(
     outcome: str | None = None
     ended = "client"  # until the loop says otherwise, an exit is the client going away
     try:
+        # The view takes this empty chunk to start the generator before handing it to Django: a
+        # started generator is closed (running the `finally` below) however the request ends,
+        # also when the client leaves before the body's first byte, which would otherwise leave
+        # the upstream open, the credits reserved until their TTL and the call unmetered.
+        yield b""
+        call.body_started = True
         while True:
             now = loop.time()
             if now >= deadline:
@@ -566,6 +573,34 @@ async def generation_stream(
                 await pending
         await upstream.aclose()
         await _stream_settle(generation, call, outcome=outcome, ended=ended)
+
+
+# How long Django may take to start sending a stream's body once the view returned it.
+STREAM_HANDOFF_SECONDS = 10.0
+_abandoned_closes: set[asyncio.Task[None]] = set()
+
+
+def stream_guard(stream: AsyncGenerator[bytes, None], response: Any, call: RelayCall) -> None:
+    """Close a started stream whose body Django never sends: when the client leaves between the
+    view's return and the body's first byte, Django drops the response without iterating it, and
+    only the garbage collector would ever run the stream's cleanup. Closed when the response is
+    closed, or at the latest STREAM_HANDOFF_SECONDS later."""
+    loop = asyncio.get_running_loop()
+
+    def close_if_abandoned() -> None:
+        if call.body_started or call.recorded:
+            return
+        task = loop.create_task(stream.aclose())
+        _abandoned_closes.add(task)
+        task.add_done_callback(_abandoned_closes.discard)
+
+    timer = loop.call_later(STREAM_HANDOFF_SECONDS, close_if_abandoned)
+
+    def on_response_closed() -> None:  # Django calls it from a worker thread
+        timer.cancel()
+        loop.call_soon_threadsafe(close_if_abandoned)
+
+    response._resource_closers.append(on_response_closed)
 
 
 async def _stream_settle(
