@@ -10,6 +10,8 @@ Modes (set `proxy.mode` at any time; new connections pick it up):
   bytes instead (so pooled keep-alive connections can be cut at a known point).
 - ``drop_after_request``: forward the request, let the upstream answer (it has acted), and close
   the client's connection without passing the answer on.
+- ``hold_answer``: forward the request, let the upstream answer (it has acted), and keep the
+  client waiting without the answer until it gives up (the moment to SIGKILL a caller).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class FaultProxy:
         self.cut_after_bytes = 0
         self.cut_after_marker: bytes | None = None
         self.connections = 0
+        self.answers_held = 0
         self.upstream_closed_at: list[float] = []  # time.monotonic() when an upstream leg closed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -117,6 +120,11 @@ class FaultProxy:
                 await self._pipe_until(up_reader, writer, self.cut_after_marker)
             elif mode == "cut":
                 await self._pipe_limited(up_reader, writer, self.cut_after_bytes)
+            elif mode == "hold_answer":
+                with suppress(Exception):
+                    await asyncio.wait_for(up_reader.read(65536), timeout=30)
+                    self.answers_held += 1
+                    await asyncio.wait_for(to_upstream, timeout=120)  # until the client leaves
             elif mode == "drop_after_request":
                 # Read the upstream's whole first answer (it has acted), pass nothing back.
                 with suppress(Exception):
