@@ -269,7 +269,10 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _
 )
 _clients_lock = threading.Lock()
 _breaker = {"open_until": 0.0}
-_REDIS_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
+# RuntimeError: under uvloop (what uvicorn and gunicorn's UvicornWorker run), a write on a
+# connection Redis reset raises "unable to perform operation on <TCPTransport closed=True>",
+# which redis-py lets through; without it here a Redis restart answered 500 instead of the policy.
+_REDIS_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError, RuntimeError)
 
 
 def _client_options() -> dict[str, Any]:

@@ -35,6 +35,7 @@ class FaultProxy:
         self.cut_after_marker: bytes | None = None
         self.connections = 0
         self.answers_held = 0
+        self._open: set[asyncio.StreamWriter] = set()
         self.upstream_closed_at: list[float] = []  # time.monotonic() when an upstream leg closed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -91,8 +92,30 @@ class FaultProxy:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def drop_open_connections(self) -> None:
+        """Reset every connection already open (a server restart, as its pooled clients see it)."""
+
+        def drop() -> None:
+            for writer in list(self._open):
+                sock = writer.get_extra_info("socket")
+                with suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.close()
+
+        if self._loop is not None:
+            done = threading.Event()
+            self._loop.call_soon_threadsafe(lambda: (drop(), done.set()))
+            done.wait(2)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self._open.add(writer)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._open.discard(writer)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         mode = self.mode
         if mode == "refuse":
             # SO_LINGER 0 turns close() into a TCP reset: what a dead port looks like mid-pool.

@@ -1,0 +1,124 @@
+"""Redis unreachable mid-run, and back: a fault proxy sits between the gateway and the shared
+Redis (127.0.0.1:6379, db 11 — the server itself is never stopped: others use it).
+
+What must hold (SECURITY.md, `apikeys/limits.py`): every answer is JSON, never a bare 500;
+reads fail open (served without limit headers), anything that spends credits fails closed (503
+`limiter_unavailable` with Retry-After, nothing sent to Flash), each answer within a bounded
+time; and the gateway recovers by itself once Redis answers again."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from devpeers.faultproxy import FaultProxy
+from tests.reliability.conftest import assert_json_error
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+REDIS_DB = 11
+
+
+def _redis_up() -> bool:
+    try:
+        return bool(redis.Redis(host="127.0.0.1", port=6379, socket_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def redis_proxy(settings: Any) -> Iterator[FaultProxy]:
+    if not _redis_up():
+        pytest.skip("needs a Redis server on 127.0.0.1:6379")
+    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
+    proxy = FaultProxy("127.0.0.1", 6379).start()
+    url = f"redis://127.0.0.1:{proxy.port}/{REDIS_DB}"
+    settings.REDIS_URL = url
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": url,
+            "KEY_PREFIX": "tpb-rel",
+            "OPTIONS": {
+                "SOCKET_CONNECT_TIMEOUT": settings.REDIS_CONNECT_TIMEOUT,
+                "SOCKET_TIMEOUT": settings.REDIS_SOCKET_TIMEOUT,
+                "IGNORE_EXCEPTIONS": True,
+            },
+        }
+    }
+    yield proxy
+    proxy.stop()
+    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
+
+
+def _timed(call: Any) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = call()
+    return response, time.monotonic() - started
+
+
+def _exercise(gateway: httpx.Client, auth: dict[str, str]) -> dict[str, httpx.Response]:
+    """One of each kind of call: relay read, DRF read, DRF write, credit-spending generation."""
+    answers = {}
+    for name, call in [
+        ("relay_read", lambda: gateway.get("/api/v1/credits/balance", headers=auth)),
+        ("clockchain_read", lambda: gateway.get("/api/v1/moments", headers=auth)),
+        ("drf_read", lambda: gateway.get("/api/v1/keys", headers=auth)),
+        ("me", lambda: gateway.get("/api/v1/auth/me", headers=auth)),
+        (
+            "generate",
+            lambda: gateway.post("/api/v1/generate", json={"query": "Apollo 11"}, headers=auth),
+        ),
+    ]:
+        response, elapsed = _timed(call)
+        assert elapsed < 2.0, (name, elapsed)
+        assert response.headers["content-type"].startswith("application/json"), (
+            name,
+            response.text,
+        )
+        assert response.status_code != 500, (name, response.text)
+        answers[name] = response
+    return answers
+
+
+@pytest.mark.parametrize("outage", ["refuse", "hang"])
+def test_redis_outage_and_recovery(
+    gateway: httpx.Client,
+    auth: dict[str, str],
+    flash_peer: Any,
+    redis_proxy: FaultProxy,
+    settings: Any,
+    outage: str,
+) -> None:
+    settings.UPSTREAM_READ_TIMEOUT = 5
+    healthy = _exercise(gateway, auth)
+    for name in ("relay_read", "clockchain_read", "drf_read", "generate"):
+        assert healthy[name].status_code == 200, (name, healthy[name].text)
+        assert "X-RateLimit-Limit" in healthy[name].headers, name
+    generations = len(flash_peer.requests_to("/api/v1/timepoints/generate"))
+
+    # Redis goes away: open connections reset, new ones refused or left hanging.
+    redis_proxy.mode = outage
+    redis_proxy.drop_open_connections()
+    for _ in range(2):  # the first call pays the timeout, the next ones hit the breaker
+        down = _exercise(gateway, auth)
+        for name in ("relay_read", "clockchain_read", "drf_read", "me"):
+            assert down[name].status_code == 200, (name, down[name].text)
+        assert "X-RateLimit-Limit" not in down["relay_read"].headers  # failed open
+        assert_json_error(down["generate"], 503, "limiter_unavailable")
+        assert down["generate"].headers["Retry-After"] == "1"
+    assert len(flash_peer.requests_to("/api/v1/timepoints/generate")) == generations
+
+    # Redis is back: no restart, the breaker closes within a second.
+    redis_proxy.mode = "pass"
+    time.sleep(1.1)
+    back = _exercise(gateway, auth)
+    for name in ("relay_read", "drf_read", "generate"):
+        assert back[name].status_code == 200, (name, back[name].text)
+        assert "X-RateLimit-Limit" in back[name].headers, name
+    assert len(flash_peer.requests_to("/api/v1/timepoints/generate")) == generations + 1
