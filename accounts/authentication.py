@@ -87,18 +87,34 @@ def _failure_window(client: str) -> tuple[str, int]:
     return f"auth-failures:{client}:{int(now // 60)}", 60 - int(now % 60)
 
 
+# Clients whose failure count was under the limit a moment ago (client -> monotonic deadline), so
+# the async hot path can skip the cache read on the event loop. A failure in this process drops
+# the entry at once; failures counted by other processes are seen within CLEAR_CLIENT_SECONDS.
+CLEAR_CLIENT_SECONDS = 1.0
+_clear_clients: dict[str, float] = {}
+
+
+def _recently_clear(client: str) -> bool:
+    return _clear_clients.get(client, 0.0) > time.monotonic()
+
+
 def auth_failures_check(client: str) -> None:
     """429 before the credential is even looked at once a client failed too often this minute."""
     key, seconds_left = _failure_window(client)
     if (cache.get(key) or 0) >= settings.AUTH_FAILURE_LIMIT_PER_MINUTE:
+        _clear_clients.pop(client, None)
         raise RateLimited(
             "Too many failed authentication attempts; retry later.",
             code="too_many_auth_failures",
             retry_after=seconds_left,
         )
+    if len(_clear_clients) >= 10_000:
+        _clear_clients.clear()  # bounded; a miss costs one cache read
+    _clear_clients[client] = time.monotonic() + CLEAR_CLIENT_SECONDS
 
 
 def auth_failure_record(client: str) -> None:
+    _clear_clients.pop(client, None)
     key, _ = _failure_window(client)
     cache.add(key, 0, timeout=61)
     try:
@@ -129,12 +145,29 @@ def authenticate(request: HttpRequest) -> Caller:
     return caller
 
 
+def _cached_api_key_caller(client: str, kind: CallerKind, raw: str) -> Caller | None:
+    """The no-I/O answer for an API key this process verified seconds ago, from a client not
+    blocked for failures a moment ago; None when the full check is needed."""
+    if kind != "api_key" or not _recently_clear(client):
+        return None
+    from apikeys.services import caller_from_api_key_cached
+
+    try:
+        return caller_from_api_key_cached(raw)
+    except Unauthenticated:
+        return None  # malformed: the full path counts the failure
+
+
 async def aauthenticate(request: HttpRequest) -> Caller:
-    """The async form for the relay views; database, cache and JWKS work runs off the event loop."""
+    """The async form for the relay views. A recently verified API key is answered on the event
+    loop; otherwise database, cache and JWKS work runs off the loop."""
     found = credentials(request)
     if found is None:
         raise Unauthenticated()
-    caller = await run_db(_authenticate_found, _client(request), *found)
+    client = _client(request)
+    caller = _cached_api_key_caller(client, *found)
+    if caller is None:
+        caller = await run_db(_authenticate_found, client, *found)
     request.caller_label = caller.label  # type: ignore[attr-defined]
     return caller
 

@@ -54,7 +54,9 @@ async def clockchain_get(
     """One Clockchain GET, decoded. 2xx JSON only; errors are mapped (404 kept, 429 → 503).
 
     `not_found_ok`: a 404 returns None instead of raising."""
-    key = _cache_key(path, params, with_key) if cached else ""
+    # With the cache off (CLOCKCHAIN_CACHE_SECONDS=0) no cache round trip at all: the cache
+    # client is synchronous and would block the event loop for nothing.
+    key = _cache_key(path, params, with_key) if cached and clockchain_cache_seconds() > 0 else ""
     if key:
         hit = cache.get(key)
         if hit is not None:

@@ -9,9 +9,13 @@ import time
 import uuid
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.contrib.auth import middleware as auth
+from django.contrib.messages import middleware as messages
+from django.contrib.sessions import middleware as sessions
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, StreamingHttpResponse
+from django.middleware import clickjacking, common, csrf, security
 
 from timepoint_billing.errors import API_PREFIXES, error_response
 from timepoint_billing.logs import request_id_var
@@ -103,3 +107,99 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         response = self._start(request) or await self.get_response(request)
         return _finish(request, response, started)
+
+
+# --- Django's middleware without the thread hops on the JSON API (issue 9)
+#
+# Django runs a `MiddlewareMixin` middleware in async mode by hopping to a thread for
+# `process_request` and again for `process_response` (and once more for a sync `process_view`),
+# each hop a new per-request executor thread: seven such middlewares made the relay ~50x slower
+# than its upstream. Two fixes, chosen per middleware:
+# - hooks that only read the request and set headers (security, common, clickjacking) run inline
+#   on the event loop: they do no I/O, so there is nothing to move off the loop;
+# - sessions, CSRF, auth and messages serve the browser pages (admin, portal, OIDC login). The
+#   JSON API under /api/v1/ and /health never reads a session or a login cookie (callers present
+#   bearer credentials or X-API-Key; every view there is csrf-exempt), so there they are skipped.
+#   Elsewhere they run exactly as Django runs them.
+
+JSON_API_PREFIXES = ("/api/v1/", "/health")
+
+
+def is_json_api(request: HttpRequest) -> bool:
+    """Bearer-authenticated JSON paths: no session, no login cookie, no CSRF."""
+    return request.path_info.startswith(JSON_API_PREFIXES)
+
+
+class InlineHooksMixin:
+    """Run a middleware's (I/O-free) hooks on the event loop instead of in a thread."""
+
+    get_response: Any
+
+    async def __acall__(self, request: HttpRequest) -> Any:
+        response = None
+        if hasattr(self, "process_request"):
+            response = self.process_request(request)
+        response = response or await self.get_response(request)
+        if hasattr(self, "process_response"):
+            response = self.process_response(request, response)
+        return response
+
+
+class BrowserOnlyMixin:
+    """Skip a browser-only middleware on the JSON API (sync and async alike, so the test client
+    sees what production does); elsewhere Django's behaviour, thread hops included."""
+
+    get_response: Any
+    async_mode: bool
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if is_json_api(request):
+            return self.get_response(request)
+        return super().__call__(request)  # type: ignore[misc]
+
+
+class SecurityMiddleware(InlineHooksMixin, security.SecurityMiddleware):
+    pass
+
+
+class CommonMiddleware(InlineHooksMixin, common.CommonMiddleware):
+    pass
+
+
+class XFrameOptionsMiddleware(InlineHooksMixin, clickjacking.XFrameOptionsMiddleware):
+    pass
+
+
+class SessionMiddleware(BrowserOnlyMixin, sessions.SessionMiddleware):
+    pass
+
+
+class AuthenticationMiddleware(BrowserOnlyMixin, auth.AuthenticationMiddleware):
+    pass
+
+
+class MessageMiddleware(BrowserOnlyMixin, messages.MessageMiddleware):
+    pass
+
+
+class CsrfViewMiddleware(BrowserOnlyMixin, csrf.CsrfViewMiddleware):
+    def __init__(self, get_response: Any) -> None:
+        super().__init__(get_response)
+        if self.async_mode:
+            # The handler would wrap a sync process_view in a thread hop for every request.
+            self.process_view = self._aprocess_view  # type: ignore[method-assign,assignment]
+
+    def process_view(
+        self, request: HttpRequest, callback: Any, callback_args: Any, callback_kwargs: Any
+    ) -> HttpResponseForbidden | None:
+        if is_json_api(request):
+            return None
+        return super().process_view(request, callback, callback_args, callback_kwargs)
+
+    async def _aprocess_view(
+        self, request: HttpRequest, callback: Any, callback_args: Any, callback_kwargs: Any
+    ) -> HttpResponseForbidden | None:
+        if is_json_api(request):
+            return None
+        check = sync_to_async(csrf.CsrfViewMiddleware.process_view, thread_sensitive=True)
+        return await check(self, request, callback, callback_args, callback_kwargs)
