@@ -70,9 +70,13 @@ class Upstream:
         return str(getattr(settings, self.base_url_setting))
 
     def _limits(self) -> httpx.Limits:
+        # Few idle connections kept: httpcore polls every idle connection's socket on every
+        # request, so a large idle pool costs more CPU than the occasional new connection.
         return httpx.Limits(
             max_connections=settings.UPSTREAM_POOL_SIZE,
-            max_keepalive_connections=settings.UPSTREAM_POOL_SIZE,
+            max_keepalive_connections=min(
+                settings.UPSTREAM_KEEPALIVE_CONNECTIONS, settings.UPSTREAM_POOL_SIZE
+            ),
             keepalive_expiry=30,
         )
 

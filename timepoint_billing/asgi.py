@@ -2,8 +2,11 @@
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "timepoint_billing.settings")
+django.setup(set_prefix=False)  # what django.core.asgi.get_asgi_application() does
 
-application = get_asgi_application()
+from timepoint_billing.asgi_handler import GatewayASGIHandler  # noqa: E402
+
+application = GatewayASGIHandler()
