@@ -170,12 +170,25 @@ async def credits_costs(request: HttpRequest, call: services.RelayCall) -> HttpR
 # --- Generation
 
 
+def _json_body(request: HttpRequest) -> dict[str, Any]:
+    """The request's JSON object. A body declared as anything but JSON is refused (415): a
+    browser may send text/plain and forms cross-origin without a preflight."""
+    content_type = request.content_type or ""
+    if request.body and content_type not in ("application/json", "application/octet-stream", ""):
+        raise ApiError(
+            "The body must be JSON (Content-Type: application/json).",
+            code="unsupported_media_type",
+            status_code=415,
+        )
+    return services.bad_json(request.body)
+
+
 async def _prepared_generation(
     request: HttpRequest, call: services.RelayCall, *, stream: bool
 ) -> services.Generation:
     generation = await services.generation_prepare(
         caller=call.caller,
-        data=services.bad_json(request.body),
+        data=_json_body(request),
         request_id=call.request_id,
         stream=stream,
     )
@@ -252,7 +265,7 @@ async def timepoint_visibility(
     timepoint_id = paths.flash_timepoint_id(request, f"{PREFIX}/timepoints/", "/visibility")
     from relay.serializers import VisibilityInputSerializer
 
-    serializer = VisibilityInputSerializer(data=services.bad_json(request.body))
+    serializer = VisibilityInputSerializer(data=_json_body(request))
     serializer.is_valid(raise_exception=True)
     # Always with the caller's X-User-Id: without it Flash skips the owner check (pitfall 5).
     user_id = services.check_flash_user(call.caller)

@@ -347,12 +347,18 @@ def check_flash_user(caller: Caller) -> str:
     return flash_user_id
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def bad_json(body: bytes) -> dict[str, Any]:
-    """Parse a JSON object body or raise 400."""
+    """Parse a JSON object body or raise 400 (strict: no NaN/Infinity, bounded nesting)."""
     try:
-        data = json.loads(body or b"{}")
+        data = json.loads(body or b"{}", parse_constant=_no_constant)
     except ValueError:
         raise BadRequest("The body is not valid JSON.", code="invalid_json")
+    except RecursionError:  # `[[[[…` 100 000 deep: a 500 before this
+        raise BadRequest("The body is nested too deeply.", code="invalid_json")
     if not isinstance(data, dict):
         raise BadRequest("The body must be a JSON object.", code="invalid_request")
     return data

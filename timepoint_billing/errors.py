@@ -220,10 +220,23 @@ def exception_to_response(exc: Exception, request: Any = None) -> JsonResponse:
         return error_response(413, "The request body is too large.", "payload_too_large")
     if isinstance(exc, SuspiciousOperation):
         return error_response(400, "The request was malformed.", "bad_request")
+    if isinstance(exc, RecursionError) and _raised_by_json_decoder(exc):
+        # DRF's JSONParser lets `json.load`'s RecursionError through (`[[[[…` 100 000 deep).
+        return error_response(400, "The body is nested too deeply.", "invalid_json")
     logger.exception(
         "unhandled error", extra={"path": getattr(request, "path", None)}, exc_info=exc
     )
     return error_response(500, "Internal server error.", "internal_error")
+
+
+def _raised_by_json_decoder(exc: BaseException) -> bool:
+    """True when the traceback runs through the json module (parsing a request body)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("json"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 class ApiErrorMiddleware:
