@@ -104,7 +104,12 @@ class FaultProxy:
 
         if self._loop is not None:
             done = threading.Event()
-            self._loop.call_soon_threadsafe(lambda: (drop(), done.set()))
+
+            def run() -> None:
+                drop()
+                done.set()
+
+            self._loop.call_soon_threadsafe(run)
             done.wait(2)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
