@@ -52,6 +52,10 @@ class ExportSessionSerializer(serializers.ModelSerializer):
 
 
 class ExportProfileSerializer(serializers.ModelSerializer):
+    # Output only: the username is the Auth0 subject (`auth0|…`), which Django's username
+    # validator (and so the documented pattern) would refuse.
+    username = serializers.CharField(read_only=True)
+
     class Meta:
         model = User
         fields = [

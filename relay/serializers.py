@@ -42,11 +42,15 @@ class LlmParamsSerializer(serializers.Serializer):
     system_prompt_prefix = serializers.CharField(required=False, max_length=2000)
     system_prompt_suffix = serializers.CharField(required=False, max_length=2000)
 
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(self.initial_data) - set(self.fields)
-        if unknown:
-            raise serializers.ValidationError(f"Unknown llm_params: {', '.join(sorted(unknown))}.")
-        return attrs
+    def to_internal_value(self, data: Any) -> Any:
+        # As a nested field this serializer has no `initial_data` (reading it was a 500 for any
+        # llm_params object): unknown keys are checked on the incoming data itself.
+        if isinstance(data, dict):
+            unknown = set(data) - set(self.fields)
+            if unknown:
+                names = ", ".join(sorted(repr(name)[:40] for name in unknown)[:5])
+                raise serializers.ValidationError(f"Unknown llm_params: {names}.")
+        return super().to_internal_value(data)
 
 
 class GenerateInputSerializer(serializers.Serializer):

@@ -359,6 +359,11 @@ def bad_json(body: bytes) -> dict[str, Any]:
         raise BadRequest("The body is not valid JSON.", code="invalid_json")
     except RecursionError:  # `[[[[…` 100 000 deep: a 500 before this
         raise BadRequest("The body is nested too deeply.", code="invalid_json")
+    try:
+        # `"\ud800"` parses to a lone surrogate, which no UTF-8 request to Flash can carry.
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise BadRequest("The body contains invalid unicode.", code="invalid_json")
     if not isinstance(data, dict):
         raise BadRequest("The body must be a JSON object.", code="invalid_request")
     return data

@@ -372,3 +372,22 @@ def test_identity_headers_never_reach_either_peer_on_any_route(
             assert MARK not in value, (sent.path, name, value)
         if "x-user-id" in sent.headers:
             assert sent.headers["x-user-id"] == user.flash_user_id
+
+
+def test_unknown_llm_params_are_400_not_500(
+    gateway: httpx.Client, auth: dict[str, str], flash_peer: Any
+) -> None:
+    """Regression (found by schemathesis): any `llm_params` object crashed the nested
+    serializer's unknown-key check (500)."""
+    for params in ({"temperature": 0.5, "evil": 1}, {"": "x"}, {"__class__": {}}):
+        response = gateway.post(
+            "/api/v1/generate", json={"query": "Apollo 11", "llm_params": params}, headers=auth
+        )
+        assert_json_error(response, 400, "invalid_request")
+    ok = gateway.post(
+        "/api/v1/generate",
+        json={"query": "Apollo 11", "llm_params": {"temperature": 0.5}},
+        headers=auth,
+    )
+    assert ok.status_code == 200, ok.text
+    assert len(flash_peer.requests_to("/api/v1/timepoints/generate")) == 1
