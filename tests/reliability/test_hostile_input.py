@@ -379,7 +379,8 @@ def test_unknown_llm_params_are_400_not_500(
 ) -> None:
     """Regression (found by schemathesis): any `llm_params` object crashed the nested
     serializer's unknown-key check (500)."""
-    for params in ({"temperature": 0.5, "evil": 1}, {"": "x"}, {"__class__": {}}):
+    hostile: list[dict[str, Any]] = [{"temperature": 0.5, "evil": 1}, {"": "x"}, {"__class__": {}}]
+    for params in hostile:
         response = gateway.post(
             "/api/v1/generate", json={"query": "Apollo 11", "llm_params": params}, headers=auth
         )
