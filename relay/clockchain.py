@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 from django.conf import settings
 
-from relay.http import Upstream, error_from_upstream, timeout
+from relay.http import TRANSPORT_ERRORS, Upstream, error_from_upstream, timeout
 from timepoint_billing.errors import ApiError, UpstreamError
 
 CLOCKCHAIN = Upstream("Clockchain", "CLOCKCHAIN_URL")
@@ -29,7 +29,7 @@ async def acall(
         return await client.request(
             method, path, headers=request_headers, params=params, timeout=timeout(read_timeout)
         )
-    except httpx.HTTPError as exc:
+    except TRANSPORT_ERRORS as exc:
         raise CLOCKCHAIN.map_transport_error(exc) from exc
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from django.conf import settings
 
-from relay.http import Upstream, error_from_upstream, timeout
+from relay.http import TRANSPORT_ERRORS, Upstream, error_from_upstream, timeout
 from timepoint_billing.errors import (
     ApiError,
     FlashUnavailable,
@@ -71,7 +71,7 @@ def call(
             params=params,
             timeout=timeout(read_timeout),
         )
-    except httpx.HTTPError as exc:
+    except TRANSPORT_ERRORS as exc:
         raise FLASH.map_transport_error(exc) from exc
 
 
@@ -102,7 +102,7 @@ async def acall(
     )
     try:
         return await client.send(request, stream=stream)
-    except httpx.HTTPError as exc:
+    except TRANSPORT_ERRORS as exc:
         raise FLASH.map_transport_error(exc) from exc
 
 

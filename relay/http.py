@@ -22,6 +22,11 @@ from timepoint_billing.errors import (
     UpstreamUnavailable,
 )
 
+# What a call to an upstream can raise when the connection fails. AttributeError: under uvloop
+# (uvicorn, gunicorn's UvicornWorker) a connection reset right after connect leaves the transport
+# without a socket, and anyio's `getpeername()` on it fails inside httpcore; that was a 500.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, AttributeError)
+
 # Headers an upstream must never hand to a client.
 UPSTREAM_RESPONSE_HEADERS_DROPPED = frozenset(
     {
@@ -116,7 +121,7 @@ class Upstream:
         if client is not None:
             await client.aclose()
 
-    def map_transport_error(self, exc: httpx.HTTPError) -> ApiError:
+    def map_transport_error(self, exc: BaseException) -> ApiError:
         """Transport failures, mapped once: refused/reset → 502, timeout → 504, pool full → 503."""
         if isinstance(exc, httpx.PoolTimeout):
             return ServiceUnavailable(
