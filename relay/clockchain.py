@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 from django.conf import settings
 
-from relay.http import TRANSPORT_ERRORS, Upstream, error_from_upstream, timeout
+from relay.http import ResponseLike, Upstream, UpstreamResponse, error_from_upstream
 from timepoint_billing.errors import ApiError, UpstreamError
 
 CLOCKCHAIN = Upstream("Clockchain", "CLOCKCHAIN_URL")
@@ -20,27 +19,25 @@ async def acall(
     params: dict[str, Any] | None = None,
     with_key: bool = True,
     read_timeout: float | None = None,
-) -> httpx.Response:
+) -> UpstreamResponse:
     """A read on the shared pool. `with_key=False` for public detail reads: with the key,
     Clockchain returns private moments to anyone (pitfall 18)."""
-    client = CLOCKCHAIN.async_client()
     request_headers = {"X-Service-Key": settings.CLOCKCHAIN_SERVICE_KEY} if with_key else {}
-    try:
-        return await client.request(
-            method, path, headers=request_headers, params=params, timeout=timeout(read_timeout)
-        )
-    except TRANSPORT_ERRORS as exc:
-        raise CLOCKCHAIN.map_transport_error(exc) from exc
+    return await CLOCKCHAIN.arequest(
+        method, path, headers=request_headers, params=params, read_timeout=read_timeout
+    )
 
 
 async def health() -> dict[str, Any]:
-    client = CLOCKCHAIN.async_client()
-    response = await client.get("/health", timeout=settings.HEALTH_CHECK_TIMEOUT)
-    response.raise_for_status()
+    response = await acall(
+        "GET", "/health", with_key=False, read_timeout=settings.HEALTH_CHECK_TIMEOUT
+    )
+    if response.status_code != 200:
+        raise UpstreamError(f"Clockchain /health answered {response.status_code}.")
     return dict(response.json())
 
 
-def error_from_clockchain(response: httpx.Response) -> ApiError:
+def error_from_clockchain(response: ResponseLike) -> ApiError:
     """A refused key (403), a missing one (422) or an unset one (503) is our configuration, not
     the client's request: 502. 404 and 429 (→ 503 Retry-After) keep their meaning."""
     if response.status_code in (401, 403, 422):

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from django.conf import settings
 
-from relay.http import TRANSPORT_ERRORS, Upstream, error_from_upstream, timeout
+from relay.http import TRANSPORT_ERRORS, ResponseLike, Upstream, error_from_upstream, timeout
 from timepoint_billing.errors import (
     ApiError,
     FlashUnavailable,
@@ -86,27 +86,24 @@ async def acall(
     extra_headers: dict[str, str] | None = None,
     read_timeout: float | None = None,
     stream: bool = False,
-) -> httpx.Response:
-    """An async call on the shared pool. With `stream=True` the caller must close the response."""
-    client = FLASH.async_client()
+) -> Any:
+    """An async call on the shared pool: an `UpstreamResponse`, or with `stream=True` an
+    `UpstreamStream` that the caller must close."""
     request_headers = dict(extra_headers or {})
     request_headers.update(headers(method, path, user_id=user_id))
-    request = client.build_request(
+    return await FLASH.arequest(
         method,
         path,
         headers=request_headers,
         json=json,
         content=content,
         params=params,
-        timeout=timeout(read_timeout),
+        read_timeout=read_timeout,
+        stream=stream,
     )
-    try:
-        return await client.send(request, stream=stream)
-    except TRANSPORT_ERRORS as exc:
-        raise FLASH.map_transport_error(exc) from exc
 
 
-def error_from_flash(response: httpx.Response) -> ApiError:
+def error_from_flash(response: ResponseLike) -> ApiError:
     """Flash's errors, normalised. Its edge middleware answers `{"error"}` with no `detail` key
     (bad signature or key: our configuration, not the client's fault) → 502; an unknown user is
     an account we failed to resolve → 503; a charge that failed for lack of balance is a 500 on
@@ -133,7 +130,7 @@ def _ok_json(response: httpx.Response) -> Any:
     try:
         return response.json()
     except ValueError as exc:
-        raise error_from_upstream("Flash", httpx.Response(502)) from exc
+        raise UpstreamError("Flash returned an invalid answer.") from exc
 
 
 def resolve_user(*, external_id: str, email: str = "", display_name: str = "") -> str:
@@ -194,7 +191,9 @@ def admin_grant(
 
 
 async def health() -> dict[str, Any]:
-    client = FLASH.async_client()
-    response = await client.get("/health", timeout=settings.HEALTH_CHECK_TIMEOUT)
-    response.raise_for_status()
+    response = await FLASH.arequest(
+        "GET", "/health", headers={}, read_timeout=settings.HEALTH_CHECK_TIMEOUT
+    )
+    if response.status_code != 200:
+        raise UpstreamError(f"Flash /health answered {response.status_code}.")
     return dict(response.json())

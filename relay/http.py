@@ -1,16 +1,24 @@
 """Pooled HTTP clients to the upstreams and the one mapping of their failures to our errors.
 
-One async client per upstream and event loop (a process normally has one loop; tests create many,
-and an httpx pool cannot outlive its loop), and one sync client per upstream and process for the
-service calls made from sync code (the grant worker, DRF views).
+The relay's async calls go through aiohttp: one `ClientSession` per upstream and event loop (a
+process normally has one loop; tests create many, and a session cannot outlive its loop). It was
+chosen over httpx by the benchmark's figures (issue 9): on this machine an httpx `AsyncClient`
+spent ~1.2 ms of CPU per small upstream GET, most of it in httpcore's per-request pool
+bookkeeping (it polls every idle connection's socket), aiohttp ~0.15 ms. The synchronous
+service calls made from sync code (the grant worker, DRF views, first-sight user resolve) keep
+one httpx `Client` per upstream and process: they are few and off the hot path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json as jsonlib
 import threading
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, overload
 
+import aiohttp
 import httpx
 from django.conf import settings
 
@@ -22,42 +30,132 @@ from timepoint_billing.errors import (
     UpstreamUnavailable,
 )
 
-# What a call to an upstream can raise when the connection fails. AttributeError: under uvloop
-# (uvicorn, gunicorn's UvicornWorker) a connection reset right after connect leaves the transport
-# without a socket, and anyio's `getpeername()` on it fails inside httpcore; that was a 500.
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.HTTPError, AttributeError)
-
-# Headers an upstream must never hand to a client.
-UPSTREAM_RESPONSE_HEADERS_DROPPED = frozenset(
-    {
-        "server",
-        "set-cookie",
-        "location",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "date",
-        "content-encoding",
-        "x-request-id",
-    }
+# What a call to an upstream can raise when the connection fails. TimeoutError is
+# aiohttp's timeout; OSError a socket error it did not wrap; AttributeError: under uvloop a
+# connection reset right after connect can leave a transport without a socket.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    httpx.HTTPError,
+    aiohttp.ClientError,
+    TimeoutError,
+    OSError,
+    AttributeError,
 )
 
 
-def timeout(read: float | None = None, *, total: float | None = None) -> httpx.Timeout:
+_closing: set[asyncio.Task[Any]] = set()
+
+
+class PoolTimeout(Exception):
+    """Every pooled connection to the upstream stayed busy for UPSTREAM_POOL_TIMEOUT."""
+
+
+class ResponseLike(Protocol):
+    """What error mapping needs of an answer, sync (httpx) or async (ours)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    def json(self) -> Any: ...
+
+
+def timeout(read: float | None = None) -> httpx.Timeout:
+    """The sync client's timeouts."""
     read_timeout = read if read is not None else settings.UPSTREAM_READ_TIMEOUT
-    return (
-        httpx.Timeout(
-            connect=settings.UPSTREAM_CONNECT_TIMEOUT,
-            read=read_timeout,
-            write=read_timeout,
-            pool=settings.UPSTREAM_POOL_TIMEOUT,
-        )
-        if total is None
-        else httpx.Timeout(
-            total, connect=settings.UPSTREAM_CONNECT_TIMEOUT, pool=settings.UPSTREAM_POOL_TIMEOUT
-        )
+    return httpx.Timeout(
+        connect=settings.UPSTREAM_CONNECT_TIMEOUT,
+        read=read_timeout,
+        write=read_timeout,
+        pool=settings.UPSTREAM_POOL_TIMEOUT,
     )
+
+
+def async_timeout(read: float | None = None) -> aiohttp.ClientTimeout:
+    """The async client's timeouts: connect, then each read (no total: streams run long; the
+    relay bounds a stream's whole duration itself). Waiting for a pooled connection is bounded
+    by our own semaphore (`Upstream.slot`) so that it can be told apart (503, not 504)."""
+    read_timeout = read if read is not None else settings.UPSTREAM_READ_TIMEOUT
+    connect = float(settings.UPSTREAM_CONNECT_TIMEOUT)
+    return aiohttp.ClientTimeout(
+        total=None, connect=connect, sock_connect=connect, sock_read=read_timeout
+    )
+
+
+@dataclass
+class UpstreamResponse:
+    """An upstream's answer, read whole."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
+
+    def json(self) -> Any:
+        """The body as JSON; ValueError when it is not JSON (as httpx does)."""
+        return jsonlib.loads(self.content)
+
+
+class UpstreamStream:
+    """An upstream's answer whose body is still arriving (SSE). Holds its pooled connection
+    and its pool slot until `aclose()`, which the caller must call (it is idempotent)."""
+
+    def __init__(
+        self, response: aiohttp.ClientResponse, upstream: Upstream, slot: asyncio.Semaphore
+    ) -> None:
+        self._response = response
+        self._upstream = upstream
+        self._slot: asyncio.Semaphore | None = slot
+        self.status_code = response.status
+        self.headers: Mapping[str, str] = response.headers
+        self.content = b""
+
+    async def aread(self) -> bytes:
+        try:
+            self.content = await self._response.read()
+        except TRANSPORT_ERRORS as exc:
+            raise self._upstream.map_transport_error(exc) from exc
+        return self.content
+
+    def json(self) -> Any:
+        return jsonlib.loads(self.content)
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        """Chunks as they arrive; transport failures raise `UpstreamUnavailable`/`Timeout`."""
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except TRANSPORT_ERRORS as exc:
+            raise self._upstream.map_transport_error(exc) from exc
+
+    async def aclose(self) -> None:
+        if self._slot is None:
+            return
+        slot, self._slot = self._slot, None
+        # A body not read to its end: close the connection rather than return it to the pool
+        # (the upstream stops sending at once, which is what a client that left wants).
+        if self._response.content.at_eof():
+            self._response.release()
+        else:
+            self._response.close()
+        slot.release()
+
+
+@dataclass
+class _Pool:
+    """One event loop's session to an upstream, and the slots that bound its connections."""
+
+    config: tuple[str, int]
+    session: aiohttp.ClientSession
+    slots: asyncio.Semaphore
+    closer: AsyncGenerator[None, None]
+
+
+async def _closed_with_loop(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
+    """Started once, then parked: `asyncio.run` (uvicorn's loop, asgiref's per-call loops in
+    sync code) closes every live async generator before it closes the loop, which closes the
+    session at shutdown, as aiohttp requires, without a hook of our own in each server."""
+    try:
+        yield
+    finally:
+        await session.close()
 
 
 class Upstream:
@@ -66,49 +164,145 @@ class Upstream:
     def __init__(self, name: str, base_url_setting: str) -> None:
         self.name = name
         self.base_url_setting = base_url_setting
-        self._async: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+        self._pools: dict[asyncio.AbstractEventLoop, _Pool] = {}
         self._sync: httpx.Client | None = None
         self._lock = threading.Lock()
 
     @property
     def base_url(self) -> str:
-        return str(getattr(settings, self.base_url_setting))
+        return str(getattr(settings, self.base_url_setting)).rstrip("/")
 
-    def _limits(self) -> httpx.Limits:
-        # Few idle connections kept: httpcore polls every idle connection's socket on every
-        # request, so a large idle pool costs more CPU than the occasional new connection.
-        return httpx.Limits(
-            max_connections=settings.UPSTREAM_POOL_SIZE,
-            max_keepalive_connections=min(
-                settings.UPSTREAM_KEEPALIVE_CONNECTIONS, settings.UPSTREAM_POOL_SIZE
-            ),
-            keepalive_expiry=30,
-        )
-
-    def async_client(self) -> httpx.AsyncClient:
+    async def _pool(self) -> _Pool:
         loop = asyncio.get_running_loop()
-        client = self._async.get(loop)
-        if client is None or client.is_closed or client.base_url != httpx.URL(self.base_url):
-            client = httpx.AsyncClient(
-                base_url=self.base_url,
-                limits=self._limits(),
-                timeout=timeout(),
-                follow_redirects=False,  # an upstream redirect is never followed (signatures)
-                trust_env=False,
+        config = (self.base_url, int(settings.UPSTREAM_POOL_SIZE))
+        pool = self._pools.get(loop)
+        if pool is not None and pool.config == config and not pool.session.closed:
+            return pool
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=config[1], keepalive_timeout=30, ttl_dns_cache=60),
+            timeout=async_timeout(),
+            # Never keep an upstream's cookies: one session serves every caller.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+        )
+        closer = _closed_with_loop(session)
+        await anext(closer)
+        fresh = _Pool(config, session, asyncio.Semaphore(config[1]), closer)
+        with self._lock:
+            # Forget pools whose loop has gone away (their sessions closed with the loop).
+            for old_loop in [lp for lp in self._pools if lp.is_closed()]:
+                del self._pools[old_loop]
+            self._pools[loop] = fresh
+        if pool is not None:  # the configuration changed (tests): close the old pool
+            closing = loop.create_task(pool.closer.aclose())
+            _closing.add(closing)
+            closing.add_done_callback(_closing.discard)
+        return fresh
+
+    async def _slot(self, slot: asyncio.Semaphore) -> None:
+        try:
+            await asyncio.wait_for(slot.acquire(), settings.UPSTREAM_POOL_TIMEOUT)
+        except TimeoutError as exc:
+            raise PoolTimeout from exc
+
+    @overload
+    async def arequest(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str],
+        params: Mapping[str, Any] | None = ...,
+        json: Any = ...,
+        content: bytes | None = ...,
+        read_timeout: float | None = ...,
+        stream: Literal[False] = ...,
+    ) -> UpstreamResponse: ...
+
+    @overload
+    async def arequest(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str],
+        params: Mapping[str, Any] | None = ...,
+        json: Any = ...,
+        content: bytes | None = ...,
+        read_timeout: float | None = ...,
+        stream: Literal[True],
+    ) -> UpstreamStream: ...
+
+    @overload
+    async def arequest(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str],
+        params: Mapping[str, Any] | None = ...,
+        json: Any = ...,
+        content: bytes | None = ...,
+        read_timeout: float | None = ...,
+        stream: bool,
+    ) -> UpstreamResponse | UpstreamStream: ...
+
+    async def arequest(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str],
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        read_timeout: float | None = None,
+        stream: bool = False,
+    ) -> UpstreamResponse | UpstreamStream:
+        """One call on the pooled session; transport failures become our typed errors here.
+
+        Redirects are never followed (the signature covers one path)."""
+        pool = await self._pool()
+        session, slot = pool.session, pool.slots
+        try:
+            await self._slot(slot)
+        except PoolTimeout as exc:
+            raise self.map_transport_error(exc) from exc
+        response: aiohttp.ClientResponse | None = None
+        handed_over = False
+        try:
+            response = await session.request(
+                method,
+                self.base_url + path,
+                headers=headers,
+                params=params,
+                json=json,
+                data=content,
+                timeout=async_timeout(read_timeout),
+                allow_redirects=False,
             )
-            with self._lock:
-                # Drop pools whose loop has gone away; they can no longer be used or closed.
-                for old_loop in [lp for lp in self._async if lp.is_closed()]:
-                    del self._async[old_loop]
-                self._async[loop] = client
-        return client
+            if stream:
+                opened = UpstreamStream(response, self, slot)
+                handed_over = True
+                return opened
+            body = await response.read()
+            return UpstreamResponse(response.status, response.headers, body)
+        except TRANSPORT_ERRORS as exc:
+            raise self.map_transport_error(exc) from exc
+        finally:
+            if not handed_over:
+                if response is not None:
+                    response.release()
+                slot.release()
 
     def sync_client(self) -> httpx.Client:
         with self._lock:
             if self._sync is None or self._sync.base_url != httpx.URL(self.base_url):
                 self._sync = httpx.Client(
                     base_url=self.base_url,
-                    limits=self._limits(),
+                    limits=httpx.Limits(
+                        max_connections=settings.UPSTREAM_POOL_SIZE, keepalive_expiry=30
+                    ),
                     timeout=timeout(),
                     follow_redirects=False,
                     trust_env=False,
@@ -117,24 +311,24 @@ class Upstream:
 
     async def aclose(self) -> None:
         loop = asyncio.get_running_loop()
-        client = self._async.pop(loop, None)
-        if client is not None:
-            await client.aclose()
+        pool = self._pools.pop(loop, None)
+        if pool is not None:
+            await pool.closer.aclose()
 
     def map_transport_error(self, exc: BaseException) -> ApiError:
         """Transport failures, mapped once: refused/reset → 502, timeout → 504, pool full → 503."""
-        if isinstance(exc, httpx.PoolTimeout):
+        if isinstance(exc, (PoolTimeout, httpx.PoolTimeout)):
             return ServiceUnavailable(
                 f"Too many requests in flight to {self.name}; retry shortly.",
                 code="upstream_busy",
                 retry_after=1,
             )
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
             return UpstreamTimeout(f"{self.name} did not answer in time.")
         return UpstreamUnavailable(f"{self.name} could not be reached.")
 
 
-def upstream_error_message(response: httpx.Response) -> str:
+def upstream_error_message(response: ResponseLike) -> str:
     """The upstream's own message, from any of its error shapes (see upstreams.md §0)."""
     try:
         body: Any = response.json()
@@ -154,7 +348,7 @@ def upstream_error_message(response: httpx.Response) -> str:
     return ""
 
 
-def error_from_upstream(name: str, response: httpx.Response) -> ApiError:
+def error_from_upstream(name: str, response: ResponseLike) -> ApiError:
     """An upstream 4xx keeps its status with a normalised body; a 5xx becomes our 502."""
     status = response.status_code
     message = upstream_error_message(response)

@@ -27,14 +27,15 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from django.conf import settings
 from django.core.cache import cache
 
 from accounts.authentication import Caller
 from relay import flash
+from relay.http import UpstreamStream
 from timepoint_billing.db import run_db
 from timepoint_billing.errors import (
+    ApiError,
     BadRequest,
     FlashUnavailable,
     Forbidden,
@@ -485,7 +486,7 @@ def _event_outcome(block: bytes) -> str | None:
     return None
 
 
-async def generation_open_stream(generation: Generation) -> httpx.Response:
+async def generation_open_stream(generation: Generation) -> UpstreamStream:
     """Open Flash's SSE stream; errors before the first byte come back as our JSON errors."""
     response = await flash.acall(
         "POST",
@@ -510,7 +511,7 @@ async def generation_open_stream(generation: Generation) -> httpx.Response:
 
 
 async def generation_stream(
-    generation: Generation, upstream: httpx.Response, call: RelayCall
+    generation: Generation, upstream: UpstreamStream, call: RelayCall
 ) -> AsyncGenerator[bytes, None]:
     """Flash's events, passed on one by one as they complete, with a heartbeat comment while
     Flash is silent and a hard maximum duration.
@@ -565,7 +566,7 @@ async def generation_stream(
             except StopAsyncIteration:
                 ended = "upstream_closed"
                 break
-            except httpx.HTTPError:
+            except ApiError:  # the upstream connection failed (UpstreamStream maps it)
                 ended = "upstream_failed"
                 if outcome is None:
                     yield _sse_event("error", "Flash stopped answering.")
