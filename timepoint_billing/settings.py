@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from corsheaders.defaults import default_headers
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -358,7 +359,9 @@ CORS_ALLOWED_ORIGINS = env_list(
 )
 CORS_ALLOWED_ORIGIN_REGEXES = env_list("CORS_ALLOWED_ORIGIN_REGEXES", [r"^http://localhost:\d+$"])
 CORS_ALLOW_METHODS = ["GET", "POST", "PATCH", "DELETE", "OPTIONS"]
-CORS_ALLOW_HEADERS = ["*"]
+# Listed, never "*": on a credentialed request browsers take "*" literally, so the SPA's
+# `Authorization` preflight would fail. No client route reads an Idempotency-Key, so none is listed.
+CORS_ALLOW_HEADERS = [*default_headers, "x-api-key", "x-request-id"]
 CORS_ALLOW_CREDENTIALS = True
 CORS_EXPOSE_HEADERS = [
     "X-Request-ID",

@@ -73,11 +73,15 @@ def test_cors_preflight_allowed_for_known_origins(client: Client, origin: str) -
         "/api/v1/credits/balance",
         HTTP_ORIGIN=origin,
         HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST",
-        HTTP_ACCESS_CONTROL_REQUEST_HEADERS="authorization,content-type",
+        HTTP_ACCESS_CONTROL_REQUEST_HEADERS="authorization,x-api-key,content-type",
     )
     assert response["Access-Control-Allow-Origin"] == origin
     assert response["Access-Control-Allow-Credentials"] == "true"
     assert "PATCH" in response["Access-Control-Allow-Methods"]
+    # A credentialed preflight takes "*" literally: each header the SPA sends must be listed.
+    allowed = {h.strip().lower() for h in response["Access-Control-Allow-Headers"].split(",")}
+    assert {"authorization", "x-api-key", "content-type", "x-request-id"} <= allowed
+    assert "*" not in allowed
 
 
 def test_cors_preflight_denied_for_other_origins(client: Client) -> None:
@@ -85,8 +89,9 @@ def test_cors_preflight_denied_for_other_origins(client: Client) -> None:
         "/api/v1/credits/balance",
         HTTP_ORIGIN="https://evil.example",
         HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST",
+        HTTP_ACCESS_CONTROL_REQUEST_HEADERS="authorization,x-api-key",
     )
-    assert "Access-Control-Allow-Origin" not in response
+    assert not [name for name in response.headers if name.lower().startswith("access-control-")]
 
 
 def test_schema_is_valid_openapi() -> None:
