@@ -183,7 +183,8 @@ def test_flash_rejection_needs_attention_and_staff_retry(user: Any, flash_peer: 
     grant.refresh_from_db()
     assert grant.state == GrantState.NEEDS_ATTENTION and "404" in grant.last_error
     call_command("run_grants", "--once")  # no automatic retry
-    assert grant.attempts == 1
+    grant.refresh_from_db()
+    assert grant.attempts == 1 and grant.state == GrantState.NEEDS_ATTENTION
 
     CreditGrant.objects.filter(pk=grant.pk).update(flash_user_id=user.flash_user_id)
     assert services.grant_retry(grant_id=grant.pk)
