@@ -769,19 +769,30 @@ def stripe_webhook_receive(*, payload: bytes, signature_header: str) -> tuple[in
         )
         if not created:
             return event.pk, False
-        recorder = _RECORDERS.get(event.type)
-        if recorder is not None:
-            try:
-                with transaction.atomic():
-                    recorder(event, data["data"]["object"])
-            except (_NeedsAttention, KeyError, TypeError, ValueError) as exc:
-                logger.error({"event": "stripe_event_unusable", "id": event.stripe_id})
-                event.state = EventState.NEEDS_ATTENTION
-                event.last_error = str(exc)[:1000] or type(exc).__name__
-                event.save(update_fields=["state", "last_error"])
-                return event.pk, True
+        if not _stripe_event_record(event):
+            return event.pk, True
         transaction.on_commit(partial(_in_background, stripe_event_process, event.pk))
     return event.pk, True
+
+
+def _stripe_event_record(event: StripeWebhookEvent) -> bool:
+    """Record what a stored event means (grants, payments, refunds) in a savepoint of the caller's
+    transaction. Every recorder is idempotent by its grant/payment key, so running it again (a
+    staff retry) finds what an earlier run made. An event the gateway cannot act on alone is kept
+    as needs-attention; returns False then."""
+    recorder = _RECORDERS.get(event.type)
+    if recorder is None:
+        return True
+    try:
+        with transaction.atomic():
+            recorder(event, event.payload["data"]["object"])
+    except (_NeedsAttention, KeyError, TypeError, ValueError) as exc:
+        logger.error({"event": "stripe_event_unusable", "id": event.stripe_id})
+        event.state = EventState.NEEDS_ATTENTION
+        event.last_error = str(exc)[:1000] or type(exc).__name__
+        event.save(update_fields=["state", "last_error"])
+        return False
+    return True
 
 
 def stripe_event_process(event_id: int) -> bool:
@@ -828,13 +839,25 @@ def stripe_events_process_due(*, limit: int = 100) -> int:
     return sum(1 for event_id in ids if stripe_event_process(event_id))
 
 
+@transaction.atomic
 def stripe_event_retry(*, event_id: int) -> bool:
-    """Staff retry of a stored event's mirror/plan work."""
-    return bool(
-        StripeWebhookEvent.objects.filter(pk=event_id)
+    """Staff retry of a stored, unprocessed event: record what it means again (an event kept as
+    needs-attention never made its grant; the user may be linked now), then queue the mirror/plan
+    work. The event row is locked, so two retries at once record it once. Returns False when the
+    event is already processed or still cannot be acted on."""
+    event = (
+        StripeWebhookEvent.objects.select_for_update()
+        .filter(pk=event_id)
         .exclude(state=EventState.PROCESSED)
-        .update(state=EventState.RECEIVED, next_attempt_at=timezone.now(), attempts=0)
+        .first()
     )
+    if event is None or not _stripe_event_record(event):
+        return False
+    StripeWebhookEvent.objects.filter(pk=event.pk).update(
+        state=EventState.RECEIVED, next_attempt_at=timezone.now(), attempts=0, last_error=""
+    )
+    transaction.on_commit(partial(_in_background, stripe_event_process, event.pk))
+    return True
 
 
 # --- Apple in-app purchases

@@ -254,3 +254,54 @@ def test_refunds_are_cumulative_and_disputes_recorded_without_touching_credits(
     assert Payment.objects.count() == 1
     # No credits were silently taken back.
     assert flash_peer.user_balance(user.flash_user_id) == 150
+
+
+def test_paid_event_kept_for_attention_grants_once_when_retried_after_linking(
+    client: Client, user: Any, customer_id: str, flash_peer: Any
+):
+    from djstripe.models import Customer
+
+    from payments import services
+
+    # The Stripe customer is mirrored but not linked to anyone yet (made in the Dashboard, say),
+    # and the session carries no user id of ours.
+    Customer.objects.filter(id=customer_id).update(subscriber=None)
+    session = f.pack_session(customer_id, user.pk)
+    del session["metadata"]["user_id"]
+    assert f.post_webhook(client, f.event("checkout.session.completed", session)).status_code == 200
+    event = StripeWebhookEvent.objects.get()
+    assert event.state == "needs_attention" and "No user" in event.last_error
+    assert CreditGrant.objects.count() == 0
+
+    Customer.objects.filter(id=customer_id).update(subscriber=user)  # staff link the customer
+    assert services.stripe_event_retry(event_id=event.pk) is True
+    assert services.stripe_event_retry(event_id=event.pk) is True  # a double click
+    call_command("run_grants", "--once")
+    assert services.stripe_event_retry(event_id=event.pk) is False  # processed: nothing to redo
+
+    event.refresh_from_db()
+    assert event.state == "processed"
+    grant = CreditGrant.objects.get()
+    assert grant.key == f"stripe:{session['payment_intent']}" and grant.state == GrantState.SENT
+    assert Payment.objects.get().grant == grant
+    assert len(_flash_grants(flash_peer, user)) == 1
+    assert flash_peer.user_balance(user.flash_user_id) == 150
+
+
+def test_retrying_an_event_whose_grant_exists_does_not_grant_again(
+    client: Client, user: Any, customer_id: str, flash_peer: Any
+):
+    from payments import services
+
+    body = f.event("checkout.session.completed", f.pack_session(customer_id, user.pk))
+    f.post_webhook(client, body)
+    event = StripeWebhookEvent.objects.get()
+    # The grant was recorded, then the mirror work gave up: staff retry the event.
+    StripeWebhookEvent.objects.filter(pk=event.pk).update(state="needs_attention")
+
+    assert services.stripe_event_retry(event_id=event.pk) is True
+    call_command("run_grants", "--once")
+
+    assert CreditGrant.objects.count() == 1 and Payment.objects.count() == 1
+    assert len(_flash_grants(flash_peer, user)) == 1
+    assert flash_peer.user_balance(user.flash_user_id) == 150
