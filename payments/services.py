@@ -869,21 +869,34 @@ def apple_verifier() -> Any:
     from appstoreserverlibrary.models.Environment import Environment
     from appstoreserverlibrary.signed_data_verifier import SignedDataVerifier
 
+    # A configuration mistake: 503 for every caller until a deploy fixes it, never a 500.
+    unconfigured = ServiceUnavailable(
+        "In-app purchases are not configured.", code="apple_unconfigured", retry_after=3600
+    )
     allowed = {"Production": Environment.PRODUCTION, "Sandbox": Environment.SANDBOX}
     environment = allowed.get(settings.APPLE_ENVIRONMENT)
     if environment is None:
         logger.error({"event": "apple_environment_refused", "env": settings.APPLE_ENVIRONMENT})
-        raise ServiceUnavailable("In-app purchases are not configured.", code="apple_unconfigured")
-    roots = [Path(path).read_bytes() for path in settings.APPLE_ROOT_CERT_PATHS]
+        raise unconfigured
+    try:
+        roots = [Path(path).read_bytes() for path in settings.APPLE_ROOT_CERT_PATHS]
+    except OSError as exc:
+        logger.error({"event": "apple_root_unreadable", "error": str(exc)})
+        raise unconfigured from exc
     if not roots:
-        raise ServiceUnavailable("In-app purchases are not configured.", code="apple_unconfigured")
-    return SignedDataVerifier(
-        roots,
-        settings.APPLE_ENABLE_ONLINE_CHECKS,
-        environment,
-        settings.APPLE_BUNDLE_ID,
-        settings.APPLE_APP_APPLE_ID or None,
-    )
+        raise unconfigured
+    try:
+        return SignedDataVerifier(
+            roots,
+            settings.APPLE_ENABLE_ONLINE_CHECKS,
+            environment,
+            settings.APPLE_BUNDLE_ID,
+            settings.APPLE_APP_APPLE_ID or None,
+        )
+    except ValueError as exc:
+        # Production without APPLE_APP_APPLE_ID, for one.
+        logger.error({"event": "apple_verifier_refused", "error": str(exc)})
+        raise unconfigured from exc
 
 
 def _apple_decode(decode: Callable[[str], Any], signed: str) -> Any:

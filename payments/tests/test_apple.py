@@ -164,3 +164,36 @@ def test_forged_notification_is_400(client: Client, db: Any, chain: AppleChain):
     )
     assert response.status_code == 400
     assert AppleNotification.objects.count() == 0
+
+
+@pytest.mark.parametrize("app_apple_id", [0, None])
+def test_production_without_an_app_apple_id_is_503_not_500(
+    client: Client, auth_headers: dict, user: Any, chain: AppleChain, settings: Any, app_apple_id
+):
+    settings.APPLE_ENVIRONMENT = "Production"
+    settings.APPLE_APP_APPLE_ID = app_apple_id  # Apple's verifier refuses Production without it
+    signed = chain.transaction(environment="Production")
+
+    response = _verify(client, auth_headers, signed)
+    webhook = client.post(
+        "/api/v1/billing/webhooks/apple",
+        {"signedPayload": chain.notification("REFUND", signed)},
+        content_type="application/json",
+    )
+
+    for answer in (response, webhook):
+        assert answer.status_code == 503, answer.content
+        assert answer.json() == {
+            "detail": "In-app purchases are not configured.",
+            "code": "apple_unconfigured",
+        }
+        assert answer["Retry-After"]
+    assert CreditGrant.objects.count() == 0 and AppleNotification.objects.count() == 0
+
+
+def test_unreadable_root_certificate_is_503(
+    client: Client, auth_headers: dict, user: Any, chain: AppleChain, settings: Any, tmp_path
+):
+    settings.APPLE_ROOT_CERT_PATHS = [str(tmp_path / "missing.cer")]
+    response = _verify(client, auth_headers, chain.transaction())
+    assert response.status_code == 503 and response.json()["code"] == "apple_unconfigured"
