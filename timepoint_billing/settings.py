@@ -62,6 +62,11 @@ DEV_SECRET_KEY = "dev-insecure-secret-key-do-not-use-in-production"
 SECRET_KEY = env_str("SECRET_KEY", DEV_SECRET_KEY)
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+# Railway's health check sends `Host: healthcheck.railway.app`; without it in ALLOWED_HOSTS the
+# check gets a 400 and the deploy never goes live. Empty turns the addition off.
+RAILWAY_HEALTHCHECK_HOST = env_str("RAILWAY_HEALTHCHECK_HOST", "healthcheck.railway.app")
+if IS_PRODUCTION and RAILWAY_HEALTHCHECK_HOST and RAILWAY_HEALTHCHECK_HOST not in ALLOWED_HOSTS:
+    ALLOWED_HOSTS.append(RAILWAY_HEALTHCHECK_HOST)
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
@@ -221,11 +226,22 @@ LOGOUT_REDIRECT_URL = "/portal/"
 
 # --- Flash and Clockchain (upstreams)
 FLASH_URL = env_str("FLASH_URL", "http://127.0.0.1:8101").rstrip("/")
-FLASH_SERVICE_KEY = env_str("FLASH_SERVICE_KEY", "flash-service-key")
-FLASH_ADMIN_KEY = env_str("FLASH_ADMIN_KEY", "flash-admin-key")
-FLASH_GATEWAY_SIGNING_SECRET = env_str("FLASH_GATEWAY_SIGNING_SECRET", "flash-signing-secret")
+# Development defaults of the upstream secrets; production refuses to start on any of them.
+DEV_UPSTREAM_SECRETS = {
+    "FLASH_SERVICE_KEY": "flash-service-key",
+    "FLASH_ADMIN_KEY": "flash-admin-key",
+    "FLASH_GATEWAY_SIGNING_SECRET": "flash-signing-secret",
+    "CLOCKCHAIN_SERVICE_KEY": "clockchain-service-key",
+}
+FLASH_SERVICE_KEY = env_str("FLASH_SERVICE_KEY", DEV_UPSTREAM_SECRETS["FLASH_SERVICE_KEY"])
+FLASH_ADMIN_KEY = env_str("FLASH_ADMIN_KEY", DEV_UPSTREAM_SECRETS["FLASH_ADMIN_KEY"])
+FLASH_GATEWAY_SIGNING_SECRET = env_str(
+    "FLASH_GATEWAY_SIGNING_SECRET", DEV_UPSTREAM_SECRETS["FLASH_GATEWAY_SIGNING_SECRET"]
+)
 CLOCKCHAIN_URL = env_str("CLOCKCHAIN_URL", "http://127.0.0.1:8102").rstrip("/")
-CLOCKCHAIN_SERVICE_KEY = env_str("CLOCKCHAIN_SERVICE_KEY", "clockchain-service-key")
+CLOCKCHAIN_SERVICE_KEY = env_str(
+    "CLOCKCHAIN_SERVICE_KEY", DEV_UPSTREAM_SECRETS["CLOCKCHAIN_SERVICE_KEY"]
+)
 UPSTREAM_CONNECT_TIMEOUT = env_float("UPSTREAM_CONNECT_TIMEOUT", 2.0)
 UPSTREAM_READ_TIMEOUT = env_float("UPSTREAM_READ_TIMEOUT", 15.0)
 UPSTREAM_GENERATE_TIMEOUT = env_float("UPSTREAM_GENERATE_TIMEOUT", 320.0)
@@ -403,12 +419,19 @@ LOGGING = {
 
 
 def _check_production() -> None:
-    """Refuse to boot a production process that would run on a dev default or an unset secret."""
+    """Refuse to boot a production process that would run on a dev default or an unset secret.
+
+    Every offending variable is named in one message, so one failed deploy shows them all."""
     problems = []
     if SECRET_KEY == DEV_SECRET_KEY or len(SECRET_KEY) < 32:
         problems.append("SECRET_KEY is unset, a dev default, or shorter than 32 characters")
+    # Defaults to SECRET_KEY (checked above); set explicitly it must not be the dev key either.
+    if API_KEY_DIGEST_SECRET == DEV_SECRET_KEY:
+        problems.append("API_KEY_DIGEST_SECRET is the development default")
     if DEBUG:
         problems.append("DEBUG must be off")
+    # Read from the environment, not the settings above: a value that only exists as a default
+    # (the local upstream URLs) is as wrong in production as a missing one.
     required = {
         "DATABASE_URL": os.environ.get("DATABASE_URL", ""),
         "REDIS_URL": REDIS_URL,
@@ -423,7 +446,28 @@ def _check_production() -> None:
         "CLOCKCHAIN_URL": os.environ.get("CLOCKCHAIN_URL", ""),
         "CLOCKCHAIN_SERVICE_KEY": os.environ.get("CLOCKCHAIN_SERVICE_KEY", ""),
     }
-    problems += [f"{name} is not set" for name, value in required.items() if not value.strip()]
+    unset = {name for name, value in required.items() if not value.strip()}
+    problems += [f"{name} is not set" for name in required if name in unset]
+    upstream_secrets = {
+        "FLASH_SERVICE_KEY": FLASH_SERVICE_KEY,
+        "FLASH_ADMIN_KEY": FLASH_ADMIN_KEY,
+        "FLASH_GATEWAY_SIGNING_SECRET": FLASH_GATEWAY_SIGNING_SECRET,
+        "CLOCKCHAIN_SERVICE_KEY": CLOCKCHAIN_SERVICE_KEY,
+    }
+    problems += [
+        f"{name} is the development default"
+        for name, value in upstream_secrets.items()
+        if name not in unset and value == DEV_UPSTREAM_SECRETS[name]
+    ]
+    if APPLE_ENVIRONMENT == "Production":  # the exact value payments' verifier accepts
+        problems += [
+            f"{name} is not set (required with APPLE_ENVIRONMENT=Production)"
+            for name, value in [
+                ("APPLE_APP_APPLE_ID", APPLE_APP_APPLE_ID),
+                ("APPLE_ROOT_CERT_PATHS", APPLE_ROOT_CERT_PATHS),
+            ]
+            if not value
+        ]
     if STRIPE_API_BASE:
         problems.append("STRIPE_API_BASE must not be set in production")
     if problems:

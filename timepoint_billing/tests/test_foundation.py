@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -110,10 +111,50 @@ def test_docs_load_no_external_url(client: Client) -> None:
     assert client.get("/api/schema").status_code == 200
 
 
-def test_production_refuses_to_start_without_secret_key() -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DEBUG")}
-    env["ENVIRONMENT"] = "production"
-    result = subprocess.run(
+# Every variable the production check reads, dropped from the test process's environment so
+# each case starts from exactly what it sets.
+_PRODUCTION_VARIABLES = (
+    "ENVIRONMENT",
+    "SECRET_KEY",
+    "DEBUG",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "AUTH0_",
+    "STRIPE_",
+    "FLASH_",
+    "CLOCKCHAIN_",
+    "APPLE_",
+    "API_KEY_DIGEST_SECRET",
+    "ALLOWED_HOSTS",
+    "RAILWAY_HEALTHCHECK_HOST",
+)
+
+
+def _production_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """A complete, valid production environment (nothing listens at its URLs), plus overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_PRODUCTION_VARIABLES)}
+    env.update(
+        ENVIRONMENT="production",
+        SECRET_KEY="prod-" + "s" * 40,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'prod.sqlite3'}",
+        REDIS_URL="redis://127.0.0.1:9/0",
+        AUTH0_DOMAIN="timepoint.example.auth0.com",
+        AUTH0_AUDIENCE="https://api.timepointai.com",
+        STRIPE_SECRET_KEY="sk_live_prod",
+        STRIPE_WEBHOOK_SECRET="whsec_prod",
+        FLASH_URL="http://127.0.0.1:9",
+        FLASH_SERVICE_KEY="prod-flash-service",
+        FLASH_ADMIN_KEY="prod-flash-admin",
+        FLASH_GATEWAY_SIGNING_SECRET="prod-flash-signing",
+        CLOCKCHAIN_URL="http://127.0.0.1:9",
+        CLOCKCHAIN_SERVICE_KEY="prod-clockchain-service",
+    )
+    env.update(overrides)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def _manage_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "manage.py", "check"],
         cwd=ROOT,
         env=env,
@@ -121,9 +162,89 @@ def test_production_refuses_to_start_without_secret_key() -> None:
         text=True,
         timeout=60,
     )
+
+
+def test_production_refuses_to_start_without_secret_key() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_PRODUCTION_VARIABLES)}
+    env["ENVIRONMENT"] = "production"
+    result = _manage_check(env)
     assert result.returncode != 0
     assert "Refusing to start with ENVIRONMENT=production" in result.stderr
-    assert "SECRET_KEY" in result.stderr
+    for name in (
+        "SECRET_KEY",
+        "FLASH_SERVICE_KEY",
+        "FLASH_ADMIN_KEY",
+        "FLASH_GATEWAY_SIGNING_SECRET",
+        "CLOCKCHAIN_SERVICE_KEY",
+        "STRIPE_SECRET_KEY",
+        "STRIPE_WEBHOOK_SECRET",
+        "AUTH0_DOMAIN",
+    ):
+        assert name in result.stderr
+
+
+def test_production_refuses_secrets_left_at_their_development_defaults(tmp_path: Path) -> None:
+    env = _production_env(
+        tmp_path,
+        FLASH_SERVICE_KEY="flash-service-key",
+        FLASH_ADMIN_KEY="flash-admin-key",
+        FLASH_GATEWAY_SIGNING_SECRET="flash-signing-secret",
+        CLOCKCHAIN_SERVICE_KEY="clockchain-service-key",
+        API_KEY_DIGEST_SECRET="dev-insecure-secret-key-do-not-use-in-production",
+    )
+    result = _manage_check(env)
+    assert result.returncode != 0
+    message = result.stderr.strip().splitlines()[-1]
+    for name in (
+        "FLASH_SERVICE_KEY",
+        "FLASH_ADMIN_KEY",
+        "FLASH_GATEWAY_SIGNING_SECRET",
+        "CLOCKCHAIN_SERVICE_KEY",
+        "API_KEY_DIGEST_SECRET",
+    ):
+        assert f"{name} is the development default" in message
+    assert "is not set" not in message and "SECRET_KEY is unset" not in message
+
+
+def test_production_apple_needs_the_app_id_and_root_certificates(tmp_path: Path) -> None:
+    result = _manage_check(_production_env(tmp_path, APPLE_ENVIRONMENT="Production"))
+    assert result.returncode != 0
+    assert "APPLE_APP_APPLE_ID is not set" in result.stderr
+    assert "APPLE_ROOT_CERT_PATHS is not set" in result.stderr
+
+    configured = _production_env(
+        tmp_path,
+        APPLE_ENVIRONMENT="Production",
+        APPLE_APP_APPLE_ID="1234567890",
+        APPLE_ROOT_CERT_PATHS="/app/certs/AppleRootCA-G3.cer",
+    )
+    assert _manage_check(configured).returncode == 0
+
+
+_HEALTH_PROBE = """
+import django, json, os
+django.setup()
+from django.test import Client
+client = Client()
+print(json.dumps({host: client.get("/health", HTTP_HOST=host).status_code
+                  for host in ("healthcheck.railway.app", "evil.example")}))
+"""
+
+
+def test_production_health_answers_railways_health_check_host(tmp_path: Path) -> None:
+    env = _production_env(tmp_path, ALLOWED_HOSTS="api.timepointai.com")
+    env["DJANGO_SETTINGS_MODULE"] = "timepoint_billing.settings"
+    result = subprocess.run(
+        [sys.executable, "-c", _HEALTH_PROBE],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    statuses = json.loads(result.stdout.strip().splitlines()[-1])
+    assert statuses == {"healthcheck.railway.app": 200, "evil.example": 400}
 
 
 def test_admin_login_page_renders(client: Client) -> None:
