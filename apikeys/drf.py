@@ -11,7 +11,6 @@ latency). Anonymous requests pass through untouched (they fail authentication an
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 from django.http import HttpResponseBase
@@ -21,7 +20,7 @@ from rest_framework.views import APIView
 
 from accounts.authentication import Caller
 from apikeys import limits
-from metering.services import record_usage
+from metering.services import record_usage, usage_record_id
 
 
 def route_pattern(request: Any) -> str:
@@ -57,7 +56,7 @@ class LimitedMeteredApiView(APIView):
         if isinstance(caller, Caller):
             started = getattr(self, "_started", time.perf_counter())
             record_usage(
-                request_id=getattr(request._request, "request_id", "") or uuid.uuid4().hex,
+                request_id=usage_record_id(request._request),
                 user_id=caller.user.pk,
                 api_key_id=caller.api_key.pk if caller.api_key is not None else None,
                 endpoint=route_pattern(request._request),

@@ -25,6 +25,7 @@ import atexit
 import logging
 import math
 import threading
+import uuid
 from collections import defaultdict, deque
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import islice
@@ -49,6 +50,19 @@ _flusher: dict[str, threading.Thread | None] = {"thread": None}
 _flusher_start_lock = threading.Lock()
 
 
+def usage_record_id(request: Any) -> str:
+    """The unique id of this call's usage record (and of anything keyed on the call, such as a
+    refund): the gateway's own request id, never the client's. A client may send any well-formed
+    X-Request-ID, and the same one every time: keyed on it, every later record would be dropped
+    as a duplicate and every later refund skipped. The client's id stays the log's correlation id.
+    """
+    own = getattr(request, "request_id", "") or ""
+    supplied = request.headers.get("X-Request-ID", "") if hasattr(request, "headers") else ""
+    if own and own != supplied:
+        return str(own)
+    return uuid.uuid4().hex
+
+
 def record_usage(
     *,
     request_id: str,
@@ -66,7 +80,7 @@ def record_usage(
     """Queue one usage record (no database I/O here; see the module docstring for guarantees).
 
     `endpoint` is the route pattern (`/api/v1/keys/<int:key_id>`), never the raw path; `request_id`
-    must be unique per call (the X-Request-ID the middleware assigned)."""
+    must be unique per call (`usage_record_id(request)`)."""
     row = {
         "request_id": request_id,
         "user_id": user_id,

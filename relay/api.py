@@ -24,6 +24,7 @@ from rest_framework.views import APIView
 
 from accounts.authentication import aauthenticate
 from apikeys import limits
+from metering.services import usage_record_id
 from relay import flash, paths, selectors, services
 from relay.openapi import RECONCILE_SCHEMA, document
 from timepoint_billing.errors import (
@@ -67,7 +68,7 @@ def relay_route(
             caller = await aauthenticate(request)
             lease = await limits.acquire(caller, route=endpoint, spends_credits=spends_credits)
             call = services.RelayCall(
-                request_id=getattr(request, "request_id", "") or services.uuid.uuid4().hex,
+                request_id=usage_record_id(request),
                 caller=caller,
                 endpoint=endpoint,
                 method=request.method or "GET",

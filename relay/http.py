@@ -69,14 +69,19 @@ def timeout(read: float | None = None) -> httpx.Timeout:
     )
 
 
-def async_timeout(read: float | None = None) -> aiohttp.ClientTimeout:
-    """The async client's timeouts: connect, then each read (no total: streams run long; the
-    relay bounds a stream's whole duration itself). Waiting for a pooled connection is bounded
-    by our own semaphore (`Upstream.slot`) so that it can be told apart (503, not 504)."""
-    read_timeout = read if read is not None else settings.UPSTREAM_READ_TIMEOUT
+def async_timeout(read: float | None = None, *, whole: bool = True) -> aiohttp.ClientTimeout:
+    """The async client's timeouts: connect, each read, and for an answer read whole also the
+    total (an upstream trickling bytes cannot hold a call past connect + read). A stream has no
+    total: the relay bounds a stream's duration itself. Waiting for a pooled connection is
+    bounded by our own semaphore (`Upstream._slot`) so that it can be told apart (503, not 504).
+    """
+    read_timeout = float(read if read is not None else settings.UPSTREAM_READ_TIMEOUT)
     connect = float(settings.UPSTREAM_CONNECT_TIMEOUT)
     return aiohttp.ClientTimeout(
-        total=None, connect=connect, sock_connect=connect, sock_read=read_timeout
+        total=connect + read_timeout if whole else None,
+        connect=connect,
+        sock_connect=connect,
+        sock_read=read_timeout,
     )
 
 
@@ -278,7 +283,7 @@ class Upstream:
                 params=params,
                 json=json,
                 data=content,
-                timeout=async_timeout(read_timeout),
+                timeout=async_timeout(read_timeout, whole=not stream),
                 allow_redirects=False,
             )
             if stream:

@@ -204,7 +204,9 @@ async def generation_prepare(
     serializer.is_valid(raise_exception=True)
     payload = dict(serializer.validated_data)
     preset = payload["preset"]
-    if preset in HD_PRESETS and not caller.user.has_hd_access:
+    # HD follows the plan, or the tier of the caller: a key staff raised to enterprise has it.
+    hd_tier = caller.tier in ("pro", "enterprise")
+    if preset in HD_PRESETS and not (caller.user.has_hd_access or hd_tier):
         raise Forbidden(
             f"The {preset!r} preset needs a plan with HD access.", code="preset_not_allowed"
         )

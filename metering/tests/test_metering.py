@@ -83,9 +83,15 @@ def test_drf_calls_are_metered_with_the_route_pattern(
         ("/api/v1/keys/<int:key_id>/usage", "GET", 200),
         ("/api/v1/keys/<int:key_id>", "DELETE", 404),
     }
-    record = UsageRecord.objects.get(request_id="req-abcdef-123")
+    record = UsageRecord.objects.get(endpoint="/api/v1/keys")
     assert record.user_id == user.pk and record.api_key_id == key.pk
     assert record.response_time_ms > 0
+    # The client's X-Request-ID is a correlation id only, never the record's unique key: the
+    # same value sent again must not turn the next record into a dropped "duplicate".
+    assert record.request_id != "req-abcdef-123"
+    client.get("/api/v1/keys", HTTP_X_API_KEY=raw, HTTP_X_REQUEST_ID="req-abcdef-123")
+    services.flush_usage()
+    assert UsageRecord.objects.filter(endpoint="/api/v1/keys").count() == 2
 
 
 def test_records_survive_account_deletion(user: Any) -> None:

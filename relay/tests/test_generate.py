@@ -101,6 +101,20 @@ def test_hd_needs_hd_access(gateway: Any, auth: Any, flash_peer: Any, user: Any)
     assert flash_peer.user_balance(user.flash_user_id) == 40  # hd costs 10
 
 
+def test_hd_follows_a_key_tier_set_by_staff(
+    gateway: Any, flash_peer: Any, user: Any, make_key: Any
+) -> None:
+    """A free-plan user's key that staff raised to enterprise has HD through that key only."""
+    _, free_raw = make_key(user, name="free key")
+    _, enterprise_raw = make_key(user, name="enterprise key", tier="enterprise")
+    body = {"query": "Apollo 11", "preset": "hd"}
+    refused = gateway.post(GENERATE, json=body, headers={"X-API-Key": free_raw})
+    assert refused.status_code == 403 and refused.json()["code"] == "preset_not_allowed"
+    allowed = gateway.post(GENERATE, json=body, headers={"X-API-Key": enterprise_raw})
+    assert allowed.status_code == 200, allowed.text
+    assert flash_peer.user_balance(user.flash_user_id) == 40
+
+
 def test_insufficient_credits_is_402_before_flash(
     gateway: Any, auth: Any, flash_peer: Any, user: Any
 ) -> None:
@@ -180,6 +194,27 @@ def test_failed_generation_is_refunded_through_the_grant_outbox(
     ]
     (row,) = usage()
     assert (row.status, row.credits_spent) == (200, 0)
+
+
+def test_a_reused_client_request_id_loses_no_record_and_no_refund(
+    gateway: Any, auth: Any, flash_peer: Any, user: Any, usage: Any
+) -> None:
+    """The client's X-Request-ID is only a correlation id: sent twice, it must not make the
+    second call's usage record a "duplicate" or skip the second failed generation's refund."""
+    from payments.models import CreditGrant
+
+    flash_peer.generation_outcome = "failed"
+    headers = {**auth, "X-Request-ID": "client-fixed-id-0001"}
+    for _ in range(2):
+        response = gateway.post(GENERATE, json={"query": "Apollo 11"}, headers=headers)
+        assert response.status_code == 200 and response.json()["status"] == "failed"
+        assert response.headers["X-Request-ID"] == "client-fixed-id-0001"
+    grants = list(CreditGrant.objects.order_by("id"))
+    assert [(g.amount, g.transaction_type) for g in grants] == [(5, "refund"), (5, "refund")]
+    assert len({g.key for g in grants}) == 2
+    rows = usage()
+    assert len(rows) == 2 and len({row.request_id for row in rows}) == 2
+    assert all("client-fixed-id-0001" not in row.request_id for row in rows)
 
 
 def test_pipeline_exception_is_502_and_refunded_by_flash(
