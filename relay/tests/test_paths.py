@@ -86,19 +86,27 @@ def test_hostile_parameters_never_reach_an_upstream(
 
 
 def test_hostile_visibility_ids(live_url: str, auth: Any, flash_peer: Any, user: Any) -> None:
-    for value in ["..", "%2e%2e", "a%2Fb", UUID + "%2F..", UUID + ";x", "a\\b", "x" * 3000]:
-        status, _ = raw_request(live_url, "PATCH", f"/api/v1/timepoints/{value}/visibility", auth)
-        assert status == 400, value
+    extra = [UUID + "%2F..", UUID + ";x", UUID + "%252F..", "x" * 3000]
+    for value in HOSTILE + extra:
+        target = f"/api/v1/timepoints/{value}/visibility"
+        status, body = raw_request(live_url, "PATCH", target, auth)
+        assert status == 400, (value, status, body[:200])
+        assert json.loads(body)["code"] == "invalid_path", value
+    for raw in ("a\x00b", "a\tb", "a\x7fb"):
+        status, _ = raw_request(live_url, "PATCH", f"/api/v1/timepoints/{raw}/visibility", auth)
+        assert status == 400, repr(raw)
     assert flash_peer.requests == []
 
 
 def test_raw_control_characters_are_refused(
     live_url: str, auth: Any, flash_peer: Any, clockchain_peer: Any
 ) -> None:
-    for target in ["/api/v1/moments/a\x00b", "/api/v1/moments/a\tb", "/api/v1/moments/a\x7fb"]:
-        status, _ = raw_request(live_url, "GET", target, auth)
-        assert status == 400, repr(target)
+    for _, prefix in PREFIXES:
+        for raw in ("a\x00b", "a\tb", "a\x7fb"):
+            status, _ = raw_request(live_url, "GET", prefix + raw, auth)
+            assert status == 400, repr(prefix + raw)
     assert clockchain_peer.requests == []
+    assert flash_peer.requests == []
 
 
 def test_wellformed_parameters_pass(
