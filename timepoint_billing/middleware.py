@@ -63,7 +63,13 @@ def _finish(
             detail = {404: "Not found.", 405: "Method not allowed."}.get(
                 status, "Internal server error." if status >= 500 else "The request was rejected."
             )
-            response = error_response(status, detail, code)
+            replacement = error_response(status, detail, code)
+            # The headers still hold (Allow on a 405, Retry-After, CORS, Vary); only the ones
+            # that describe the old body go.
+            for name, value in response.items():
+                if not name.lower().startswith("content-"):
+                    replacement[name] = value
+            response = replacement
     rid = getattr(request, "request_id", "")
     response["X-Request-ID"] = rid
     request_log.info(

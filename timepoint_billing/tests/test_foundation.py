@@ -54,6 +54,14 @@ def test_unknown_api_path_is_json_even_in_debug(client: Client, settings) -> Non
     assert set(response.json()) == {"detail", "code"}
 
 
+def test_method_not_allowed_is_json_and_keeps_the_allow_header(client: Client) -> None:
+    response = client.post("/health", HTTP_ORIGIN="https://app.timepointai.com")
+    assert response.status_code == 405
+    assert response.json() == {"detail": "Method not allowed.", "code": "method_not_allowed"}
+    assert response["Allow"] == "GET"
+    assert response["Access-Control-Allow-Origin"] == "https://app.timepointai.com"
+
+
 def test_oversized_body_is_413_json(client: Client) -> None:
     body = b"x" * (10 * 1024 * 1024)
     response = client.post("/api/v1/keys", data=body, content_type="application/json")
