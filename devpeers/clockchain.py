@@ -371,6 +371,10 @@ class ClockchainPeer:
         # --- test knobs ---
         self.fail_next: int = 0
         self.delay: float = 0.0
+        # Not v0.2.0's behaviour (upstreams.md B4: today and random always filter to public):
+        # a regression that draws them from every node, so a test exercises the gateway's own
+        # filter rather than the peer's. See also `add_private_moment_today`.
+        self.leak_private_summaries: bool = False
 
         self.lock = threading.Lock()
         self.nodes: dict[str, Node] = {}
@@ -719,7 +723,7 @@ class ClockchainPeer:
             events = [
                 _summary(n)
                 for n in self.nodes.values()
-                if n["visibility"] == "public"
+                if (n["visibility"] == "public" or self.leak_private_summaries)
                 and n["month_num"] == today.month
                 and n["day"] == today.day
             ]
@@ -734,7 +738,9 @@ class ClockchainPeer:
             return validation_error(errors)
         with self.lock:
             pool = [
-                n for n in self.nodes.values() if n["visibility"] == "public" and n["layer"] >= 1
+                n
+                for n in self.nodes.values()
+                if (n["visibility"] == "public" or self.leak_private_summaries) and n["layer"] >= 1
             ]
         if not pool:
             return json_response(404, {"detail": "No public moments available"})
@@ -899,6 +905,24 @@ class ClockchainPeer:
         with self.lock:
             self.nodes[path] = node
         return path
+
+    def add_private_moment_today(self, owner: str = PRIVATE_OWNER_A) -> str:
+        """A private moment dated today (UTC), the day `/today` answers for; returns its path."""
+        today = datetime.now(UTC)
+        path = (
+            f"/{today.year}/{MONTHS[today.month - 1]}/{today.day}/0700/italy/lazio/rome/"
+            "private-diary-entry-of-today"
+        )
+        return self.add_node(
+            path,
+            "Private diary entry of today",
+            one_liner="A private draft dated today.",
+            visibility="private",
+            created_by=owner,
+            layer=2,
+            tags=["private-draft"],
+            source_type="generated",
+        )
 
     def add_edge(self, source: str, target: str, **fields: Any) -> None:
         with self.lock:

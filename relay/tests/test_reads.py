@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
 
 from devpeers.clockchain import (
@@ -173,7 +174,21 @@ def test_moment_routes_happy_path(gateway: Any, auth: Any, clockchain_peer: Any)
 def test_private_moment_invisible_through_every_route(
     gateway: Any, auth: Any, clockchain_peer: Any
 ) -> None:
-    """The caller is not PRIVATE_OWNER_A/B: no route shows their private moments."""
+    """The caller is not PRIVATE_OWNER_A/B: no route shows their private moments.
+
+    Real Clockchain filters /today and /random to public (upstreams.md B4); the peer is switched
+    to leak private moments through both, with one dated today, so what keeps them out is the
+    gateway's own filter, not the peer's."""
+    private_today = clockchain_peer.add_private_moment_today()
+    clockchain_peer.leak_private_summaries = True
+    key = {"X-Service-Key": clockchain_peer.service_key}
+    with httpx.Client(base_url=clockchain_peer.url, trust_env=False) as direct:
+        upstream_today = direct.get("/api/v1/today", headers=key).json()
+        assert private_today in [e["path"] for e in upstream_today["events"]]  # the peer leaks
+        drawn = {direct.get("/api/v1/random", headers=key).json()["path"] for _ in range(60)}
+        assert {PRIVATE_CAESAR, PRIVATE_MOON, private_today} <= drawn
+    clockchain_peer.reset_requests()
+
     seen: list[str] = []
     for url in (
         "/api/v1/moments?limit=100",
@@ -193,22 +208,38 @@ def test_private_moment_invisible_through_every_route(
         response = gateway.get(url, headers=auth)
         assert response.status_code == 200, url
         seen.append(response.text)
-    for _ in range(15):
-        seen.append(gateway.get("/api/v1/random", headers=auth).text)
+    randoms = [gateway.get("/api/v1/random", headers=auth) for _ in range(30)]
+    seen.extend(r.text for r in randoms)
+    # The gateway's random retries a non-public draw; 30 calls reach the upstream's private ones.
+    drawn_upstream = len(clockchain_peer.requests_to("/api/v1/random"))
+    assert drawn_upstream > 30, "no private moment was drawn upstream: the check could not fail"
+    for response in randoms:
+        assert response.status_code in (200, 404), response.text
+        if response.status_code == 200:
+            assert response.json()["visibility"] == "public"
     text = "\n".join(seen)
-    for secret in (PRIVATE_CAESAR, PRIVATE_MOON, "private-launch-day-diary", "brutus-private"):
+    for secret in (
+        PRIVATE_CAESAR,
+        PRIVATE_MOON,
+        private_today,
+        "private-launch-day-diary",
+        "brutus-private",
+        "private-diary-entry-of-today",
+    ):
         assert secret not in text
     assert "Brutus's private letter" not in text and PRIVATE_OWNER_A not in text
+    assert "Private diary entry of today" not in text
     assert '"17"' not in gateway.get("/api/v1/browse/-44/march", headers=auth).text
 
     for url in (
         f"/api/v1/moments{PRIVATE_CAESAR}",
+        f"/api/v1/moments{private_today}",
         f"/api/v1/graph/neighbors{PRIVATE_CAESAR}",
         f"/api/v1/graph/neighbors{PRIVATE_MOON}",
     ):
         hidden = gateway.get(url, headers=auth)
         assert hidden.status_code == 404, url
-        assert PRIVATE_CAESAR not in hidden.text
+        assert PRIVATE_CAESAR not in hidden.text and private_today not in hidden.text
 
 
 def test_private_moment_visible_to_its_creator(
