@@ -1,17 +1,26 @@
-"""The staff view of payments: grants with their states (and a retry), events, payments."""
+"""The staff view of payments: grants with their states (and a retry), events, payments, and
+the permission guard on dj-stripe's admin actions."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
+import stripe
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.db.models import Model, Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from djstripe import utils as djstripe_utils
+from djstripe.admin import actions as djstripe_actions
+from djstripe.admin import admin as djstripe_admin
+from djstripe.admin import views as djstripe_views
+from djstripe.models import Subscription
 
 from accounts.models import User
 from payments import services
@@ -134,10 +143,22 @@ class StripeWebhookEventAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in StripeWebhookEvent._meta.fields]
     actions = ["retry"]
 
-    @admin.action(description="Retry processing of selected events")
+    @admin.action(
+        description="Retry selected events (record their payment and grant, then process)",
+        permissions=["retry"],
+    )
     def retry(self, request: HttpRequest, queryset: QuerySet[StripeWebhookEvent]) -> None:
-        count = sum(services.stripe_event_retry(event_id=event.pk) for event in queryset)
+        count = 0
+        for event in queryset:
+            if services.stripe_event_retry(event_id=event.pk):
+                count += 1
+                self.log_change(request, event, "Retried (recorded again, queued).")
         self.message_user(request, f"{count} event(s) queued again.", messages.SUCCESS)
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        # A retry records the event's payment and credit grant: the billing group's right to
+        # re-drive grants, not something the read-only support group may do.
+        return bool(request.user.has_perm("payments.change_creditgrant"))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -183,3 +204,118 @@ class AppleNotificationAdmin(admin.ModelAdmin):
     list_filter = ["type"]
     search_fields = ["notification_uuid", "transaction_id"]
     readonly_fields = [f.name for f in AppleNotification._meta.fields]
+
+
+# --- dj-stripe's mirror admins
+#
+# dj-stripe's admin actions (cancel subscriptions, release/cancel schedules, re-sync from Stripe)
+# render a confirm page that posts to its own `djstripe_custom_action` view, mounted under every
+# dj-stripe model admin, which checks only `is_staff` and runs any of them on any model named in
+# the URL. Here every dj-stripe admin gets a guarded copy of that view: the action must be one of
+# dj-stripe's, the user needs the change permission on the model it runs on, and what it does is
+# recorded in the admin log. Users without it are not offered the actions at all.
+
+STRIPE_ACTIONS = frozenset(
+    {
+        "_resync_instances",
+        "_sync_all_instances",
+        "_cancel",
+        "_release_subscription_schedule",
+        "_cancel_subscription_schedule",
+    }
+)
+
+
+def _may_change(request: HttpRequest, model: type[Model]) -> bool:
+    codename = get_permission_codename("change", model._meta)
+    return bool(request.user.has_perm(f"{model._meta.app_label}.{codename}"))
+
+
+def _log_change(request: HttpRequest, obj: Model, message: str) -> None:
+    model_admin = admin.site._registry.get(type(obj))
+    if model_admin is not None:
+        model_admin.log_change(request, obj, message)
+
+
+class StripeActionConfirmView(djstripe_views.ConfirmCustomAction):
+    """dj-stripe's confirm view, refused without the change permission, and logged."""
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            model = djstripe_utils.get_model(str(kwargs.get("model_name", "")))
+        except LookupError:
+            raise Http404 from None
+        if kwargs.get("action_name") not in STRIPE_ACTIONS or not _may_change(request, model):
+            raise PermissionDenied
+        response: HttpResponse = super().dispatch(request, *args, **kwargs)
+        return response
+
+    def form_valid(self, form: forms.Form) -> HttpResponse:
+        action = str(self.kwargs["action_name"])
+        if action not in ("_cancel", "_sync_all_instances"):
+            # Re-syncs and schedule changes: record who asked (the outcome shows as a message).
+            pks = form.cleaned_data.get(ACTION_CHECKBOX_NAME) or []
+            model_name = str(self.kwargs["model_name"])
+            for obj in djstripe_utils.get_queryset(pks, model_name):
+                _log_change(self.request, obj, f"Ran dj-stripe action {action}.")
+        response: HttpResponse = super().form_valid(form)
+        return response
+
+    def _cancel(self, request: HttpRequest, queryset: QuerySet[Subscription]) -> None:
+        for subscription in queryset:
+            try:
+                subscription.cancel()
+            except stripe.InvalidRequestError as error:
+                messages.warning(request, str(error), fail_silently=True)
+                continue
+            _log_change(request, subscription, "Cancelled at Stripe (immediately).")
+            messages.success(request, f"Cancelled: {subscription}", fail_silently=True)
+
+
+class StripeActionsGuard:
+    """Mixed into every dj-stripe admin: the guarded confirm view replaces dj-stripe's, and the
+    actions are offered only to users who may change the model."""
+
+    model: type[Model]
+    admin_site: admin.AdminSite
+
+    def get_urls(self) -> list[URLPattern]:
+        urls: list[URLPattern] = super().get_urls()  # type: ignore[misc]
+        guarded = path(
+            "action/<str:action_name>/<str:model_name>/",
+            self.admin_site.admin_view(StripeActionConfirmView.as_view()),
+            name="djstripe_custom_action",
+        )
+        return [guarded, *(url for url in urls if url.name != "djstripe_custom_action")]
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions: dict[str, Any] = super().get_actions(request)  # type: ignore[misc]
+        if not _may_change(request, self.model):
+            for name in STRIPE_ACTIONS:
+                actions.pop(name, None)
+        return actions
+
+
+admin.site.unregister(Subscription)
+
+
+@admin.register(Subscription)
+class StripeSubscriptionAdmin(StripeActionsGuard, djstripe_admin.SubscriptionAdmin):
+    """dj-stripe's subscription admin; "Cancel selected subscriptions" needs
+    `djstripe.change_subscription` and is logged."""
+
+
+def _guard_djstripe_admins() -> None:
+    for model, model_admin in list(admin.site._registry.items()):
+        if isinstance(model_admin, StripeActionsGuard) or not isinstance(
+            model_admin, djstripe_actions.CustomActionMixin
+        ):
+            continue
+        base = type(model_admin)
+        name = f"Guarded{base.__name__}"
+        guarded = type(name, (StripeActionsGuard, base), {"__module__": __name__})
+        admin.site.unregister(model)
+        admin.site.register(model, guarded)
+
+
+_guard_djstripe_admins()
