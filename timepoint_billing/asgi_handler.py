@@ -7,13 +7,22 @@ That was the largest cost left on the relay path after the middleware. The relay
 async and do their database work through `run_db` (its own pool), so for their routes the context
 is not needed: their few thread-sensitive hops go to asgiref's one shared thread, as they did
 before Django 3.1. Every other route (DRF's sync views, admin, portal) keeps Django's behaviour.
+
+It also enforces MAX_REQUEST_BODY_BYTES while the body arrives: Django buffers the whole body
+before any middleware runs, so a 10 MB upload was read (into memory, then a temporary file) only
+to be refused. See `BodyLimit`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
+
+# Set in the scope when the body was cut short; RequestContextMiddleware answers it with 413.
+BODY_TOO_LARGE = "timepoint.body_too_large"
 
 # The relay's async routes (relay/urls.py) and the async health checks. A sync view added under
 # one of these prefixes would still work; it would share one thread with the others.
@@ -32,7 +41,56 @@ ASYNC_ROUTE_PREFIXES = (
 )
 
 
+def _declared_length(scope: dict[str, Any]) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None  # RequestContextMiddleware answers 400
+    return None
+
+
+class BodyLimit:
+    """`receive` for Django's handler that stops a body at MAX_REQUEST_BODY_BYTES.
+
+    A declared Content-Length over the limit is refused before any of the body is read; a chunked
+    body once its received bytes pass the limit. Either way Django sees the body end there (what
+    it read so far is never parsed) and `BODY_TOO_LARGE` in the scope makes the middleware answer
+    the usual 413 JSON, with the request id, CORS headers and log line every response gets. The
+    rest of the body is left unread, so Django's disconnect listener just waits to be cancelled
+    once the response is sent (reading on would be reading the body after all)."""
+
+    def __init__(self, scope: dict[str, Any], receive: Any, limit: int) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.limit = limit
+        self.received = 0
+        self.ended = False  # the body was ended here, not by the client
+        declared = _declared_length(scope)
+        if declared is not None and declared > limit:
+            scope[BODY_TOO_LARGE] = True
+
+    async def __call__(self) -> dict[str, Any]:
+        if self.ended:
+            await asyncio.Event().wait()  # cancelled by Django when the response is sent
+        if not self.scope.get(BODY_TOO_LARGE):
+            message: dict[str, Any] = await self.receive()
+            if message["type"] != "http.request":
+                return message
+            self.received += len(message.get("body", b""))
+            if self.received <= self.limit:
+                return message
+            self.scope[BODY_TOO_LARGE] = True
+        self.ended = True
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+
 class GatewayASGIHandler(ASGIHandler):
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        limited = BodyLimit(scope, receive, settings.MAX_REQUEST_BODY_BYTES)
+        await super().handle(scope, limited, send)
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"].startswith(ASYNC_ROUTE_PREFIXES):
             await self.handle(scope, receive, send)

@@ -17,6 +17,7 @@ from django.contrib.sessions import middleware as sessions
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, StreamingHttpResponse
 from django.middleware import clickjacking, common, csrf, security
 
+from timepoint_billing.asgi_handler import BODY_TOO_LARGE
 from timepoint_billing.errors import API_PREFIXES, error_response
 from timepoint_billing.logs import request_id_var
 
@@ -32,10 +33,13 @@ def _request_id(request: HttpRequest) -> str:
 
 
 def _too_large(request: HttpRequest) -> HttpResponse | None:
+    limit = settings.MAX_REQUEST_BODY_BYTES
+    # The ASGI handler stopped reading the body at the limit (any method: it was never read).
+    if getattr(request, "scope", {}).get(BODY_TOO_LARGE):
+        return error_response(413, f"The request body exceeds {limit} bytes.", "payload_too_large")
     if request.method not in _BODY_METHODS:
         return None
     raw_length = request.META.get("CONTENT_LENGTH") or ""
-    limit = settings.MAX_REQUEST_BODY_BYTES
     if raw_length:
         try:
             length = int(raw_length)
