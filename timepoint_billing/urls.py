@@ -5,6 +5,9 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from timepoint_billing import admin_site, health
 
 urlpatterns = [
+    # The relay first: Django tries patterns in order, and every include that shares the
+    # `api/v1/` prefix but does not match costs a failed sub-resolve on the hot path.
+    path("api/v1/", include("relay.urls")),
     path("health", health.health, name="health"),
     path("health/ready", health.health_ready, name="health-ready"),
     path("admin/dashboard/", admin_site.dashboard, name="admin-dashboard"),
@@ -18,7 +21,6 @@ urlpatterns = [
     path("api/v1/", include("apikeys.urls")),
     path("api/v1/", include("payments.urls")),
     path("api/v1/", include("metering.urls")),
-    path("api/v1/", include("relay.urls")),
 ]
 
 handler400 = "timepoint_billing.errors.handler400"

@@ -91,10 +91,22 @@ def test_developer_signs_in_manages_a_key_sees_usage_and_checks_out(
     assert f"{label}: 1 requests" in titles
     assert browser.find_element(By.ID, "total-requests").text == "1"
     screenshot("portal-usage")
-    browser.set_window_size(390, 844)
-    browser.refresh()
-    screenshot("portal-usage-phone")
-    browser.set_window_size(1280, 900)
+    # A phone (390 px wide, as an iPhone 14): every portal page fits without sideways scrolling.
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True},
+    )
+    try:
+        for page in ("usage", "keys", "billing", ""):
+            browser.get(f"{live_server.url}/portal/{page}{'/' if page else ''}")
+            inner, scroll = browser.execute_script(
+                "return [window.innerWidth, document.documentElement.scrollWidth]"
+            )
+            assert inner == 390 and scroll <= inner, (page, inner, scroll)
+        browser.get(live_server.url + "/portal/usage/")
+        screenshot("portal-usage-phone")
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
     # Roll: a new key is shown; both work during the grace period.
     browser.get(live_server.url + "/portal/keys/")
