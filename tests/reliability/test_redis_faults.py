@@ -4,7 +4,9 @@ Redis (127.0.0.1:6379, db 11 — the server itself is never stopped: others use 
 What must hold (SECURITY.md, `apikeys/limits.py`): every answer is JSON, never a bare 500;
 reads fail open (served without limit headers), anything that spends credits fails closed (503
 `limiter_unavailable` with Retry-After, nothing sent to Flash), each answer within a bounded
-time; and the gateway recovers by itself once Redis answers again."""
+time; and the gateway recovers by itself once Redis answers again. No usage record is lost on
+the way: every metered call the gateway served, before, during and after the outage, leaves
+exactly one record (matched by request id); a call the limiter refused leaves none."""
 
 from __future__ import annotations
 
@@ -62,6 +64,25 @@ def _timed(call: Any) -> tuple[httpx.Response, float]:
     return response, time.monotonic() - started
 
 
+METERED = ("relay_read", "clockchain_read", "drf_read", "generate")  # /auth/me is not metered
+
+
+def _expected_records(rounds: list[dict[str, httpx.Response]]) -> set[str]:
+    """Request ids that must each have one usage record: every metered call that was served.
+    Refused by the limiter (relay routes: before the call is metered) means no record."""
+    expected = set()
+    for answers in rounds:
+        for name in METERED:
+            response = answers[name]
+            refused = response.status_code in (429, 503) and response.json().get("code") in (
+                "rate_limited",
+                "limiter_unavailable",
+            )
+            if name == "drf_read" or not refused:
+                expected.add(response.headers["X-Request-ID"])
+    return expected
+
+
 def _exercise(gateway: httpx.Client, auth: dict[str, str]) -> dict[str, httpx.Response]:
     """One of each kind of call: relay read, DRF read, DRF write, credit-spending generation."""
     answers = {}
@@ -94,9 +115,11 @@ def test_redis_outage_and_recovery(
     redis_proxy: FaultProxy,
     settings: Any,
     outage: str,
+    usage: Any,
 ) -> None:
     settings.UPSTREAM_READ_TIMEOUT = 5
     healthy = _exercise(gateway, auth)
+    rounds = [healthy]
     for name in ("relay_read", "clockchain_read", "drf_read", "generate"):
         assert healthy[name].status_code == 200, (name, healthy[name].text)
         assert "X-RateLimit-Limit" in healthy[name].headers, name
@@ -107,6 +130,7 @@ def test_redis_outage_and_recovery(
     redis_proxy.drop_open_connections()
     for _ in range(2):  # the first call pays the timeout, the next ones hit the breaker
         down = _exercise(gateway, auth)
+        rounds.append(down)
         for name in ("relay_read", "clockchain_read", "drf_read", "me"):
             assert down[name].status_code == 200, (name, down[name].text)
         assert "X-RateLimit-Limit" not in down["relay_read"].headers  # failed open
@@ -118,7 +142,19 @@ def test_redis_outage_and_recovery(
     redis_proxy.mode = "pass"
     time.sleep(1.1)
     back = _exercise(gateway, auth)
+    rounds.append(back)
     for name in ("relay_read", "drf_read", "generate"):
         assert back[name].status_code == 200, (name, back[name].text)
         assert "X-RateLimit-Limit" in back[name].headers, name
     assert len(flash_peer.requests_to("/api/v1/timepoints/generate")) == generations + 1
+
+    # Usage: one record per served metered call, none lost while Redis was away, none doubled.
+    records = usage()
+    expected = _expected_records(rounds)
+    recorded = [record.request_id for record in records]
+    assert len(recorded) == len(set(recorded)), "a usage record was written twice"
+    assert set(recorded) == expected, (
+        f"lost: {sorted(expected - set(recorded))}, unexpected: {sorted(set(recorded) - expected)}"
+    )
+    assert len(records) == len(rounds) * len(METERED) - 2  # the two refused generations
+    assert {r.status for r in records} == {200}
