@@ -2,7 +2,8 @@
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    DJANGO_SETTINGS_MODULE=timepoint_billing.settings PORT=8000 WEB_CONCURRENCY=2
+    DJANGO_SETTINGS_MODULE=timepoint_billing.settings PORT=8000 WEB_CONCURRENCY=2 \
+    FORWARDED_ALLOW_IPS=127.0.0.1
 WORKDIR /app
 
 COPY requirements.txt .
@@ -16,4 +17,7 @@ USER gateway
 EXPOSE 8000
 # The web process. The grant worker runs from the same image as a second service:
 #   python manage.py run_grants
-CMD ["sh", "-c", "python manage.py migrate --noinput && exec gunicorn timepoint_billing.asgi:application -k uvicorn_worker.UvicornWorker --bind 0.0.0.0:${PORT} --workers ${WEB_CONCURRENCY} --graceful-timeout 30 --timeout 420 --keep-alive 75 --access-logfile -"]
+# No --access-logfile: the request middleware writes the one JSON line per request. The client
+# address (the auth-failure limit's key) is taken from X-Forwarded-For only when the connection
+# comes from FORWARDED_ALLOW_IPS, the proxy in front (README, Configuration).
+CMD ["sh", "-c", "python manage.py migrate --noinput && exec gunicorn timepoint_billing.asgi:application -k uvicorn_worker.UvicornWorker --bind 0.0.0.0:${PORT} --workers ${WEB_CONCURRENCY} --graceful-timeout 30 --timeout 420 --keep-alive 75 --forwarded-allow-ips \"${FORWARDED_ALLOW_IPS:-127.0.0.1}\""]

@@ -1,0 +1,74 @@
+"""The deploy files: the web command gunicorn actually runs (Dockerfile and railway.json), and
+what the image leaves out."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
+
+
+def _dockerfile_script() -> str:
+    cmd = next(
+        line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD ")
+    )
+    argv = json.loads(cmd[len("CMD ") :])
+    assert argv[:2] == ["sh", "-c"]
+    return str(argv[2])
+
+
+def _railway_script() -> str:
+    start = json.loads((ROOT / "railway.json").read_text())["deploy"]["startCommand"]
+    argv = shlex.split(start)
+    assert argv[:2] == ["sh", "-c"]
+    return argv[2]
+
+
+def _gunicorn_config(script: str, **env: str) -> dict[str, str]:
+    """gunicorn's resolved settings for the start script (migrations skipped, nothing served)."""
+    migrate, _, serve = script.partition(" && exec gunicorn ")
+    assert migrate == "python manage.py migrate --noinput" and serve
+    base = {k: v for k, v in os.environ.items() if k != "FORWARDED_ALLOW_IPS"}
+    result = subprocess.run(
+        ["sh", "-c", f"exec {GUNICORN} {serve} --print-config"],
+        cwd=ROOT,
+        env={**base, "PORT": "8000", "WEB_CONCURRENCY": "2", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    pairs = (line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    return {name.strip(): value.strip() for name, value in pairs}
+
+
+@pytest.mark.parametrize("script", [_dockerfile_script(), _railway_script()])
+def test_web_command_logs_no_access_line_and_trusts_only_the_configured_proxy(script: str) -> None:
+    behind_proxy = _gunicorn_config(script, FORWARDED_ALLOW_IPS="10.0.0.0/8")
+    # The middleware writes the one JSON line per request; gunicorn's would be a second, not JSON.
+    assert behind_proxy["accesslog"] == "None"
+    assert behind_proxy["forwarded_allow_ips"] == "['10.0.0.0/8']"
+    assert _gunicorn_config(script)["forwarded_allow_ips"] == "['127.0.0.1']"
+
+
+def test_dockerfile_defaults_forwarded_allow_ips_to_loopback() -> None:
+    assert "FORWARDED_ALLOW_IPS=127.0.0.1" in (ROOT / "Dockerfile").read_text()
+
+
+def test_image_leaves_out_local_state_and_caches() -> None:
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for entry in (".venv", ".git", "db.sqlite3*", ".test-db-*", "test-artifacts", "bench/results"):
+        assert entry in ignored
+    assert "__pycache__" in ignored or "**/__pycache__" in ignored
