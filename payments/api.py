@@ -1,4 +1,7 @@
-"""Billing API: catalogue, checkout, portal, history, Stripe and Apple webhooks, Apple receipts."""
+"""Billing API: catalogue, checkout, portal, history, Stripe and Apple webhooks, Apple receipts.
+
+The caller's own calls (checkout, portal, history, verify-receipt) are rate limited and metered
+like every other client call; the public catalogue and the providers' webhooks are not."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import User
+from apikeys.drf import LimitedMeteredApiView
 from payments import selectors, serializers, services
 from timepoint_billing.openapi import error_responses
 
@@ -37,14 +41,14 @@ class PlanListApi(APIView):
         return Response(serializers.CatalogueSerializer(data).data)
 
 
-class CheckoutCreateApi(APIView):
+class CheckoutCreateApi(LimitedMeteredApiView):
     @extend_schema(
         tags=TAGS,
         summary="Start a Stripe Checkout for a credit pack or a plan",
         request=serializers.CheckoutInputSerializer,
         responses={
             200: serializers.CheckoutOutputSerializer,
-            **error_responses(400, 401, 409, 502, 503),
+            **error_responses(400, 401, 409, 429, 502, 503),
         },
     )
     def post(self, request: Request) -> Response:
@@ -58,23 +62,23 @@ class CheckoutCreateApi(APIView):
         return Response(serializers.CheckoutOutputSerializer(result).data)
 
 
-class BillingPortalCreateApi(APIView):
+class BillingPortalCreateApi(LimitedMeteredApiView):
     @extend_schema(
         tags=TAGS,
         summary="A Stripe billing-portal link to change or cancel a plan",
         request=None,
-        responses={200: serializers.PortalOutputSerializer, **error_responses(401, 404, 502)},
+        responses={200: serializers.PortalOutputSerializer, **error_responses(401, 404, 429, 502)},
     )
     def post(self, request: Request) -> Response:
         url = services.billing_portal_create(user=_user(request))
         return Response({"portal_url": url})
 
 
-class BillingHistoryApi(APIView):
+class BillingHistoryApi(LimitedMeteredApiView):
     @extend_schema(
         tags=TAGS,
         summary="The caller's payments, subscriptions and credit grants with their states",
-        responses={200: serializers.HistorySerializer, **error_responses(401)},
+        responses={200: serializers.HistorySerializer, **error_responses(401, 429)},
     )
     def get(self, request: Request) -> Response:
         data = {
@@ -105,14 +109,14 @@ class StripeWebhookApi(APIView):
         return Response({"received": True, "duplicate": not created})
 
 
-class AppleReceiptVerifyApi(APIView):
+class AppleReceiptVerifyApi(LimitedMeteredApiView):
     @extend_schema(
         tags=TAGS,
         summary="Verify an App Store signed transaction and grant its credits once",
         request=serializers.VerifyReceiptInputSerializer,
         responses={
             200: serializers.VerifyReceiptOutputSerializer,
-            **error_responses(400, 401, 409, 503),
+            **error_responses(400, 401, 409, 429, 503),
         },
     )
     def post(self, request: Request) -> Response:
