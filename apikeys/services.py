@@ -187,12 +187,23 @@ def tier_for_user(user: User) -> str:
 
 
 def _live_keys(user: User) -> int:
+    """Live keys that still authenticate, including rolled keys inside their grace period."""
     now = timezone.now()
     return (
-        APIKey.objects.filter(user=user, mode=KeyMode.LIVE, revoked_at__isnull=True)
+        APIKey.objects.filter(user=user, mode=KeyMode.LIVE, revoked_at__isnull=True, is_active=True)
         .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
         .count()
     )
+
+
+def _check_live_key_cap(user: User) -> None:
+    """409 `key_limit_reached` when one more live key would pass MAX_LIVE_KEYS_PER_USER.
+    Call with the user row locked, so two parallel requests can't both pass."""
+    if _live_keys(user) >= settings.MAX_LIVE_KEYS_PER_USER:
+        raise Conflict(
+            f"At most {settings.MAX_LIVE_KEYS_PER_USER} live keys; revoke one first.",
+            code="key_limit_reached",
+        )
 
 
 @transaction.atomic
@@ -205,11 +216,8 @@ def key_create(*, user: User, name: str, mode: str = KeyMode.LIVE) -> tuple[APIK
         raise BadRequest("mode must be 'live' or 'test'.", code="invalid_request")
     # Lock the user row so two parallel creates can't both pass the cap.
     User.objects.select_for_update().filter(pk=user.pk).first()
-    if mode == KeyMode.LIVE and _live_keys(user) >= settings.MAX_LIVE_KEYS_PER_USER:
-        raise Conflict(
-            f"At most {settings.MAX_LIVE_KEYS_PER_USER} live keys; revoke one first.",
-            code="key_limit_reached",
-        )
+    if mode == KeyMode.LIVE:
+        _check_live_key_cap(user)
     raw = key_generate(mode=mode)
     key = APIKey.objects.create(
         user=user,
@@ -245,14 +253,21 @@ def key_revoke(*, user: User, key_id: int) -> APIKey:
 @transaction.atomic
 def key_roll(*, user: User, key_id: int, grace_seconds: int) -> tuple[APIKey, str]:
     """Replace a key: a new key with the same name, mode and limits; the old one keeps working
-    for `grace_seconds` (0 … 7 days), then stops. Rolling a revoked or expired key is refused."""
+    for `grace_seconds` (0 … 7 days), then stops. Rolling a revoked or expired key is refused.
+
+    A live key in its grace period still counts toward MAX_LIVE_KEYS_PER_USER (otherwise rolling
+    over and over would give any number of working keys): a roll with grace at the cap is 409
+    `key_limit_reached`, like a create; a roll without grace swaps one key for one and is fine."""
     if not 0 <= grace_seconds <= MAX_ROLL_GRACE_SECONDS:
         raise BadRequest("grace_seconds must be between 0 and 604800.", code="invalid_request")
+    User.objects.select_for_update().filter(pk=user.pk).first()  # serialises with key_create
     old = APIKey.objects.select_for_update().filter(pk=key_id, user=user).first()
     if old is None:
         raise NotFound("No such API key.", code="key_not_found")
     if not old.is_usable() or old.replaced_by_id is not None:
         raise Conflict("This key is revoked, expired or already rolled.", code="key_not_active")
+    if old.mode == KeyMode.LIVE and grace_seconds > 0:
+        _check_live_key_cap(user)
     raw = key_generate(mode=old.mode)
     new = APIKey.objects.create(
         user=user,

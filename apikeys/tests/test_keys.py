@@ -225,6 +225,41 @@ def test_live_key_cap(
     assert test_key.status_code == 201
 
 
+def test_rolling_with_grace_counts_toward_the_live_key_cap(
+    client: Client, auth_headers: dict[str, Any], user: Any, make_key: Any, settings: Any
+) -> None:
+    settings.MAX_LIVE_KEYS_PER_USER = 2
+
+    def roll(key_id: int, grace: int) -> Any:
+        return client.post(
+            f"/api/v1/keys/{key_id}/roll",
+            {"grace_seconds": grace},
+            content_type="application/json",
+            **auth_headers,
+        )
+
+    first, first_raw = make_key(user)
+    rolled = roll(first.pk, 3600)
+    assert rolled.status_code == 201  # the old key in grace and the new one: 2 live keys
+    # Rolling the new key again would leave three working keys: refused like a create.
+    spam = roll(rolled.json()["id"], 3600)
+    assert spam.status_code == 409 and spam.json()["code"] == "key_limit_reached"
+    create = client.post(
+        "/api/v1/keys", {"name": "more"}, content_type="application/json", **auth_headers
+    )
+    assert create.status_code == 409 and create.json()["code"] == "key_limit_reached"
+    assert APIKey.objects.filter(user=user).count() == 2
+    assert client.get("/api/v1/keys", **_as_key(first_raw)).status_code == 200
+    # Without grace a roll swaps one working key for another, so it is fine at the cap.
+    swapped = roll(rolled.json()["id"], 0)
+    assert swapped.status_code == 201
+    live = [k for k in APIKey.objects.filter(user=user) if k.is_usable()]
+    assert len(live) == 2
+    # Once the grace period is over the old key stops counting.
+    APIKey.objects.filter(pk=first.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert roll(swapped.json()["id"], 3600).status_code == 201
+
+
 def test_tier_follows_plan_but_never_downgrades_enterprise(user: Any, make_key: Any) -> None:
     key, _ = make_key(user)
     staff_key, _ = make_key(user, name="deal", tier=Tier.ENTERPRISE)
