@@ -13,6 +13,7 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.models import GatewaySession, User
 from accounts.services import balance_lookup
+from apikeys.services import keys_set_tier_for_user
 
 
 class GatewaySessionInline(admin.TabularInline):
@@ -42,6 +43,18 @@ class UserAdmin(DjangoUserAdmin):
         ("Deletion", {"fields": ("deleted_at",)}),
     )
     inlines = [GatewaySessionInline]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        # The username of an Auth0 user is its subject (`auth0|…`), which Django's username
+        # validator refuses: editable, it made every such user unsavable in the admin.
+        readonly = tuple(super().get_readonly_fields(request, obj))
+        return (*readonly, "username") if obj is not None else readonly
+
+    def save_model(self, request: HttpRequest, obj: User, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if change and {"plan", "tier"} & set(form.changed_data):
+            # The user's keys carry their own tier (the limiter reads it): they follow at once.
+            keys_set_tier_for_user(user=obj)
 
     @admin.display(description="Flash balance (live)")
     def flash_balance(self, user: User) -> str:
