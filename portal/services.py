@@ -22,6 +22,7 @@ BILLING_EXTRA = (
     ("payments", "change_payment"),  # refunds and disputes: mark reviewed
     ("apikeys", "change_apikey"),  # revoke, change tier, enterprise limits
     ("accounts", "change_user"),  # plan and tier
+    ("djstripe", "change_subscription"),  # cancel (guarded and logged in payments/admin.py)
 )
 
 
