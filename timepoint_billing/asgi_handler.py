@@ -1,4 +1,4 @@
-"""Django's ASGI handler without a new thread per request on the relay's async routes (issue 9).
+"""Django's ASGI handler without a thread per request on the relay's async routes (issue 9).
 
 Django wraps every request in asgiref's `ThreadSensitiveContext`, which gives the request its own
 single-thread executor: the first thread-sensitive hop of the request (the `request_started`
@@ -19,7 +19,10 @@ import asyncio
 from typing import Any
 
 from django.conf import settings
-from django.core.handlers.asgi import ASGIHandler
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.urls import set_script_prefix
 
 # Set in the scope when the body was cut short; RequestContextMiddleware answers it with 413.
 BODY_TOO_LARGE = "timepoint.body_too_large"
@@ -93,6 +96,70 @@ class GatewayASGIHandler(ASGIHandler):
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"].startswith(ASYNC_ROUTE_PREFIXES):
-            await self.handle(scope, receive, send)
+            limited = BodyLimit(scope, receive, settings.MAX_REQUEST_BODY_BYTES)
+            await self.handle_on_loop(scope, limited, send)
             return
         await super().__call__(scope, receive, send)
+
+    async def handle_on_loop(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Django 5.2's `ASGIHandler.handle`, but the `request_started`/`request_finished`
+        signals and `response.close()` run on the event loop instead of a thread hop each.
+
+        Django sends them through `sync_to_async` because their receivers are sync. The ones
+        connected here (`reset_queries`, `close_old_connections`, `close_caches`, `reset_urlconf`)
+        do no I/O on the loop's thread: it never holds a database connection (the relay's
+        database work goes through `run_db`'s own threads) and the caches' `close()` is a no-op
+        for django-redis and the local-memory cache. Two thread hops per request were a
+        measurable share of the relay's CPU (issue 9). A receiver that does I/O must not be
+        connected to these signals (`test_request_signal_receivers_are_known` guards the list).
+        Kept in step with Django's own `handle` (the disconnect listener, the cancellation
+        handling), which is copied here because it has no hook for this."""
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            assert error_response is not None  # create_request returns one or the other
+            body_file.close()
+            await self.send_response(error_response, send)
+            error_response.close()
+            return
+
+        async def process_request(request: Any, send: Any) -> Any:
+            response = await self.run_get_response(request)
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass  # the client disconnected during send_response
+            return response
+
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(process_request(request, send)),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                try:
+                    task.result()
+                except RequestAborted:
+                    pass
+                except AssertionError:
+                    body_file.close()
+                    raise
+            else:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        try:
+            response = tasks[1].result()
+        except asyncio.CancelledError:
+            signals.request_finished.send(sender=self.__class__)
+        else:
+            response.close()
+        body_file.close()
