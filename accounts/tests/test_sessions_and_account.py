@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from accounts.models import GatewaySession, User
 from accounts.signals import user_deleted, user_export
@@ -61,6 +63,24 @@ def test_me_reports_the_balance_and_survives_flash_being_down(
     assert response.status_code == 200
     assert response.json()["balance"] is None
     assert response.json()["balance_available"] is False
+
+
+def test_expired_session_token_is_401_json(client: Any, user: Any, bearer: Any) -> None:
+    from accounts.services import session_create
+
+    session, raw = session_create(user=user)
+    assert client.get(ME, **bearer(raw)).status_code == 200
+    GatewaySession.objects.filter(pk=session.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    response = client.get(ME, **bearer(raw))
+    assert response.status_code == 401
+    assert response["Content-Type"].startswith("application/json")
+    assert response.json() == {
+        "detail": "The session token is invalid, expired or revoked.",
+        "code": "invalid_session",
+    }
+    assert client.post("/api/v1/auth/logout", **bearer(raw)).status_code == 401
 
 
 def test_logout_revokes_only_the_presented_session(
