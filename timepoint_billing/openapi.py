@@ -9,6 +9,7 @@ Usage in any app::
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from drf_spectacular.utils import OpenApiResponse
@@ -44,3 +45,70 @@ def error_responses(*statuses: int) -> dict[int, Any]:
         )
         for status in statuses
     }
+
+
+# --- Response headers (a drf-spectacular postprocessing hook)
+#
+# The limiter's headers are set on every limited response by one piece of code (apikeys/limits.py)
+# rather than per view, so they are documented the same way: once, for every operation that has a
+# caller (its `security` names a scheme), instead of an `OpenApiParameter` on each view.
+
+RATE_LIMIT_HEADERS: dict[str, dict[str, Any]] = {
+    "X-RateLimit-Limit": {
+        "description": "Requests allowed in the binding window (the minute, or the day when "
+        "fewer requests remain today than this minute).",
+        "schema": {"type": "integer"},
+    },
+    "X-RateLimit-Remaining": {
+        "description": "Requests left in that window.",
+        "schema": {"type": "integer"},
+    },
+    "X-RateLimit-Reset": {
+        "description": "When that window resets (Unix time, seconds).",
+        "schema": {"type": "integer"},
+    },
+    "RateLimit-Policy": {
+        "description": 'IETF draft field: both windows, e.g. `"minute";q=60;w=60, '
+        '"day";q=1000;w=86400`.',
+        "schema": {"type": "string"},
+    },
+    "RateLimit": {
+        "description": 'IETF draft field: what is left of each window, e.g. `"minute";r=59;t=12, '
+        '"day";r=990;t=3600`.',
+        "schema": {"type": "string"},
+    },
+}
+RETRY_AFTER = {
+    "description": "Seconds to wait before retrying.",
+    "schema": {"type": "integer"},
+}
+REQUEST_ID = {
+    "description": "The request id: yours when you sent a well-formed `X-Request-ID`, else ours.",
+    "schema": {"type": "string"},
+}
+
+
+def _has_caller(operation: dict[str, Any]) -> bool:
+    return any(requirement for requirement in operation.get("security", []))
+
+
+def add_response_headers(
+    result: dict[str, Any], generator: Any, request: Any, public: bool
+) -> dict[str, Any]:
+    """Every response: `X-Request-ID`; 429 and 503: `Retry-After`; an operation with a caller:
+    the rate-limit headers on every answer given after authentication (all but 401)."""
+    for path, operations in result.get("paths", {}).items():
+        for operation in operations.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            limited = path.startswith("/api/v1/") and _has_caller(operation)
+            for status, response in operation["responses"].items():
+                headers = response.setdefault("headers", {})
+                # Copies: a YAML dump would turn shared objects into anchors and aliases.
+                headers.setdefault("X-Request-ID", copy.deepcopy(REQUEST_ID))
+                if status in ("429", "503"):
+                    headers.setdefault("Retry-After", copy.deepcopy(RETRY_AFTER))
+                if limited and status != "401":
+                    for name, header in RATE_LIMIT_HEADERS.items():
+                        headers.setdefault(name, copy.deepcopy(header))
+    return result

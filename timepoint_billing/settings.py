@@ -344,6 +344,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": (BASE_DIR / "timepoint_billing" / "api_description.md").read_text(),
     "VERSION": VERSION,
     "SERVE_INCLUDE_SCHEMA": False,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",  # the default
+        "timepoint_billing.openapi.add_response_headers",
+    ],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
