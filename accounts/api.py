@@ -1,11 +1,13 @@
-"""Identity endpoints: login, profile, logout, account deletion and data export."""
+"""Identity endpoints: login, profile, logout, account deletion and data export.
+
+Each is rate limited and metered like the other authenticated views (`LimitedMeteredApiView`):
+one usage record per call, the caller's limit headers on the response."""
 
 from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from accounts import selectors, services
 from accounts.authentication import Caller
@@ -16,6 +18,7 @@ from accounts.serializers import (
     LogoutOutputSerializer,
     MeOutputSerializer,
 )
+from apikeys.drf import LimitedMeteredApiView
 from timepoint_billing.errors import Forbidden, Unauthenticated
 from timepoint_billing.openapi import error_responses
 
@@ -39,7 +42,7 @@ def _interactive(request: Request) -> Caller:
     return caller
 
 
-class AuthLoginApi(APIView):
+class AuthLoginApi(LimitedMeteredApiView):
     @extend_schema(
         tags=["auth"],
         summary="Exchange an Auth0 access token for a gateway session",
@@ -57,7 +60,7 @@ class AuthLoginApi(APIView):
         return Response(LoginOutputSerializer(output).data)
 
 
-class AuthMeApi(APIView):
+class AuthMeApi(LimitedMeteredApiView):
     @extend_schema(
         tags=["auth"],
         summary="The caller's profile and credit balance",
@@ -84,7 +87,7 @@ class AuthMeApi(APIView):
         return Response(status=204)
 
 
-class AuthLogoutApi(APIView):
+class AuthLogoutApi(LimitedMeteredApiView):
     @extend_schema(
         tags=["auth"],
         summary="Revoke the presented session, or all sessions with ?all=true",
@@ -105,7 +108,7 @@ class AuthLogoutApi(APIView):
         return Response(LogoutOutputSerializer({"revoked": revoked}).data)
 
 
-class UserExportApi(APIView):
+class UserExportApi(LimitedMeteredApiView):
     @extend_schema(
         tags=["auth"],
         summary="Everything stored about the caller, as JSON",

@@ -65,6 +65,22 @@ def test_me_reports_the_balance_and_survives_flash_being_down(
     assert response.json()["balance_available"] is False
 
 
+def test_me_writes_one_usage_record_and_sends_the_limit_headers(
+    client: Any, user: Any, auth_headers: dict[str, str]
+) -> None:
+    from metering.models import UsageRecord
+    from metering.services import flush_usage
+
+    response = client.get(ME, **auth_headers)
+    assert response.status_code == 200
+    assert response["X-RateLimit-Limit"]
+    flush_usage()
+    record = UsageRecord.objects.get()
+    assert (record.user_id, record.api_key_id) == (user.pk, None)
+    assert (record.endpoint, record.method, record.status) == ("/api/v1/auth/me", "GET", 200)
+    assert record.credits_spent == 0
+
+
 def test_expired_session_token_is_401_json(client: Any, user: Any, bearer: Any) -> None:
     from accounts.services import session_create
 
