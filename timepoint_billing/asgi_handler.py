@@ -60,7 +60,7 @@ class BodyLimit:
     A declared Content-Length over the limit is refused before any of the body is read; a chunked
     body once its received bytes pass the limit. Either way Django sees the body end there (what
     it read so far is never parsed) and `BODY_TOO_LARGE` in the scope makes the middleware answer
-    the usual 413 JSON, with the request id, CORS headers and log line every response gets. The
+    the usual 413 JSON, with the request id and the log line every response gets. The
     rest of the body is left unread, so Django's disconnect listener just waits to be cancelled
     once the response is sent (reading on would be reading the body after all)."""
 
