@@ -78,14 +78,43 @@ def flash_user_busy_key(flash_user_id: str) -> str:
     return f"flash:busy:{flash_user_id}"
 
 
-def _wait_until_user_idle(flash_user_id: str) -> bool:
+def flash_user_granting_key(flash_user_id: str) -> str:
+    """Cache key the grant worker holds while it changes this Flash user's credits.
+
+    Together with the busy counter this is a two-sided lock, sound because the cache orders
+    every operation (Redis; one process's memory without it): the worker *sets* its marker, then
+    reads the busy counter; the relay *raises* the busy counter, then reads the marker. Whichever
+    went second sees the other and backs off, so a grant never runs while a generation is in
+    flight, nor a generation starts while a grant is under way. A cache that does not answer
+    counts as busy: the grant waits (it is in the outbox), it is never sent blind."""
+    return f"flash:granting:{flash_user_id}"
+
+
+def grant_marker_seconds() -> int:
+    """Longer than one grant call can take; a worker killed mid-call frees the user after it."""
+    return int(settings.UPSTREAM_CONNECT_TIMEOUT + settings.UPSTREAM_READ_TIMEOUT) + 10
+
+
+def user_credits_take_for_grant(flash_user_id: str) -> str | None:
+    """Hold the user's credits for a grant, waiting (bounded) for in-flight generations to end.
+    Returns the holder's token, or None when the user stayed busy (try again later)."""
     deadline = time.monotonic() + settings.GRANT_BUSY_WAIT_SECONDS
-    key = flash_user_busy_key(flash_user_id)
-    while cache.get(key):
+    key = flash_user_granting_key(flash_user_id)
+    token = uuid.uuid4().hex
+    while True:
+        if cache.add(key, token, grant_marker_seconds()):
+            if not cache.get(flash_user_busy_key(flash_user_id)):
+                return token
+            user_credits_give_back(flash_user_id, token)
         if time.monotonic() >= deadline:
-            return False
+            return None
         time.sleep(0.1)
-    return True
+
+
+def user_credits_give_back(flash_user_id: str, token: str) -> None:
+    key = flash_user_granting_key(flash_user_id)
+    if cache.get(key) == token:  # never another worker's marker (ours may have expired)
+        cache.delete(key)
 
 
 # --- The grant outbox
@@ -310,7 +339,8 @@ def grant_deliver(grant_id: int) -> CreditGrant | None:
             last_error="The user has no Flash account.",
             claimed_at=None,
         )
-    if not _wait_until_user_idle(grant.flash_user_id):
+    token = user_credits_take_for_grant(grant.flash_user_id)
+    if token is None:
         # Not a failure: the user's generation would overwrite the balance (pitfall 11).
         return _grant_save(
             grant,
@@ -319,6 +349,14 @@ def grant_deliver(grant_id: int) -> CreditGrant | None:
             claimed_at=None,
             next_attempt_at=timezone.now() + timedelta(seconds=settings.GRANT_BUSY_RETRY_SECONDS),
         )
+    try:
+        return _grant_send(grant)
+    finally:
+        user_credits_give_back(grant.flash_user_id, token)
+
+
+def _grant_send(grant: CreditGrant) -> CreditGrant:
+    """Reconcile (if an earlier answer was lost), then send; the user's credits are held."""
     if grant.outcome_unknown:
         try:
             row = _ledger_find(grant)

@@ -11,7 +11,9 @@ gateway for everything else (pitfalls 5-9), so before a generation reaches Flash
    incremented atomically (`cache.incr`, atomic on LocMem and Redis) and compared with the balance,
    so N parallel requests with credits for one admit exactly one, across processes;
 5. marks the user busy (`payments.services.flash_user_busy_key`) so the grant worker waits until
-   Flash has written the generation's charge back (pitfall 11).
+   Flash has written the generation's charge back (pitfall 11), and, the other way round, waits
+   (bounded, then 503 `credits_busy`) while a grant holds the user's credits
+   (`payments.services.flash_user_granting_key`).
 Both keys carry a TTL longer than the generation timeout, so a killed worker cannot leak them.
 """
 
@@ -110,6 +112,21 @@ def busy_key(flash_user_id: str) -> str:
     return flash_user_busy_key(flash_user_id)
 
 
+def granting_key(flash_user_id: str) -> str:
+    """The cache key the grant worker holds while it changes this user's credits in Flash."""
+    from payments.services import flash_user_granting_key
+
+    return flash_user_granting_key(flash_user_id)
+
+
+# How long a generation waits for a grant to this user to finish before answering 503.
+GRANT_WAIT_SECONDS = 3.0
+
+
+class GrantInFlight(Exception):
+    """A grant holds the user's credits; the reservation was given back."""
+
+
 def _counter_add(key: str, amount: int) -> int:
     """Atomically add to a TTL'd counter and return the new value (raises if the cache is down)."""
     ttl = generation_hold_seconds()
@@ -156,6 +173,10 @@ def reserve(*, flash_user_id: str, cost: int, balance: int) -> None:
     except Exception:
         _counter_sub(reservation_key(flash_user_id), cost)
         raise
+    # Busy first, then look for a grant: see `payments.services.flash_user_granting_key`.
+    if cache.get(granting_key(flash_user_id)):
+        release(flash_user_id=flash_user_id, cost=cost)
+        raise GrantInFlight
 
 
 def release(*, flash_user_id: str, cost: int) -> None:
@@ -222,17 +243,33 @@ async def generation_admit(generation: Generation) -> None:
     if not flash_user_id:
         # Never relay a generation without X-User-Id: Flash would run it as a free system call.
         raise FlashUnavailable("Your credit account is not ready yet; retry shortly.")
-    response = await flash.acall("GET", "/api/v1/credits/balance", user_id=flash_user_id)
-    if response.status_code != 200:
-        raise flash.error_from_flash(response)
-    balance = int(response.json().get("balance", 0))
-    if balance < generation.cost:
-        raise InsufficientCredits(
-            f"This generation costs {generation.cost} credits; your balance is {balance}.",
-            extra={"balance": balance, "available": balance, "cost": generation.cost},
-        )
-    reserve(flash_user_id=flash_user_id, cost=generation.cost, balance=balance)
-    generation.reserved = True
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + GRANT_WAIT_SECONDS
+    while True:
+        response = await flash.acall("GET", "/api/v1/credits/balance", user_id=flash_user_id)
+        if response.status_code != 200:
+            raise flash.error_from_flash(response)
+        balance = int(response.json().get("balance", 0))
+        if balance < generation.cost:
+            raise InsufficientCredits(
+                f"This generation costs {generation.cost} credits; your balance is {balance}.",
+                extra={"balance": balance, "available": balance, "cost": generation.cost},
+            )
+        try:
+            reserve(flash_user_id=flash_user_id, cost=generation.cost, balance=balance)
+        except GrantInFlight:
+            # A grant is changing this user's credits in Flash right now (pitfall 11): wait for
+            # it (grants take milliseconds), then price against the new balance.
+            if loop.time() >= deadline:
+                raise ServiceUnavailable(
+                    "Your credits are being updated; retry in a moment.",
+                    code="credits_busy",
+                    retry_after=1,
+                ) from None
+            await asyncio.sleep(0.05)
+            continue
+        generation.reserved = True
+        return
 
 
 def generation_release(generation: Generation, *, delay: float = 0.0) -> None:

@@ -171,6 +171,58 @@ def test_user_is_marked_busy_while_flash_generates(
     assert not cache.get(key)
 
 
+def test_a_generation_waits_while_a_grant_changes_the_users_credits(
+    gateway: Any, auth: Any, flash_peer: Any, user: Any
+) -> None:
+    """Flash writes balances back without a lock (pitfall 11): a generation started while a
+    grant is being applied must not start until the grant is done, and is then priced against
+    the new balance. Neither update is lost."""
+    from payments.models import GrantSource
+    from payments.services import grant_create, grant_deliver
+
+    flash_peer.grant_delay = 0.8
+    grant, _ = grant_create(
+        key="stripe:pi_race_1",
+        user=user,
+        amount=100,
+        transaction_type="stripe_purchase",
+        label="100 credits",
+        source=GrantSource.STRIPE,
+    )
+    sender = threading.Thread(target=grant_deliver, args=(grant.pk,))
+    sender.start()
+    time.sleep(0.3)  # the worker now holds the user's credits and waits on Flash
+    response = gateway.post(GENERATE, json={"query": "Apollo 11"}, headers=auth)
+    sender.join(10)
+    assert response.status_code == 200, response.text
+    assert [row["type"] for row in flash_peer.ledger_for(user.flash_user_id)] == [
+        "stripe_purchase",
+        "generation",
+    ]
+    assert flash_peer.user_balance(user.flash_user_id) == 50 + 100 - 5
+
+
+def test_a_grant_that_holds_the_credits_too_long_is_a_503_and_nothing_reaches_flash(
+    gateway: Any, auth: Any, flash_peer: Any, user: Any
+) -> None:
+    from payments.services import user_credits_give_back, user_credits_take_for_grant
+
+    token = user_credits_take_for_grant(user.flash_user_id)
+    assert token is not None
+    try:
+        started = time.monotonic()
+        response = gateway.post(GENERATE, json={"query": "Apollo 11"}, headers=auth)
+        elapsed = time.monotonic() - started
+    finally:
+        user_credits_give_back(user.flash_user_id, token)
+    assert response.status_code == 503 and response.json()["code"] == "credits_busy"
+    assert response.headers["Retry-After"] == "1"
+    assert 2.5 < elapsed < 6, elapsed
+    assert _generations(flash_peer) == []
+    again = gateway.post(GENERATE, json={"query": "Apollo 11"}, headers=auth)
+    assert again.status_code == 200
+
+
 def test_failed_generation_is_refunded_through_the_grant_outbox(
     gateway: Any, auth: Any, flash_peer: Any, user: Any, usage: Any
 ) -> None:
