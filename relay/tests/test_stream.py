@@ -93,6 +93,23 @@ def test_client_disconnect_closes_upstream_and_records_partial_once(
     assert not CreditGrant.objects.exists()  # the client went away: charged, not refunded
 
 
+def test_client_disconnect_frees_the_concurrency_slot(
+    gateway: Any, auth: Any, flash_peer: Any, user: Any, settings: Any
+) -> None:
+    """With one request in flight allowed, a stream the client abandons gives its slot back:
+    the next call is admitted, not refused with 429 until the lease's TTL."""
+    settings.USER_CONCURRENCY_LIMIT = 1
+    flash_peer.stream_step_delay = 1.0
+    with gateway.stream("POST", STREAM, json={"query": "Apollo 11"}, headers=auth) as response:
+        for chunk in response.iter_raw():
+            if b"data: " in chunk:
+                break
+        busy = gateway.get("/api/v1/credits/balance", headers=auth)
+        assert busy.status_code == 429 and busy.json()["code"] == "rate_limited", busy.text
+        assert "concurrency" in busy.json()["detail"].lower()
+    _wait_for(lambda: gateway.get("/api/v1/credits/balance", headers=auth).status_code == 200)
+
+
 @pytest.mark.parametrize(
     ("knob", "value"),
     [("generation_outcome", "failed"), ("generation_outcome", "error"), ("stream_cut_after", 3)],
