@@ -79,7 +79,8 @@ class AuthMeApi(LimitedMeteredApiView):
         tags=["auth"],
         summary="Delete the account",
         description="Revokes every session and API key and cancels an active subscription. "
-        "Usage and payment records are kept (billing records) with an anonymised user.",
+        "Usage and payment records are kept (billing records) with an anonymised user. Signing "
+        "in again with the same login creates a new, empty account.",
         responses={204: None, **error_responses(401, 403, 429, 503)},
     )
     def delete(self, request: Request) -> Response:

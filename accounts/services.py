@@ -186,15 +186,24 @@ def balance_lookup(*, user: User) -> dict[str, Any] | None:
 @transaction.atomic
 def account_delete(*, user: User) -> None:
     """Delete an account: revoke sessions, anonymise the row, let other apps revoke what they own
-    (`user_deleted`). Usage and payment rows keep pointing at the anonymised user."""
+    (`user_deleted`). Usage records, payments and credit grants are billing records: they keep
+    pointing at the anonymised row (same pk), so totals and refunds still add up.
+
+    The Auth0 subject is cleared, so the same person signing in again gets a new, empty account
+    (and the unique index no longer ties them to this row)."""
     user = User.objects.select_for_update().get(pk=user.pk)
     if user.deleted_at is not None:
         return
     sessions_revoke(user=user)
+    user.auth0_sub = None
     user.username = f"deleted-{user.pk}"
     user.email = ""
     user.first_name = ""
     user.last_name = ""
+    # flash_user_id stays: it is Flash's opaque id, not a personal detail, and it is how staff
+    # reconcile this row's payments, refunds and disputes against Flash's ledger (credits live
+    # under it, and Flash has no way to delete a user). Grants carry their own copy; payments do
+    # not.
     user.is_active = False
     user.is_staff = False
     user.is_superuser = False

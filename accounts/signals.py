@@ -2,10 +2,10 @@
 
 `user_deleted(sender=User, user=<User>)`
     Sent by `accounts.services.account_delete` inside its transaction, after the user's sessions
-    are revoked and the row is anonymised (pk, auth0_sub and flash_user_id stay). Receivers revoke
-    what they own (API keys, subscriptions). A receiver that raises rolls the whole deletion back
-    and the client sees the error, so nothing is half-deleted; network calls with an effect belong
-    in `transaction.on_commit`.
+    are revoked and the row is anonymised (auth0_sub, username, email and name cleared; pk and
+    flash_user_id stay). Receivers revoke what they own (API keys, subscriptions). A receiver that
+    raises rolls the whole deletion back and the client sees the error, so nothing is
+    half-deleted; network calls with an effect belong in `transaction.on_commit`.
 
 `user_export(sender=User, user=<User>)` → each receiver returns `{"section_name": data}`
     Collected by `accounts.selectors.user_export` into `GET /api/v1/users/me/export`. Data must be

@@ -154,11 +154,73 @@ def test_delete_me_revokes_everything_anonymises_and_tells_other_apps(
     assert gina.username == f"deleted-{gina.pk}" and not gina.has_usable_password()
     assert GatewaySession.objects.filter(user=gina, revoked_at__isnull=True).count() == 0
 
+    assert gina.auth0_sub is None
     session = client.get(ME, **bearer(logged_in["session_token"]))
     assert session.status_code == 401 and session.json()["code"] == "invalid_session"
-    jwt_again = client.get(ME, **bearer(logged_in["jwt"]))
-    assert jwt_again.status_code == 401 and jwt_again.json()["code"] == "account_deleted"
-    assert User.objects.filter(auth0_sub="auth0|gina").count() == 1  # never silently recreated
+
+
+def test_delete_me_keeps_billing_records_on_the_anonymised_row_and_frees_the_subject(
+    client: Any, logged_in: dict[str, Any], bearer: Any, auth0: Any, make_key: Any
+) -> None:
+    from metering.models import UsageRecord
+    from metering.services import flush_usage
+    from payments.models import CreditGrant, GrantSource, Payment, PaymentProvider
+
+    gina = User.objects.get(auth0_sub="auth0|gina")
+    flash_user_id = gina.flash_user_id
+    _, raw_key = make_key(gina)
+    assert client.get("/api/v1/keys", HTTP_X_API_KEY=raw_key).status_code == 200
+    payment = Payment.objects.create(
+        provider=PaymentProvider.STRIPE,
+        reference="stripe:pi_gina",
+        user=gina,
+        amount_cents=499,
+        currency="usd",
+    )
+    grant = CreditGrant.objects.create(
+        key="stripe:pi_gina",
+        user=gina,
+        flash_user_id=flash_user_id,
+        amount=100,
+        transaction_type="stripe_purchase",
+        description="[grant:stripe:pi_gina] 100 credits",
+        source=GrantSource.STRIPE,
+    )
+    flush_usage()
+    usage_before = set(UsageRecord.objects.filter(user=gina).values_list("pk", flat=True))
+    assert len(usage_before) == 2  # the login and the key call
+
+    assert client.delete(ME, **bearer(logged_in["session_token"])).status_code == 204
+
+    gina.refresh_from_db()
+    assert gina.auth0_sub is None and gina.username == f"deleted-{gina.pk}"
+    assert (gina.email, gina.first_name, gina.last_name) == ("", "", "")
+    assert gina.flash_user_id == flash_user_id  # kept for staff reconciliation
+    flush_usage()
+    assert usage_before <= set(UsageRecord.objects.filter(user=gina).values_list("pk", flat=True))
+    assert Payment.objects.get(pk=payment.pk).user_id == gina.pk
+    assert CreditGrant.objects.get(pk=grant.pk).user_id == gina.pk
+
+    old_session = client.get(ME, **bearer(logged_in["session_token"]))
+    assert old_session.status_code == 401 and old_session.json()["code"] == "invalid_session"
+    old_key = client.get("/api/v1/keys", HTTP_X_API_KEY=raw_key)
+    assert old_key.status_code == 401 and old_key.json()["code"] == "invalid_api_key"
+
+    # The same Auth0 subject signs up afresh: a new, empty account, not the anonymised row.
+    again = client.post(
+        "/api/v1/auth/login",
+        **bearer(auth0.token("auth0|gina", email="gina@example.com", name="Gina")),
+    )
+    assert again.status_code == 200, again.content
+    fresh = User.objects.get(auth0_sub="auth0|gina")
+    assert fresh.pk != gina.pk and again.json()["user"]["id"] == fresh.pk
+    assert fresh.email == "gina@example.com" and fresh.deleted_at is None
+    assert client.get(ME, **bearer(again.json()["session_token"])).status_code == 200
+    keys = client.get("/api/v1/keys", **bearer(again.json()["session_token"])).json()
+    assert keys == []
+    assert not Payment.objects.filter(user=fresh).exists()
+    assert not CreditGrant.objects.filter(user=fresh).exists()
+    assert Payment.objects.get(pk=payment.pk).user_id == gina.pk
 
 
 def test_a_failing_receiver_rolls_the_deletion_back(logged_in: dict[str, Any], bearer: Any) -> None:
