@@ -4,7 +4,9 @@ UvicornWorker, the Dockerfile's flags) as a subprocess."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -206,3 +208,113 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+
+
+def worker_pids(master_pid: int) -> list[int]:
+    """The gunicorn master's children (its workers), from /proc."""
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children")
+    try:
+        return sorted(int(pid) for pid in children.read_text().split())
+    except OSError:
+        return []
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+class ProductionGateway:
+    """The Dockerfile's server (gunicorn + UvicornWorker, DEBUG off) on a loopback port, in front
+    of the contract peers the test's settings point at. `stop()` is a graceful SIGTERM."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str], *, workers: int = 2) -> None:
+        from django.conf import settings
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.database_url = shared_database_url(tmp_path)
+        self.log = tmp_path / "gunicorn.log"
+        overrides = {
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": "",
+            "DEBUG": "false",
+            # Keys and sessions the test made must verify in the server: same digest secrets.
+            "SECRET_KEY": settings.SECRET_KEY,
+            "API_KEY_DIGEST_SECRET": settings.API_KEY_DIGEST_SECRET,
+            "FLASH_URL": settings.FLASH_URL,
+            "FLASH_SERVICE_KEY": settings.FLASH_SERVICE_KEY,
+            "FLASH_ADMIN_KEY": settings.FLASH_ADMIN_KEY,
+            "FLASH_GATEWAY_SIGNING_SECRET": settings.FLASH_GATEWAY_SIGNING_SECRET,
+            "CLOCKCHAIN_URL": settings.CLOCKCHAIN_URL,
+            "CLOCKCHAIN_SERVICE_KEY": settings.CLOCKCHAIN_SERVICE_KEY,
+            "DB_CONN_MAX_AGE": "60",
+            **env,
+        }
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                gunicorn_command(self.port, workers=workers),
+                cwd=ROOT,
+                env=subprocess_env(**overrides),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_until_serving(self.url, self.process)
+            deadline = time.monotonic() + 20
+            while len(self.worker_pids()) < workers:  # /health answered by one: wait for all
+                assert time.monotonic() < deadline, "gunicorn did not start its workers"
+                time.sleep(0.1)
+        except BaseException:
+            self.kill()
+            raise
+
+    def worker_pids(self) -> list[int]:
+        return worker_pids(self.process.pid)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 40) -> int:
+        """SIGTERM (workers finish, flush their usage buffers at exit), then wait."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return int(self.process.returncode)
+
+    def kill(self) -> None:
+        pids = self.worker_pids()
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+        for pid in pids:  # orphaned workers would keep the port and the database
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def production_gateway(tmp_path: Path) -> Iterator[Any]:
+    """`production_gateway({"NAME": "value"}) -> ProductionGateway` (environment overrides);
+    every server started is killed at the end if the test did not stop it."""
+    started: list[ProductionGateway] = []
+
+    def start(env: dict[str, str] | None = None, *, workers: int = 2) -> ProductionGateway:
+        server = ProductionGateway(tmp_path, env or {}, workers=workers)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.kill()
