@@ -114,7 +114,9 @@ class UserExportApi(LimitedMeteredApiView):
         tags=["auth"],
         summary="Everything stored about the caller, as JSON",
         description="Profile and sessions (prefixes and dates), plus one top-level section per "
-        "app that stores user data (API keys, usage, payments).",
+        "app that stores user data: API keys; usage (every record, uncapped, and the daily and "
+        "monthly roll-ups); payments, credit grants, the Stripe customer with its subscriptions "
+        "and invoices, and App Store transactions.",
         responses={200: ExportOutputSerializer, **error_responses(401, 403, 429, 503)},
     )
     def get(self, request: Request) -> Response:

@@ -126,29 +126,58 @@ def top_keys(*, since: date, limit: int = 10) -> list[dict[str, Any]]:
     ]
 
 
-EXPORT_USAGE_LIMIT = 10_000
+EXPORT_RECORD_FIELDS = (
+    "request_id",
+    "endpoint",
+    "method",
+    "status",
+    "credits_spent",
+    "response_time_ms",
+    "preset",
+    "upstream",
+    "partial",
+    "created_at",
+    "api_key__prefix",
+)
+EXPORT_AGGREGATE_FIELDS = (
+    "endpoint",
+    "method",
+    "requests",
+    "errors",
+    "credits_spent",
+    "p50_ms",
+    "p95_ms",
+    "api_key__prefix",
+)
+
+
+def _export_aggregates(model: type[Model], column: str, user: Any) -> list[dict[str, Any]]:
+    rows = (
+        model._default_manager.filter(user=user)
+        .order_by(column, "api_key_id", "endpoint", "method")
+        .values(column, *EXPORT_AGGREGATE_FIELDS)
+    )
+    return [{**row, column: row[column].isoformat()} for row in rows]
 
 
 def usage_export(sender: object, *, user: Any, **kwargs: object) -> dict[str, object]:
-    """`accounts.signals.user_export` receiver: the user's usage records, newest first (capped,
-    with the total so a truncated export says so)."""
-    records = UsageRecord.objects.filter(user=user).order_by("-created_at", "-id")
-    rows = records.values(
-        "request_id",
-        "endpoint",
-        "method",
-        "status",
-        "credits_spent",
-        "response_time_ms",
-        "preset",
-        "upstream",
-        "partial",
-        "created_at",
-        "api_key__prefix",
-    )[:EXPORT_USAGE_LIMIT]
+    """`accounts.signals.user_export` receiver: every usage record of the user, newest first (no
+    cap: the export is the whole history, so `total_records == len(records)` always), and the
+    daily and monthly roll-ups computed from them."""
+    records = (
+        UsageRecord.objects.filter(user=user)
+        .order_by("-created_at", "-id")
+        .values(*EXPORT_RECORD_FIELDS)
+    )
+    rows = [
+        {**row, "created_at": row["created_at"].isoformat()}
+        for row in records.iterator(chunk_size=2000)
+    ]
     return {
         "usage": {
-            "total_records": records.count(),
-            "records": [{**row, "created_at": row["created_at"].isoformat()} for row in rows],
+            "total_records": len(rows),
+            "records": rows,
+            "daily": _export_aggregates(UsageDaily, "day", user),
+            "monthly": _export_aggregates(UsageMonthly, "month", user),
         }
     }
