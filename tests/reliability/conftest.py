@@ -165,7 +165,9 @@ def subprocess_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def gunicorn_command(port: int, *, workers: int = 2, timeout: int = 420) -> list[str]:
+def gunicorn_command(
+    port: int, *, workers: int = 2, timeout: int = 420, keep_alive: int = 75
+) -> list[str]:
     """The Dockerfile's CMD (minus migrate, plus a loopback port): keep the flags in sync."""
     return [
         sys.executable,
@@ -183,7 +185,7 @@ def gunicorn_command(port: int, *, workers: int = 2, timeout: int = 420) -> list
         "--timeout",
         str(timeout),
         "--keep-alive",
-        "75",
+        str(keep_alive),
     ]
 
 
@@ -234,7 +236,9 @@ class ProductionGateway:
     """The Dockerfile's server (gunicorn + UvicornWorker, DEBUG off) on a loopback port, in front
     of the contract peers the test's settings point at. `stop()` is a graceful SIGTERM."""
 
-    def __init__(self, tmp_path: Path, env: dict[str, str], *, workers: int = 2) -> None:
+    def __init__(
+        self, tmp_path: Path, env: dict[str, str], *, workers: int = 2, keep_alive: int = 75
+    ) -> None:
         from django.conf import settings
 
         self.port = free_port()
@@ -259,7 +263,7 @@ class ProductionGateway:
         }
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                gunicorn_command(self.port, workers=workers),
+                gunicorn_command(self.port, workers=workers, keep_alive=keep_alive),
                 cwd=ROOT,
                 env=subprocess_env(**overrides),
                 stdout=log,
@@ -310,8 +314,10 @@ def production_gateway(tmp_path: Path) -> Iterator[Any]:
     every server started is killed at the end if the test did not stop it."""
     started: list[ProductionGateway] = []
 
-    def start(env: dict[str, str] | None = None, *, workers: int = 2) -> ProductionGateway:
-        server = ProductionGateway(tmp_path, env or {}, workers=workers)
+    def start(
+        env: dict[str, str] | None = None, *, workers: int = 2, keep_alive: int = 75
+    ) -> ProductionGateway:
+        server = ProductionGateway(tmp_path, env or {}, workers=workers, keep_alive=keep_alive)
         started.append(server)
         return server
 
