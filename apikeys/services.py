@@ -177,13 +177,16 @@ def caller_from_api_key(raw: str) -> Caller:
 # --- Key lifecycle
 
 
+_TIER_RANK = {Tier.FREE: 0, Tier.PRO: 1, Tier.ENTERPRISE: 2}
+
+
 def tier_for_user(user: User) -> str:
-    """The tier a user's new keys get: staff-set enterprise stays, API Pro → pro, else free."""
-    if user.tier == Tier.ENTERPRISE:
-        return Tier.ENTERPRISE
-    if user.plan == Plan.API_PRO:
-        return Tier.PRO
-    return Tier.FREE
+    """The tier the user's keys carry: the higher of the tier their plan gives (API Pro → pro,
+    any other plan → free) and the user's own tier, which staff may raise to pro or enterprise in
+    the users admin (payments keeps it equal to the plan's tier otherwise)."""
+    plan_tier = Tier.PRO if user.plan == Plan.API_PRO else Tier.FREE
+    own = Tier(user.tier) if user.tier in Tier.values else Tier.FREE
+    return max(plan_tier, own, key=_TIER_RANK.__getitem__)
 
 
 def _live_keys(user: User) -> int:
@@ -295,14 +298,19 @@ def key_roll(*, user: User, key_id: int, grace_seconds: int) -> tuple[APIKey, st
 
 
 def keys_set_tier_for_user(*, user: User) -> int:
-    """Align the tier of the user's keys with their plan (payments calls this on plan change).
+    """Give every unrevoked key of the user the owner's tier (`tier_for_user`); payments calls
+    this on a plan change, the users admin on a plan or tier change. Returns the keys changed.
 
-    API Pro → pro, other plans → free; a key staff set to enterprise is never downgraded here.
-    Returns the number of keys changed."""
+    The tier follows the owner in both directions: an enterprise user moved back to free gets
+    free keys again. A key's `tier` column does not record who set it, so a tier edited on one
+    key in the keys admin cannot be told apart from one copied from its owner, and is realigned
+    here; the per-key staff overrides the model does distinguish (`rate_limit_per_minute`,
+    `rate_limit_per_day`, `concurrency_limit`, null meaning "the tier's value") are never
+    touched, so a deal negotiated for one key survives every tier change. This process's key
+    cache is dropped; other processes pick the new tier up within KEY_CACHE_SECONDS."""
     target = tier_for_user(user)
     changed = (
         APIKey.objects.filter(user=user, revoked_at__isnull=True)
-        .exclude(tier=Tier.ENTERPRISE)
         .exclude(tier=target)
         .update(tier=target)
     )

@@ -260,21 +260,51 @@ def test_rolling_with_grace_counts_toward_the_live_key_cap(
     assert roll(swapped.json()["id"], 3600).status_code == 201
 
 
-def test_tier_follows_plan_but_never_downgrades_enterprise(user: Any, make_key: Any) -> None:
-    key, _ = make_key(user)
-    staff_key, _ = make_key(user, name="deal", tier=Tier.ENTERPRISE)
-    user.plan = Plan.API_PRO
-    user.save()
-    assert keys_set_tier_for_user(user=user) == 1
-    key.refresh_from_db()
-    staff_key.refresh_from_db()
-    assert key.tier == Tier.PRO and staff_key.tier == Tier.ENTERPRISE
-    user.plan = Plan.FREE
-    user.save()
-    keys_set_tier_for_user(user=user)
-    key.refresh_from_db()
-    staff_key.refresh_from_db()
-    assert key.tier == Tier.FREE and staff_key.tier == Tier.ENTERPRISE
+def test_key_tier_follows_its_owner_in_both_directions(
+    client: Client, user: Any, make_key: Any
+) -> None:
+    from payments.services import user_plan_set
+
+    _, raw = make_key(user)
+    deal, deal_raw = make_key(user, name="deal", rate_limit_per_minute=7)  # a per-key override
+    revoked, _ = make_key(user, name="old")
+    APIKey.objects.filter(pk=revoked.pk).update(revoked_at=timezone.now(), is_active=False)
+
+    def staff_set_tier(tier: str) -> int:  # what the users admin does on save
+        user.tier = tier
+        user.save(update_fields=["tier"])
+        return keys_set_tier_for_user(user=user)
+
+    def seen(raw_key: str) -> tuple[str, str]:
+        response = client.get("/api/v1/keys", **_as_key(raw_key))
+        assert response.status_code == 200
+        row = next(k for k in response.json() if raw_key.startswith(k["prefix"]))
+        return row["tier"], response["X-RateLimit-Limit"]
+
+    assert seen(raw) == ("free", "10") and seen(deal_raw) == ("free", "7")
+
+    user_plan_set(user=user, plan=Plan.API_PRO)
+    assert seen(raw) == ("pro", "60") and seen(deal_raw) == ("pro", "7")
+
+    assert staff_set_tier(Tier.ENTERPRISE) == 2
+    assert seen(raw) == ("enterprise", "300") and seen(deal_raw) == ("enterprise", "7")
+    user_plan_set(user=user, plan=Plan.EXPLORER)  # staff-set enterprise wins over the plan
+    assert seen(raw) == ("enterprise", "300")
+
+    # Off enterprise: the keys come down too (they used to stay enterprise for good).
+    assert staff_set_tier(Tier.FREE) == 2
+    assert seen(raw) == ("free", "10") and seen(deal_raw) == ("free", "7")
+
+    # A staff-set pro tier wins over a free plan; the API Pro plan alone gives pro as well.
+    staff_set_tier(Tier.PRO)
+    assert seen(raw) == ("pro", "60")
+    user_plan_set(user=user, plan=Plan.API_PRO)
+    staff_set_tier(Tier.FREE)  # lowering the user's tier below the plan does not undo the plan
+    assert seen(raw) == ("pro", "60")
+
+    assert APIKey.objects.get(pk=revoked.pk).tier == Tier.FREE  # revoked keys are left alone
+    deal.refresh_from_db()
+    assert deal.rate_limit_per_minute == 7
 
 
 def test_revoke_all_for_user(client: Client, user: Any, make_key: Any) -> None:
