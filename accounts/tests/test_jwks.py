@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -126,15 +127,54 @@ def test_jwks_recovers_after_an_outage(
     assert client.get(ME, **bearer(auth0.token())).status_code == 200
 
 
+JWKS_DELAY = 0.6  # seconds the loopback JWKS holds its answer in the async-path test
+
+
+async def _authenticate_while_ticking(request: Any, authenticate: Any) -> tuple[Any, list[float]]:
+    """Run `authenticate(request)` next to a coroutine that ticks every 10 ms; returns the caller
+    and the tick times. A fetch that blocked the event loop would stop the ticks for its whole
+    duration."""
+    import asyncio
+
+    ticks: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        while not done.is_set():
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    async def auth() -> Any:
+        try:
+            return await authenticate(request)
+        finally:
+            done.set()
+
+    caller, _ = await asyncio.gather(auth(), ticker())
+    return caller, ticks
+
+
 @pytest.mark.django_db(transaction=True)  # aauthenticate's worker thread has its own connection
 def test_the_async_path_verifies_off_the_event_loop(
-    auth0: Any, signed_up: str, bearer: Any
+    auth0: Any, signed_up: str, bearer: Any, settings: Any
 ) -> None:
     from asgiref.sync import async_to_sync
     from django.test import AsyncRequestFactory
 
     from accounts.authentication import aauthenticate
 
+    settings.AUTH0_JWKS_TIMEOUT = 5
+    auth0.hang = JWKS_DELAY  # the cold key cache must fetch, and the fetch takes this long
     request = AsyncRequestFactory().get(ME, headers={"Authorization": f"Bearer {auth0.token()}"})
-    caller = async_to_sync(aauthenticate)(request)
+    started = time.monotonic()
+    caller, ticks = async_to_sync(_authenticate_while_ticking)(request, aauthenticate)
+    elapsed = time.monotonic() - started
+
     assert caller.kind == "jwt" and caller.user.auth0_sub == signed_up
+    assert auth0.jwks_requests == 1 and elapsed >= JWKS_DELAY
+    # The loop kept serving other coroutines while the JWKS answer was outstanding: ticks all
+    # through the delay, never a gap anywhere near the delay (a blocking fetch is one gap of it).
+    gaps = [later - earlier for earlier, later in itertools.pairwise(ticks)]
+    assert len(ticks) >= 10, ticks
+    assert max(gaps) < JWKS_DELAY / 2, max(gaps)
+    assert ticks[-1] - ticks[0] >= JWKS_DELAY * 0.9
