@@ -136,6 +136,13 @@ class GatewayASGIHandler(ASGIHandler):
                 pass  # the client disconnected during send_response
             return response
 
+        if scope["method"] in ("GET", "HEAD"):
+            # The relay's reads answer within the upstream timeouts and hold nothing a client
+            # could abandon (streams are POSTs): no disconnect listener, no two tasks per read.
+            response = await process_request(request, send)
+            response.close()
+            body_file.close()
+            return
         tasks = [
             asyncio.create_task(self.listen_for_disconnect(receive)),
             asyncio.create_task(process_request(request, send)),

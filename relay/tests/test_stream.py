@@ -101,12 +101,16 @@ def test_client_disconnect_frees_the_concurrency_slot(
     settings.USER_CONCURRENCY_LIMIT = 1
     flash_peer.stream_step_delay = 1.0
     with gateway.stream("POST", STREAM, json={"query": "Apollo 11"}, headers=auth) as response:
-        for chunk in response.iter_raw():
+        # Keep the iterator referenced: a dropped one closes the connection at once.
+        chunks = response.iter_raw()
+        for chunk in chunks:
             if b"data: " in chunk:
                 break
         busy = gateway.get("/api/v1/credits/balance", headers=auth)
         assert busy.status_code == 429 and busy.json()["code"] == "rate_limited", busy.text
         assert "concurrency" in busy.json()["detail"].lower()
+        assert flash_peer.stream_disconnect_times == []  # the stream is still running
+    del chunks
     _wait_for(lambda: gateway.get("/api/v1/credits/balance", headers=auth).status_code == 200)
 
 
