@@ -9,7 +9,7 @@ Usage (async relay)::
     finally:
         await lease.release()       # idempotent; also `async with lease:`
 
-DRF views use `apikeys.drf.LimitedMeteredMixin` (sync twin: `acquire_sync` / `Lease.release_sync`).
+DRF views use `apikeys.drf.LimitedMeteredApiView` (sync: `acquire_sync` / `Lease.release_sync`).
 
 Who is counted: an API-key caller by its key (each key has its own windows, its tier's limits or
 staff-set overrides); a session/JWT caller by user, with USER_RATE_LIMIT_* settings.
@@ -22,8 +22,10 @@ scored by its own expiry, so a lease held by a killed worker stops counting afte
 rules is used (one process only); its state lives as long as the default cache (`cache.clear()`
 resets it).
 
-Failure policy when Redis is unreachable or slower than REDIS_SOCKET_TIMEOUT (then Redis is skipped
-for BREAKER_SECONDS, so an outage costs at most one timeout per process per second):
+Failure policy when Redis is unreachable or slower than REDIS_SOCKET_TIMEOUT (after BREAKER_FAILURES
+such failures in a row Redis is skipped for BREAKER_SECONDS, so an outage costs a few timeouts per
+process per second; a pool of REDIS_MAX_CONNECTIONS that stays full that long is load: this
+request gets the policy, the breaker stays shut):
 
 | request                      | policy      | answer                                             |
 |------------------------------|-------------|----------------------------------------------------|
@@ -62,6 +64,7 @@ logger = logging.getLogger("timepoint.limiter")
 DEFAULT_LEASE_SECONDS = 60.0
 WINDOW_GRACE_SECONDS = 5
 BREAKER_SECONDS = 1.0
+BREAKER_FAILURES = 3
 
 
 @dataclass(frozen=True)
@@ -268,7 +271,7 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _
     weakref.WeakKeyDictionary()
 )
 _clients_lock = threading.Lock()
-_breaker = {"open_until": 0.0}
+_breaker = {"open_until": 0.0, "failures": 0.0}
 # RuntimeError: under uvloop (what uvicorn and gunicorn's UvicornWorker run), a write on a
 # connection Redis reset raises "unable to perform operation on <TCPTransport closed=True>",
 # which redis-py lets through; without it here a Redis restart answered 500 instead of the policy.
@@ -305,7 +308,16 @@ def async_redis() -> _AsyncRedis:
     per_loop = _async_clients.setdefault(asyncio.get_running_loop(), {})
     found = per_loop.get(url)
     if found is None:
-        client = aredis.Redis.from_url(url, **_client_options())
+        # A pool that waits (bounded like a reply) for a free connection: redis-py's default
+        # async pool raises as soon as its 100 connections are in use, which a burst of
+        # concurrent requests on one loop turned into "Redis is down".
+        pool = aredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=settings.REDIS_MAX_CONNECTIONS,
+            timeout=settings.REDIS_SOCKET_TIMEOUT,
+            **_client_options(),
+        )
+        client = aredis.Redis(connection_pool=pool)
         found = per_loop[url] = _AsyncRedis(
             client, client.register_script(ACQUIRE_LUA), client.register_script(RENEW_LUA)
         )
@@ -316,10 +328,26 @@ def _redis_available() -> bool:
     return time.monotonic() >= _breaker["open_until"]
 
 
+def _redis_answered() -> None:
+    _breaker["failures"] = 0.0
+
+
 def _redis_failed(exc: BaseException, step: _Step) -> None:
-    _breaker["open_until"] = time.monotonic() + BREAKER_SECONDS
+    """This request gets the failure policy. The breaker (Redis skipped for BREAKER_SECONDS)
+    opens only after BREAKER_FAILURES failures in a row: one slow reply under a burst is not an
+    outage, and a waiting pool that stayed full is load, never an outage."""
+    exhausted = isinstance(exc, redis.ConnectionError) and "No connection available" in str(exc)
+    if not exhausted:
+        _breaker["failures"] += 1
+        if _breaker["failures"] >= BREAKER_FAILURES:
+            _breaker["open_until"] = time.monotonic() + BREAKER_SECONDS
+            _breaker["failures"] = 0.0
     logger.warning(
-        {"event": "limiter_redis_unavailable", "subject": step.subject, "error": repr(exc)}
+        {
+            "event": "limiter_redis_pool_full" if exhausted else "limiter_redis_unavailable",
+            "subject": step.subject,
+            "error": repr(exc),
+        }
     )
 
 
@@ -374,7 +402,9 @@ class Lease:
             _local.release(self._lease_key, self.lease_id)
         elif self.backend == "redis":
             try:
-                await async_redis().client.zrem(self._lease_key, self.lease_id)
+                # Shielded: a request cancelled here (the client left) still frees its slot
+                # instead of holding it until the lease's TTL.
+                await asyncio.shield(async_redis().client.zrem(self._lease_key, self.lease_id))
             except _REDIS_ERRORS as exc:
                 logger.warning({"event": "lease_release_failed", "error": repr(exc)})
 
@@ -508,6 +538,7 @@ async def acquire(
     except _REDIS_ERRORS as exc:
         _redis_failed(exc, step)
         return _fail(step, route, spends_credits)
+    _redis_answered()
     return _decide(step, result, route, "redis")
 
 
@@ -525,9 +556,11 @@ def acquire_sync(
     except _REDIS_ERRORS as exc:
         _redis_failed(exc, step)
         return _fail(step, route, spends_credits)
+    _redis_answered()
     return _decide(step, result, route, "redis")
 
 
 def reset_breaker() -> None:
     """Forget a recent Redis failure (tests switch REDIS_URL between a dead and a live server)."""
     _breaker["open_until"] = 0.0
+    _breaker["failures"] = 0.0

@@ -3,8 +3,9 @@
 Guarantee (and its limit, honestly):
 - `record_usage` is a list append under a lock: no I/O, safe to call from async code.
 - A background thread flushes every METERING_FLUSH_INTERVAL_SECONDS with one `bulk_create`
-  (ignore_conflicts on the unique request_id); `flush_usage()` does the same on demand, and an
-  atexit hook flushes at a graceful shutdown (SIGTERM to uvicorn/gunicorn workers).
+  (ignore_conflicts on the unique request_id); `flush_usage()` does the same on demand, and a
+  graceful stop flushes the rest: the ASGI lifespan shutdown in the web workers (SIGTERM to
+  uvicorn/gunicorn; `atexit` never runs there, uvicorn re-raises the signal), `atexit` elsewhere.
 - A batch leaves the buffer only after its insert committed. A failed flush keeps it; the retry
   re-inserts it and the unique request_id turns rows that did land the first time into no-ops, so
   a retried flush never double-counts.
@@ -182,17 +183,21 @@ def _ensure_flusher() -> None:
             _flusher["thread"] = thread
 
 
-def _flush_at_exit() -> None:
+def usage_flush_at_shutdown() -> None:
+    """Write what is buffered, at a graceful stop: the ASGI lifespan shutdown (the web workers,
+    see timepoint_billing/asgi_handler.py) and `atexit` (management commands, the grant worker).
+    A failure is logged with the count of records it could not write."""
     if not _buffer or not settings.METERING_BACKGROUND_FLUSH:
         return
     try:
+        close_old_connections()
         flushed = flush_usage()
-        logger.info({"event": "usage_flushed_at_exit", "records": flushed})
+        logger.info({"event": "usage_flushed_at_shutdown", "records": flushed})
     except Exception:
-        logger.exception("usage flush at exit failed: %d records lost", len(_buffer))
+        logger.exception("usage flush at shutdown failed: %d records lost", len(_buffer))
 
 
-atexit.register(_flush_at_exit)
+atexit.register(usage_flush_at_shutdown)
 
 
 # --- Roll-ups (idempotent: a day or month is recomputed from records, never incremented)

@@ -452,10 +452,12 @@ class RelayCall:
         )
 
     async def finish(self) -> None:
-        """Release the rate-limit lease and write the usage record (both idempotent)."""
+        """Write the usage record, then release the rate-limit lease (both idempotent). The
+        record first: it does no I/O, while the release awaits Redis and may be cancelled (the
+        client went away), which must not cost the record."""
+        self.record()
         if self.lease is not None:
             await self.lease.release()
-        self.record()
 
 
 # --- Generations: the sync call

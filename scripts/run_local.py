@@ -54,7 +54,7 @@ def main() -> int:
                 str(args.port),
                 "--no-access-log",
                 "--lifespan",
-                "off",
+                "on",  # the shutdown writes the buffered usage records
             ],
             cwd=ROOT,
             env=env,

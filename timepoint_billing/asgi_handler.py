@@ -95,6 +95,9 @@ class GatewayASGIHandler(ASGIHandler):
         await super().handle(scope, limited, send)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+            return
         if scope["type"] == "http" and scope["path"].startswith(ASYNC_ROUTE_PREFIXES):
             limited = BodyLimit(scope, receive, settings.MAX_REQUEST_BODY_BYTES)
             await self.handle_on_loop(scope, limited, send)
@@ -170,3 +173,28 @@ class GatewayASGIHandler(ASGIHandler):
         else:
             response.close()
         body_file.close()
+
+    async def lifespan(self, receive: Any, send: Any) -> None:
+        """The ASGI lifespan protocol, which Django does not speak. At shutdown: write the usage
+        records still buffered and close the upstream pools, before the worker exits.
+
+        Needed because a worker stopped by SIGTERM never runs `atexit`: uvicorn (and so
+        gunicorn's UvicornWorker) drains its connections, then re-raises the signal with the
+        default handler, and the process dies of it. The lifespan shutdown runs after the last
+        request and before that."""
+        from metering.services import usage_flush_at_shutdown
+        from relay.clockchain import CLOCKCHAIN
+        from relay.flash import FLASH
+
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await asyncio.to_thread(usage_flush_at_shutdown)
+                    await FLASH.aclose()
+                    await CLOCKCHAIN.aclose()
+                finally:
+                    await send({"type": "lifespan.shutdown.complete"})
+                return

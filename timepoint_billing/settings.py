@@ -159,6 +159,7 @@ REDIS_URL = env_str("REDIS_URL", "")
 # limiter fail open exactly at peak load (see the limiter's failure policy).
 REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 0.05)
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.25)
+REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 128)  # per event loop (limiter)
 if REDIS_URL:
     CACHES = {
         "default": {

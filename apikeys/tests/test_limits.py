@@ -211,3 +211,28 @@ def test_lease_of_a_killed_worker_expires(user: Any, make_key: Any) -> None:
     finally:
         if holder.poll() is None:
             holder.kill()
+
+
+@needs_redis
+def test_a_full_redis_pool_waits_instead_of_failing_open(
+    user: Any, make_key: Any, settings: Any
+) -> None:
+    """More concurrent requests on one loop than pooled connections: they queue for a connection
+    (bounded by REDIS_SOCKET_TIMEOUT) and are all counted, instead of the pool raising at once and
+    the breaker treating a burst as an outage (reads unlimited, credit-spending calls 503)."""
+    settings.REDIS_MAX_CONNECTIONS = 2
+    settings.REDIS_SOCKET_TIMEOUT = 2.0
+    caller = _caller(make_key, user, rate_limit_per_minute=1000, concurrency_limit=1000)
+    limits.reset_breaker()
+
+    async def burst() -> list[limits.Lease]:
+        leases = await asyncio.gather(
+            *[limits.acquire(caller, route="/b", spends_credits=True) for _ in range(60)]
+        )
+        for lease in leases:
+            await lease.release()
+        return list(leases)
+
+    leases = asyncio.run(burst())
+    assert {lease.backend for lease in leases} == {"redis"}
+    assert leases[-1].headers and limits._redis_available()

@@ -91,7 +91,7 @@ def gateways(transactional_db: Any, tmp_path: Path, user: Any, make_key: Any) ->
                 "--port",
                 str(port),
                 "--lifespan",
-                "off",
+                "on",  # the shutdown writes the buffered usage records
                 "--log-level",
                 "warning",
             ],
