@@ -20,4 +20,4 @@ EXPOSE 8000
 # No --access-logfile: the request middleware writes the one JSON line per request. The client
 # address (the auth-failure limit's key) is taken from X-Forwarded-For only when the connection
 # comes from FORWARDED_ALLOW_IPS, the proxy in front (README, Configuration).
-CMD ["sh", "-c", "python manage.py migrate --noinput && exec gunicorn timepoint_billing.asgi:application -k uvicorn_worker.UvicornWorker --bind 0.0.0.0:${PORT} --workers ${WEB_CONCURRENCY} --graceful-timeout 30 --timeout 420 --keep-alive 75 --forwarded-allow-ips \"${FORWARDED_ALLOW_IPS:-127.0.0.1}\""]
+CMD ["sh", "-c", "python manage.py migrate --noinput && exec gunicorn timepoint_billing.asgi:application -k timepoint_billing.server.GatewayUvicornWorker --bind 0.0.0.0:${PORT} --workers ${WEB_CONCURRENCY} --graceful-timeout 30 --timeout 420 --keep-alive 75 --forwarded-allow-ips \"${FORWARDED_ALLOW_IPS:-127.0.0.1}\""]

@@ -468,7 +468,7 @@ def main() -> int:
         caller = json.loads(setup.stdout.strip().splitlines()[-1])
         flash_user = caller["flash_user_id"]
         gw_argv = [sys.executable, "-m", "gunicorn", "timepoint_billing.asgi:application"]
-        gw_argv += ["-k", "uvicorn_worker.UvicornWorker", "-w", str(args.workers)]
+        gw_argv += ["-k", "timepoint_billing.server.GatewayUvicornWorker", "-w", str(args.workers)]
         gw_argv += ["-b", f"127.0.0.1:{gw_port}", "--keep-alive", "75"]
         gateway = procs.start(gw_argv, gw_env, workdir / "gateway.log")
         gw_url = f"http://127.0.0.1:{gw_port}"

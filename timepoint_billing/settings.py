@@ -181,6 +181,8 @@ DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
 
 # --- Request limits
 MAX_REQUEST_BODY_BYTES = env_int("MAX_REQUEST_BODY_BYTES", 1_048_576)
+# The production server closes a connection whose request headers take longer (server.py).
+HTTP_HEADER_TIMEOUT_SECONDS = env_float("HTTP_HEADER_TIMEOUT_SECONDS", 10.0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 1000
 

@@ -175,7 +175,7 @@ def gunicorn_command(
         "gunicorn",
         "timepoint_billing.asgi:application",
         "-k",
-        "uvicorn_worker.UvicornWorker",
+        "timepoint_billing.server.GatewayUvicornWorker",
         "--bind",
         f"127.0.0.1:{port}",
         "--workers",

@@ -1,20 +1,20 @@
-"""Slowloris against the production server (gunicorn + UvicornWorker, 2 workers, DEBUG off, the
-Dockerfile's flags with `--keep-alive` scaled down from 75 s to KEEP_ALIVE so the test is short).
+"""Slowloris against the production server (gunicorn + GatewayUvicornWorker, 2 workers, DEBUG
+off, the Dockerfile's flags with `--keep-alive` scaled down from 75 s to KEEP_ALIVE and the header
+timeout from 10 s to HEADER_TIMEOUT so the test is short).
 
 Hundreds of connections that trickle a request's headers one byte at a time and never finish,
 or connect and send nothing, while normal clients keep calling: those are answered promptly.
 
-What closes a slow connection in this configuration: only uvicorn's `timeout_keep_alive`
-(gunicorn `--keep-alive`), armed after a response and cancelled by any byte received. gunicorn's
-`--timeout` is the worker heartbeat, not a per-connection timer, and uvicorn has no timeout for
-receiving a request's headers. So an idle keep-alive connection is closed in time (checked), but
-a connection that never completes its first request is held open for as long as the client
-likes: `test_slow_headers_are_closed_by_the_server` is a strict xfail documenting that gap (it
-fails, i.e. passes, once something in front of or in the server bounds header time).
+What closes a slow connection: uvicorn's `timeout_keep_alive` (gunicorn `--keep-alive`), armed
+after a response, for an idle keep-alive connection; and the gateway's header timeout
+(timepoint_billing/server.py, HTTP_HEADER_TIMEOUT_SECONDS) for a connection that does not finish
+its request's headers in time, answered 408 JSON. uvicorn alone has no such timer (it held every
+slow connection open as long as the client liked).
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -26,6 +26,7 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 KEEP_ALIVE = 2  # seconds; production: 75
+HEADER_TIMEOUT = 2  # seconds; production: 10
 SLOW = 150  # connections trickling headers
 SILENT = 50  # connections that send nothing
 IDLE = 20  # connections idle after one complete request (the keep-alive timer's case)
@@ -63,7 +64,10 @@ def slow_server(
     production_gateway: Any, flash_peer: Any, clockchain_peer: Any, user: Any, make_key: Any
 ) -> Iterator[tuple[Any, str]]:
     _, raw = make_key(user, rate_limit_per_minute=10_000, concurrency_limit=100)
-    server = production_gateway({"LOG_LEVEL": "WARNING"}, keep_alive=KEEP_ALIVE)
+    server = production_gateway(
+        {"LOG_LEVEL": "WARNING", "HTTP_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT)},
+        keep_alive=KEEP_ALIVE,
+    )
     yield server, raw
 
 
@@ -120,18 +124,11 @@ def test_normal_clients_are_answered_during_slowloris(
             sock.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "uvicorn (0.54) has no header-read timeout; keep-alive is armed only after a response and "
-        "any byte cancels it, so connections that never finish a request are never closed"
-    ),
-)
 def test_slow_headers_are_closed_by_the_server(slow_server: tuple[Any, str]) -> None:
     server, _ = slow_server
     slow, silent = _open_slow(server.port)
     try:
-        deadline = time.monotonic() + KEEP_ALIVE + 3
+        deadline = time.monotonic() + HEADER_TIMEOUT + 3
         while time.monotonic() < deadline:
             _trickle(slow, b"a")  # one byte a second per connection, headers never end
             time.sleep(1.0)
@@ -139,8 +136,40 @@ def test_slow_headers_are_closed_by_the_server(slow_server: tuple[Any, str]) -> 
         open_silent = sum(not _closed_by_server(sock) for sock in silent)
         assert open_slow == 0 and open_silent == 0, (
             f"{open_slow}/{SLOW} trickling and {open_silent}/{SILENT} silent connections still "
-            f"open {KEEP_ALIVE + 3} s later"
+            f"open {HEADER_TIMEOUT + 3} s later"
         )
     finally:
         for sock in slow + silent:
             sock.close()
+
+
+def _answer(port: int, raw: bytes, wait: float = 5.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(raw)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def test_slow_headers_get_a_408_json_and_a_bad_request_line_a_400_json(
+    slow_server: tuple[Any, str],
+) -> None:
+    server, _ = slow_server
+    started = time.monotonic()
+    timed_out = _answer(server.port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a")
+    assert HEADER_TIMEOUT - 0.5 <= time.monotonic() - started < HEADER_TIMEOUT + 3
+    head, _, body = timed_out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408") and b"application/json" in head
+    assert json.loads(body) == {
+        "detail": "The request headers took too long to arrive.",
+        "code": "request_timeout",
+    }
+    for raw in (
+        b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Bad: a\rb\r\n\r\n",  # CR inside a value
+        b"GET /he alth HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",  # a space in the target
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",  # TLS on the plain port
+    ):
+        head, _, body = _answer(server.port, raw).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head, (raw, head)
+        assert json.loads(body)["code"] == "bad_request"

@@ -1,0 +1,98 @@
+"""The production server's HTTP protocol: uvicorn's, with a bound on how long a client may take
+to send a request's headers, and JSON bodies on the errors uvicorn answers itself.
+
+uvicorn (0.54) has no header-read timeout: its keep-alive timer is armed only after a response
+and any byte cancels it, so a client that opens connections and trickles headers a byte at a
+time (slowloris) holds them, and a worker's file descriptors, for as long as it likes. Here a
+timer starts when a connection opens and when a request's first byte arrives, and stops when the
+headers are complete; when it fires the client gets 408 and the connection is closed. Malformed
+requests (header injection, bad request lines), which uvicorn answers with a plain-text 400,
+get the gateway's `{"detail", "code"}` body too.
+
+    gunicorn timepoint_billing.asgi:application -k timepoint_billing.server.GatewayUvicornWorker
+
+This subclasses uvicorn's protocol (there is no setting or hook for either): keep it in step
+with uvicorn's `HttpToolsProtocol` when uvicorn is upgraded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from django.conf import settings
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn_worker import UvicornWorker
+
+
+def header_timeout_seconds() -> float:
+    # Read per connection: the worker loads the application (and so Django's settings) before
+    # it accepts the first one.
+    return float(settings.HTTP_HEADER_TIMEOUT_SECONDS)
+
+
+def _error(status: int, reason: str, detail: str, code: str) -> bytes:
+    body = json.dumps({"detail": detail, "code": code}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+REQUEST_TIMEOUT = _error(
+    408, "Request Timeout", "The request headers took too long to arrive.", "request_timeout"
+)
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timer: asyncio.TimerHandle | None = None
+
+    def _arm_header_timer(self) -> None:
+        if self.header_timer is None:
+            self.header_timer = self.loop.call_later(
+                header_timeout_seconds(), self._headers_too_slow
+            )
+
+    def _disarm_header_timer(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self.header_timer = None
+        if not self.transport.is_closing():
+            self.transport.write(REQUEST_TIMEOUT)
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()  # a connection that never sends a byte is closed too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_timer()
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        self._disarm_header_timer()
+        self.transport.write(_error(400, "Bad Request", msg, "bad_request"))
+        self.transport.close()
+
+
+class GatewayUvicornWorker(UvicornWorker):
+    """gunicorn's worker class for the gateway: uvloop and the protocol above."""
+
+    CONFIG_KWARGS = {"loop": "auto", "http": "timepoint_billing.server:GatewayHttpProtocol"}
