@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -91,8 +92,11 @@ def flash_user_granting_key(flash_user_id: str) -> str:
 
 
 def grant_marker_seconds() -> int:
-    """Longer than one grant call can take; a worker killed mid-call frees the user after it."""
-    return int(settings.UPSTREAM_CONNECT_TIMEOUT + settings.UPSTREAM_READ_TIMEOUT) + 10
+    """As long as one grant call can take (a worker killed mid-call frees the user after it),
+    and never longer than a sending claim is trusted: once the claim counts as abandoned, the
+    next worker may take the grant over, and must be able to take the user's credits too."""
+    call = math.ceil(settings.UPSTREAM_CONNECT_TIMEOUT + settings.UPSTREAM_READ_TIMEOUT) + 2
+    return max(1, min(call, int(settings.GRANT_SENDING_LEASE_SECONDS)))
 
 
 def user_credits_take_for_grant(flash_user_id: str) -> str | None:
