@@ -34,7 +34,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from metering.models import UsageDaily, UsageMonthly, UsageRecord
@@ -121,10 +121,33 @@ def usage_buffer_discard() -> int:
 
 
 def usage_write_batch(rows: list[dict[str, Any]]) -> None:
-    """Insert rows; rows whose request_id is already stored are skipped (exactly-once)."""
-    UsageRecord.objects.bulk_create(
-        [UsageRecord(**row) for row in rows], ignore_conflicts=True, batch_size=FLUSH_BATCH_SIZE
-    )
+    """Insert rows; rows whose request_id is already stored are skipped (exactly-once).
+
+    One `INSERT … ON CONFLICT (request_id) DO NOTHING` run for the batch (PostgreSQL, and SQLite
+    since 3.24), each value prepared by its model field as the ORM would. Not `bulk_create`:
+    it built a model instance and sent two signals per record, which on a busy worker was a
+    measurable share of the CPU the relay needs (issue 9)."""
+    if not rows:
+        return
+    fields = [field for field in UsageRecord._meta.concrete_fields if not field.primary_key]
+    quote = connection.ops.quote_name
+    table = quote(UsageRecord._meta.db_table)
+    columns = ", ".join(quote(field.column) for field in fields)
+    values = ", ".join(["%s"] * len(fields))
+    conflict = quote("request_id")
+    # Identifiers come from the model's own metadata; every value is a bound parameter.
+    sql = f"INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT ({conflict}) DO NOTHING"  # noqa: S608
+    params = [
+        [
+            field.get_db_prep_save(
+                row[field.attname] if field.attname in row else field.get_default(), connection
+            )
+            for field in fields
+        ]
+        for row in rows
+    ]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.executemany(sql, params)
 
 
 def flush_usage() -> int:

@@ -16,13 +16,15 @@ to be refused. See `BodyLimit`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from django.conf import settings
-from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.urls import set_script_prefix
+
+logger = logging.getLogger("timepoint.request")
 
 # Set in the scope when the body was cut short; RequestContextMiddleware answers it with 413.
 BODY_TOO_LARGE = "timepoint.body_too_large"
@@ -89,6 +91,18 @@ class BodyLimit:
         return {"type": "http.request", "body": b"", "more_body": False}
 
 
+def _release(response: Any) -> None:
+    """`HttpResponseBase.close()` (Django 5.2) without its `request_finished` signal: run the
+    response's resource closers (a stream's cleanup hooks among them), then mark it closed."""
+    for closer in response._resource_closers:
+        try:
+            closer()
+        except Exception:  # as Django: a failing closer must not stop the others
+            logger.exception("a response closer failed")
+    response._resource_closers.clear()
+    response.closed = True
+
+
 class GatewayASGIHandler(ASGIHandler):
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         limited = BodyLimit(scope, receive, settings.MAX_REQUEST_BODY_BYTES)
@@ -105,30 +119,31 @@ class GatewayASGIHandler(ASGIHandler):
         await super().__call__(scope, receive, send)
 
     async def handle_on_loop(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """Django 5.2's `ASGIHandler.handle`, but the `request_started`/`request_finished`
-        signals and `response.close()` run on the event loop instead of a thread hop each.
+        """Django 5.2's `ASGIHandler.handle` without the `request_started`/`request_finished`
+        signals, for the relay's async routes.
 
-        Django sends them through `sync_to_async` because their receivers are sync. The ones
-        connected here (`reset_queries`, `close_old_connections`, `close_caches`, `reset_urlconf`)
-        do no I/O on the loop's thread: it never holds a database connection (the relay's
-        database work goes through `run_db`'s own threads) and the caches' `close()` is a no-op
-        for django-redis and the local-memory cache. Two thread hops per request were a
-        measurable share of the relay's CPU (issue 9). A receiver that does I/O must not be
-        connected to these signals (`test_request_signal_receivers_are_known` guards the list).
-        Kept in step with Django's own `handle` (the disconnect listener, the cancellation
-        handling), which is copied here because it has no hook for this."""
+        Django sends them through `sync_to_async` (a thread hop each) because their receivers
+        are sync, and every receiver connected to them (`reset_queries`,
+        `close_old_connections`, `close_caches`, `reset_urlconf`) has nothing to do for these
+        routes: the event loop's thread never holds a database connection (the relay's database
+        work goes through `run_db`, which keeps its own threads' connections healthy), the
+        caches' `close()` is a no-op for django-redis and the local-memory cache, and no relay
+        view sets a urlconf or runs with DEBUG's query log. Sent even inline they were ~4 % of a
+        worker's CPU on the relay (issue 9). A new receiver of these signals must be checked
+        against this (`test_request_signal_receivers_are_known` lists the known ones).
+        Otherwise kept in step with Django's own `handle` (the disconnect listener, the
+        cancellation handling), copied here because it has no hook for this."""
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
             return
         set_script_prefix(get_script_prefix(scope))
-        signals.request_started.send(sender=self.__class__, scope=scope)
         request, error_response = self.create_request(scope, body_file)
         if request is None:
             assert error_response is not None  # create_request returns one or the other
             body_file.close()
             await self.send_response(error_response, send)
-            error_response.close()
+            _release(error_response)
             return
 
         async def process_request(request: Any, send: Any) -> Any:
@@ -143,7 +158,7 @@ class GatewayASGIHandler(ASGIHandler):
             # The relay's reads answer within the upstream timeouts and hold nothing a client
             # could abandon (streams are POSTs): no disconnect listener, no two tasks per read.
             response = await process_request(request, send)
-            response.close()
+            _release(response)
             body_file.close()
             return
         tasks = [
@@ -169,9 +184,9 @@ class GatewayASGIHandler(ASGIHandler):
         try:
             response = tasks[1].result()
         except asyncio.CancelledError:
-            signals.request_finished.send(sender=self.__class__)
+            pass
         else:
-            response.close()
+            _release(response)
         body_file.close()
 
     async def lifespan(self, receive: Any, send: Any) -> None:

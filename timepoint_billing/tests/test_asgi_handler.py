@@ -1,5 +1,6 @@
-"""The relay's routes send Django's request signals on the event loop (asgi_handler.py): safe only
-while every receiver connected to them does no I/O there. A new receiver must be looked at."""
+"""The relay's routes do not send Django's request signals (asgi_handler.py `handle_on_loop`):
+safe only while every receiver connected to them has nothing to do for those routes. A new
+receiver must be looked at, and this list updated with the reason."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from django.dispatch import Signal
 import timepoint_billing.asgi  # noqa: F401  (the application as production loads it)
 from timepoint_billing.asgi_handler import GatewayASGIHandler
 
-# Receivers known to do no I/O on the event loop's thread (see `handle_on_loop`).
+# Receivers known to have nothing to do for the relay's routes (see `handle_on_loop`).
 KNOWN = {
     "request_started": {
         "django.db.reset_queries",
