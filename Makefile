@@ -20,7 +20,7 @@ $(VENV)/.installed: $(VENV)/.runtime requirements-dev.txt
 install: $(VENV)/.installed
 
 run: $(VENV)/.runtime
-	$(PY) manage.py migrate --noinput
+	$(PY) manage.py setup_database
 	$(PY) scripts/run_local.py --host $(HOST) --port $(PORT)
 
 test: install
