@@ -11,7 +11,15 @@ from typing import Any
 import httpx
 from django.conf import settings
 
-from relay.http import TRANSPORT_ERRORS, ResponseLike, Upstream, error_from_upstream, timeout
+from relay.http import (
+    TRANSPORT_ERRORS,
+    ResponseLike,
+    Upstream,
+    UpstreamResponse,
+    UpstreamStream,
+    error_from_upstream,
+    timeout,
+)
 from timepoint_billing.errors import (
     ApiError,
     FlashUnavailable,
@@ -75,6 +83,14 @@ def call(
         raise FLASH.map_transport_error(exc) from exc
 
 
+def _request_headers(
+    method: str, path: str, user_id: str | None, extra_headers: dict[str, str] | None
+) -> dict[str, str]:
+    request_headers = dict(extra_headers or {})
+    request_headers.update(headers(method, path, user_id=user_id))
+    return request_headers
+
+
 async def acall(
     method: str,
     path: str,
@@ -85,21 +101,35 @@ async def acall(
     params: dict[str, Any] | None = None,
     extra_headers: dict[str, str] | None = None,
     read_timeout: float | None = None,
-    stream: bool = False,
-) -> Any:
-    """An async call on the shared pool: an `UpstreamResponse`, or with `stream=True` an
-    `UpstreamStream` that the caller must close."""
-    request_headers = dict(extra_headers or {})
-    request_headers.update(headers(method, path, user_id=user_id))
+) -> UpstreamResponse:
+    """An async call on the shared pool, its answer read whole."""
     return await FLASH.arequest(
         method,
         path,
-        headers=request_headers,
+        headers=_request_headers(method, path, user_id, extra_headers),
         json=json,
         content=content,
         params=params,
         read_timeout=read_timeout,
-        stream=stream,
+    )
+
+
+async def astream(
+    method: str,
+    path: str,
+    *,
+    user_id: str | None = None,
+    json: Any = None,
+    extra_headers: dict[str, str] | None = None,
+    read_timeout: float | None = None,
+) -> UpstreamStream:
+    """An async call whose body is still arriving (SSE); the caller must close it."""
+    return await FLASH.astream(
+        method,
+        path,
+        headers=_request_headers(method, path, user_id, extra_headers),
+        json=json,
+        read_timeout=read_timeout,
     )
 
 

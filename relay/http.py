@@ -16,7 +16,7 @@ import json as jsonlib
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, overload
+from typing import Any, Protocol
 
 import aiohttp
 import httpx
@@ -210,47 +210,44 @@ class Upstream:
         except TimeoutError as exc:
             raise PoolTimeout from exc
 
-    @overload
-    async def arequest(
+    async def _send(
         self,
         method: str,
         path: str,
         *,
         headers: dict[str, str],
-        params: Mapping[str, Any] | None = ...,
-        json: Any = ...,
-        content: bytes | None = ...,
-        read_timeout: float | None = ...,
-        stream: Literal[False] = ...,
-    ) -> UpstreamResponse: ...
-
-    @overload
-    async def arequest(
-        self,
-        method: str,
-        path: str,
-        *,
-        headers: dict[str, str],
-        params: Mapping[str, Any] | None = ...,
-        json: Any = ...,
-        content: bytes | None = ...,
-        read_timeout: float | None = ...,
-        stream: Literal[True],
-    ) -> UpstreamStream: ...
-
-    @overload
-    async def arequest(
-        self,
-        method: str,
-        path: str,
-        *,
-        headers: dict[str, str],
-        params: Mapping[str, Any] | None = ...,
-        json: Any = ...,
-        content: bytes | None = ...,
-        read_timeout: float | None = ...,
-        stream: bool,
-    ) -> UpstreamResponse | UpstreamStream: ...
+        params: Mapping[str, Any] | None,
+        json: Any,
+        content: bytes | None,
+        read_timeout: float | None,
+        whole: bool,
+    ) -> tuple[aiohttp.ClientResponse, asyncio.Semaphore]:
+        """Take a pool slot and send; the caller owns the answer and the slot from here on.
+        Transport failures become our typed errors here. Redirects are never followed (the
+        signature covers one path)."""
+        pool = await self._pool()
+        try:
+            await self._slot(pool.slots)
+        except PoolTimeout as exc:
+            raise self.map_transport_error(exc) from exc
+        try:
+            response = await pool.session.request(
+                method,
+                self.base_url + path,
+                headers=headers,
+                params=params,
+                json=json,
+                data=content,
+                timeout=async_timeout(read_timeout, whole=whole),
+                allow_redirects=False,
+            )
+        except TRANSPORT_ERRORS as exc:
+            pool.slots.release()
+            raise self.map_transport_error(exc) from exc
+        except BaseException:
+            pool.slots.release()
+            raise
+        return response, pool.slots
 
     async def arequest(
         self,
@@ -262,43 +259,48 @@ class Upstream:
         json: Any = None,
         content: bytes | None = None,
         read_timeout: float | None = None,
-        stream: bool = False,
-    ) -> UpstreamResponse | UpstreamStream:
-        """One call on the pooled session; transport failures become our typed errors here.
-
-        Redirects are never followed (the signature covers one path)."""
-        pool = await self._pool()
-        session, slot = pool.session, pool.slots
+    ) -> UpstreamResponse:
+        """One call on the pooled session, its answer read whole."""
+        response, slot = await self._send(
+            method,
+            path,
+            headers=headers,
+            params=params,
+            json=json,
+            content=content,
+            read_timeout=read_timeout,
+            whole=True,
+        )
         try:
-            await self._slot(slot)
-        except PoolTimeout as exc:
-            raise self.map_transport_error(exc) from exc
-        response: aiohttp.ClientResponse | None = None
-        handed_over = False
-        try:
-            response = await session.request(
-                method,
-                self.base_url + path,
-                headers=headers,
-                params=params,
-                json=json,
-                data=content,
-                timeout=async_timeout(read_timeout, whole=not stream),
-                allow_redirects=False,
-            )
-            if stream:
-                opened = UpstreamStream(response, self, slot)
-                handed_over = True
-                return opened
             body = await response.read()
-            return UpstreamResponse(response.status, response.headers, body)
         except TRANSPORT_ERRORS as exc:
             raise self.map_transport_error(exc) from exc
         finally:
-            if not handed_over:
-                if response is not None:
-                    response.release()
-                slot.release()
+            response.release()
+            slot.release()
+        return UpstreamResponse(response.status, response.headers, body)
+
+    async def astream(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str],
+        json: Any = None,
+        read_timeout: float | None = None,
+    ) -> UpstreamStream:
+        """One call whose body is still arriving (SSE): the caller must `aclose()` it."""
+        response, slot = await self._send(
+            method,
+            path,
+            headers=headers,
+            params=None,
+            json=json,
+            content=None,
+            read_timeout=read_timeout,
+            whole=False,
+        )
+        return UpstreamStream(response, self, slot)
 
     def sync_client(self) -> httpx.Client:
         with self._lock:

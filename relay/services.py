@@ -529,7 +529,7 @@ def _event_outcome(block: bytes) -> str | None:
 
 async def generation_open_stream(generation: Generation) -> UpstreamStream:
     """Open Flash's SSE stream; errors before the first byte come back as our JSON errors."""
-    response = await flash.acall(
+    response = await flash.astream(
         "POST",
         "/api/v1/timepoints/generate/stream",
         user_id=generation.flash_user_id,
@@ -540,7 +540,6 @@ async def generation_open_stream(generation: Generation) -> UpstreamStream:
             "X-Request-ID": generation.request_id,
         },
         read_timeout=settings.UPSTREAM_GENERATE_TIMEOUT,
-        stream=True,
     )
     if response.status_code != 200:
         try:
