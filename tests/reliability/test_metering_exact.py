@@ -19,12 +19,9 @@ workers share); skipped otherwise. Prints its figures (`-s` to see them).
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,15 +33,6 @@ from django.test import Client
 from django.utils import timezone
 
 from metering.models import UsageDaily, UsageMonthly, UsageRecord
-from tests.reliability.conftest import (
-    ROOT,
-    free_port,
-    gunicorn_command,
-    shared_database_url,
-    stop_process,
-    subprocess_env,
-    wait_until_serving,
-)
 
 pytestmark = [
     pytest.mark.slow,
@@ -64,61 +52,24 @@ STEADY_CONCURRENCY = 20
 GRACEFUL_STOP_SECONDS = 35  # gunicorn's --graceful-timeout is 30
 
 
-class Gateway:
-    """gunicorn + UvicornWorker (the Dockerfile's flags) on a loopback port."""
+def _stop(gateway: Any) -> None:
+    """SIGTERM: the workers finish what they serve and write their usage buffers on the way out.
+    A stop that is not graceful (killed after the timeout, exit code not 0) fails the test."""
+    code = gateway.stop(GRACEFUL_STOP_SECONDS)
+    assert code == 0, f"no graceful stop (exit {code}):\n{gateway.log_tail()}"
 
-    def __init__(self, tmp_path: Path, env: dict[str, str], run: int) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self.log = tmp_path / f"gunicorn-{run}.log"
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                gunicorn_command(int(self.url.rsplit(":", 1)[1]), workers=2),
-                cwd=ROOT,
-                env=subprocess_env(**env),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            wait_until_serving(self.url, self.process)
-        except BaseException:
-            stop_process(self.process)
-            raise
 
-    def stop(self) -> int:
-        """SIGTERM: the workers finish what they serve and flush their usage buffers at exit."""
-        self.process.terminate()
-        try:
-            return self.process.wait(GRACEFUL_STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
-            raise AssertionError(f"no graceful stop:\n{self.log_tail()}") from None
-
-    def fail_opens(self) -> int:
-        """Reads the limiter served without Redis (its documented fail-open policy)."""
-        return self.log.read_text(errors="replace").count('"limiter_fail_open"')
-
-    def log_tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
+def _fail_opens(gateway: Any) -> int:
+    """Reads the limiter served without Redis (its documented fail-open policy)."""
+    return int(gateway.log.read_text(errors="replace").count('"limiter_fail_open"'))
 
 
 @pytest.fixture
-def start_gateway(
-    tmp_path: Path, flash_peer: Any, clockchain_peer: Any, settings: Any
-) -> Iterator[Any]:
+def start_gateway(production_gateway: Any, flash_peer: Any, clockchain_peer: Any) -> Any:
+    """The production server on the test database (PostgreSQL: both runs of a restart share it)
+    and the shared Redis."""
     env = {
-        "DATABASE_URL": shared_database_url(tmp_path),
         "REDIS_URL": django_settings.REDIS_URL,
-        "DEBUG": "false",
-        "SECRET_KEY": settings.SECRET_KEY,
-        "API_KEY_DIGEST_SECRET": settings.API_KEY_DIGEST_SECRET,
-        "FLASH_URL": settings.FLASH_URL,
-        "FLASH_SERVICE_KEY": settings.FLASH_SERVICE_KEY,
-        "FLASH_ADMIN_KEY": settings.FLASH_ADMIN_KEY,
-        "FLASH_GATEWAY_SIGNING_SECRET": settings.FLASH_GATEWAY_SIGNING_SECRET,
-        "CLOCKCHAIN_URL": settings.CLOCKCHAIN_URL,
-        "CLOCKCHAIN_SERVICE_KEY": settings.CLOCKCHAIN_SERVICE_KEY,
-        "DB_CONN_MAX_AGE": "60",
         "METERING_FLUSH_INTERVAL_SECONDS": "1",  # the production default
         # 200 calls at once saturate two workers on a small machine: a Redis reply waiting for
         # the GIL must not time out (reads would fail open; not what this test is about).
@@ -126,16 +77,11 @@ def start_gateway(
         "UPSTREAM_POOL_TIMEOUT": "20",
         "REDIS_CONNECT_TIMEOUT": "1",
     }
-    started: list[Gateway] = []
 
-    def start(**overrides: str) -> Gateway:
-        gateway = Gateway(tmp_path, {**env, **overrides}, len(started) + 1)
-        started.append(gateway)
-        return gateway
+    def start(**overrides: str) -> Any:
+        return production_gateway({**env, **overrides})
 
-    yield start
-    for gateway in started:
-        stop_process(gateway.process)
+    return start
 
 
 def _plan(count: int, offset: int) -> list[tuple[str, str]]:
@@ -221,9 +167,9 @@ def test_every_call_is_metered_exactly_once_across_a_graceful_restart(
     assert Counter(statuses) == {200: CALLS_PER_HALF}, (Counter(statuses), gateway.log_tail())
 
     mark = time.monotonic()
-    gateway.stop()  # right away: what is still buffered is written by the lifespan shutdown
+    _stop(gateway)  # right away: what is still buffered is written by the lifespan shutdown
     figures["graceful stop s"] = round(time.monotonic() - mark, 1)
-    figures["limiter fail-open 1"] = gateway.fail_opens()
+    figures["limiter fail-open 1"] = _fail_opens(gateway)
     figures["records after stop"] = UsageRecord.objects.filter(api_key_id__in=key_ids).count()
     assert figures["records after stop"] == CALLS_PER_HALF
 
@@ -236,8 +182,8 @@ def test_every_call_is_metered_exactly_once_across_a_graceful_restart(
     figures["steady 2 s"] = round(time.monotonic() - mark, 1)
     assert Counter(second) == {200: CALLS_PER_HALF}, (Counter(second), gateway.log_tail())
     _wait_for_records(key_ids, 2 * CALLS_PER_HALF)
-    gateway.stop()
-    figures["limiter fail-open 2"] = gateway.fail_opens()
+    _stop(gateway)
+    figures["limiter fail-open 2"] = _fail_opens(gateway)
 
     records = _record_counts(key_ids)
     sent = Counter(which for which, _ in _plan(2 * CALLS_PER_HALF, 0))
@@ -308,5 +254,5 @@ def test_sigterm_flushes_what_the_workers_buffered(
     statuses = asyncio.run(_send(gateway.url, [("key", BALANCE)] * 40, {"key": raw}, 10))
     assert Counter(statuses) == {200: 40}
     assert UsageRecord.objects.filter(api_key=key).count() == 0  # all still buffered
-    gateway.stop()
+    _stop(gateway)
     assert UsageRecord.objects.filter(api_key=key).count() == 40
