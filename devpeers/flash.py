@@ -260,6 +260,12 @@ class FlashPeer:
         self.generation_delay: float = 0.0
         self.stream_step_delay: float = 0.0
         self.stream_cut_after: int | None = None
+        # SSE framing (the grammar allows CRLF, LF or CR line ends); each byte sent as its own
+        # body chunk splits every event boundary; how many line ends follow the last event (2:
+        # its empty line; 1: none; 0: not even the end of its `data:` line).
+        self.stream_line_end: bytes = b"\n"
+        self.stream_bytewise: bool = False
+        self.stream_final_line_ends: int = 2
         self.fail_next: int = 0
         self.grant_then_drop: int = 0
         self.grant_delay: float = 0.0
@@ -924,8 +930,16 @@ class FlashPeer:
                 if watcher.done():
                     disconnected = True
                     break
-                chunk = b"data: " + json.dumps(ev).encode() + b"\n\n"
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                end = self.stream_line_end
+                ends = 2 if sent < len(events) - 1 else self.stream_final_line_ends
+                chunk = b"data: " + json.dumps(ev).encode() + end * ends
+                if self.stream_bytewise:
+                    for i in range(len(chunk)):
+                        body = chunk[i : i + 1]
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                        await asyncio.sleep(0)
+                else:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 sent += 1
             else:
                 completed = True

@@ -35,6 +35,7 @@ from django.core.cache import cache
 from accounts.authentication import Caller
 from relay import flash
 from relay.http import UpstreamStream
+from relay.sse import EventSplitter
 from timepoint_billing.db import run_db
 from timepoint_billing.errors import (
     ApiError,
@@ -574,7 +575,7 @@ async def generation_stream(
     last_renew = loop.time()
     chunks = upstream.aiter_raw()
     pending: asyncio.Future[bytes] | None = None
-    buffer = b""
+    events = EventSplitter()
     outcome: str | None = None
     ended = "client"  # until the loop says otherwise, an exit is the client going away
     try:
@@ -605,17 +606,18 @@ async def generation_stream(
                 chunk = finished.result()
             except StopAsyncIteration:
                 ended = "upstream_closed"
+                # Flash closed the stream: an event it did not follow with an empty line is
+                # still its last word (often `done`), to pass on and settle by.
+                for block in events.close():
+                    outcome = _event_outcome(block) or outcome
+                    yield block + b"\n\n"
                 break
             except ApiError:  # the upstream connection failed (UpstreamStream maps it)
                 ended = "upstream_failed"
                 if outcome is None:
                     yield _sse_event("error", "Flash stopped answering.")
                 break
-            buffer += chunk.replace(b"\r\n", b"\n")
-            while b"\n\n" in buffer:
-                block, buffer = buffer.split(b"\n\n", 1)
-                if not block.strip():
-                    continue
+            for block in events.feed(chunk):
                 outcome = _event_outcome(block) or outcome
                 yield block + b"\n\n"
     finally:

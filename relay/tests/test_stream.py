@@ -195,3 +195,36 @@ def test_stream_with_a_test_key_is_simulated(
     assert events[-1]["data"]["test_mode"] is True
     assert flash_peer.requests_to("/api/v1/timepoints/generate") == []
     _wait_for(lambda: len(usage()) == 1)
+
+
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
+@pytest.mark.parametrize("final_line_ends", [0, 1], ids=["no-line-end", "no-blank-line"])
+def test_events_split_at_every_byte_and_unterminated_done_are_kept(
+    gateway: Any,
+    auth: Any,
+    flash_peer: Any,
+    user: Any,
+    usage: Any,
+    line_end: bytes,
+    final_line_ends: int,
+) -> None:
+    """Flash's events arrive one byte per chunk (every boundary, CRLF included, split at every
+    offset) and the stream ends without the empty line after `done`: every event still reaches
+    the client whole, and `done` settles the stream (charged, not partial, no refund)."""
+    from payments.models import CreditGrant
+
+    flash_peer.stream_line_end = line_end
+    flash_peer.stream_bytewise = True
+    flash_peer.stream_final_line_ends = final_line_ends
+    with gateway.stream("POST", STREAM, json={"query": "Apollo 11"}, headers=auth) as response:
+        raw = b"".join(response.iter_raw())
+    assert response.status_code == 200
+    events = _events(raw)
+    assert [e["event"] for e in events] == ["start"] + ["step_complete"] * 8 + ["done"]
+    assert events[-1]["data"]["status"] == "completed"
+    assert raw.endswith(b"\n\n")
+    _wait_for(lambda: len(usage()) == 1)
+    (row,) = usage()
+    assert (row.status, row.credits_spent, row.partial) == (200, 5, False)
+    assert not CreditGrant.objects.exists()
+    _wait_for(lambda: flash_peer.user_balance(user.flash_user_id) == 45)
