@@ -15,19 +15,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-import queue
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 from django.db.models import Case, F, Q, When
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -136,8 +133,9 @@ def grant_create(
     reason: str = "",
     created_by: User | None = None,
 ) -> tuple[CreditGrant, bool]:
-    """Record a grant (idempotent by `key`); delivery starts once the surrounding transaction
-    commits. Returns the grant and whether this call created it."""
+    """Record a grant (idempotent by `key`); once the surrounding transaction commits, the
+    `run_grants` worker is nudged to deliver it. Returns the grant and whether this call
+    created it."""
     if amount <= 0:
         raise BadRequest("A grant must be a positive number of credits.", code="invalid_amount")
     marker = f"[grant:{key}]"
@@ -157,7 +155,7 @@ def grant_create(
     )
     if created:
         logger.info({"event": "grant_recorded", "grant": key, "amount": amount, "user": user.pk})
-        transaction.on_commit(partial(_in_background, grant_deliver, grant.pk))
+        transaction.on_commit(worker_nudge)
     return grant, created
 
 
@@ -191,7 +189,7 @@ def grant_retry(*, grant_id: int) -> bool:
         pk=grant_id, state__in=[GrantState.FAILED, GrantState.NEEDS_ATTENTION]
     ).update(state=GrantState.PENDING, next_attempt_at=timezone.now(), attempts=0)
     if updated:
-        transaction.on_commit(partial(_in_background, grant_deliver, grant_id))
+        transaction.on_commit(worker_nudge)
     return bool(updated)
 
 
@@ -412,39 +410,39 @@ def grants_deliver_due(*, limit: int = 100) -> int:
     return claimed
 
 
-_jobs: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]]] = queue.Queue(maxsize=10_000)
-_jobs_thread: threading.Thread | None = None
-_jobs_lock = threading.Lock()
+# --- Waking the worker: the web process records work and nudges, the worker delivers
+
+# The cache key `worker_nudge` changes; `run_grants` workers watch it between passes.
+WORKER_WAKE_KEY = "payments:worker:wake"
 
 
-def _run_jobs() -> None:
-    while True:
-        function, args = _jobs.get()
-        try:
-            function(*args)
-        except Exception:
-            logger.exception("after-commit payment work failed; the worker will retry it")
-        finally:
-            connections.close_all()  # this thread's connections only
-            _jobs.task_done()
-
-
-def _in_background(function: Callable[..., Any], *args: Any) -> None:
-    """Run right after commit on this process's one background thread, so the response is not
-    held up; `run_grants` is the safety net for anything dropped or failed here."""
-    global _jobs_thread
-    if not settings.GRANTS_DELIVER_IMMEDIATELY:
-        return
+def worker_nudge() -> None:
+    """Tell the `run_grants` workers that a grant or a Stripe event was just committed, so one
+    wakes now rather than at its next pass. Only the worker calls Flash and Stripe: a web
+    process never holds a request (or a thread) on them, and a crash anywhere leaves the row in
+    the outbox for the next pass. Best effort: a lost nudge (no shared cache, Redis down) costs
+    at most GRANT_WORKER_SLEEP_SECONDS."""
     try:
-        _jobs.put_nowait((function, args))
-    except queue.Full:
-        return
-    with _jobs_lock:
-        if _jobs_thread is None or not _jobs_thread.is_alive():
-            _jobs_thread = threading.Thread(
-                target=_run_jobs, name="payments-after-commit", daemon=True
-            )
-            _jobs_thread.start()
+        cache.set(WORKER_WAKE_KEY, uuid.uuid4().hex, None)
+    except Exception:  # the cache is a convenience here, never a reason to fail the request
+        logger.warning("worker nudge not sent; the worker finds the work on its next pass")
+
+
+def worker_wait(*, seconds: float, seen: Any) -> Any:
+    """Sleep up to `seconds`, returning early once the wake key differs from `seen`. Returns the
+    key's current value (the next call's `seen`)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            current = cache.get(WORKER_WAKE_KEY)
+        except Exception:
+            current = seen
+        if current != seen:
+            return current
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return current
+        time.sleep(min(settings.GRANT_WORKER_NUDGE_POLL_SECONDS, left))
 
 
 # --- Plans
@@ -796,7 +794,8 @@ def _parse_stripe_event(payload: bytes) -> dict[str, Any]:
 def stripe_webhook_receive(*, payload: bytes, signature_header: str) -> tuple[int, bool]:
     """Verify, store once, and record what the event means, in one transaction.
 
-    Returns (stored event id, created). The mirror and plan work runs after the commit."""
+    Returns (stored event id, created). The mirror and plan work is the worker's, nudged after
+    the commit."""
     if not stripe_client.webhook_verify(payload=payload, signature_header=signature_header):
         raise BadRequest("Invalid Stripe signature.", code="invalid_signature")
     data = _parse_stripe_event(payload)
@@ -813,7 +812,7 @@ def stripe_webhook_receive(*, payload: bytes, signature_header: str) -> tuple[in
             return event.pk, False
         if not _stripe_event_record(event):
             return event.pk, True
-        transaction.on_commit(partial(_in_background, stripe_event_process, event.pk))
+        transaction.on_commit(worker_nudge)
     return event.pk, True
 
 
@@ -898,7 +897,7 @@ def stripe_event_retry(*, event_id: int) -> bool:
     StripeWebhookEvent.objects.filter(pk=event.pk).update(
         state=EventState.RECEIVED, next_attempt_at=timezone.now(), attempts=0, last_error=""
     )
-    transaction.on_commit(partial(_in_background, stripe_event_process, event.pk))
+    transaction.on_commit(worker_nudge)
     return True
 
 

@@ -297,7 +297,6 @@ APPLE_PRODUCT_CREDITS = {
 APPLE_ENABLE_ONLINE_CHECKS = env_bool("APPLE_ENABLE_ONLINE_CHECKS", True)
 
 # Credit-grant outbox (payments): retries, reconciliation and the per-user busy wait.
-GRANTS_DELIVER_IMMEDIATELY = env_bool("GRANTS_DELIVER_IMMEDIATELY", True)
 GRANT_RETRY_BASE_SECONDS = env_float("GRANT_RETRY_BASE_SECONDS", 5.0)
 GRANT_RETRY_MAX_SECONDS = env_float("GRANT_RETRY_MAX_SECONDS", 600.0)
 GRANT_MAX_ATTEMPTS = env_int("GRANT_MAX_ATTEMPTS", 200)
@@ -307,6 +306,8 @@ GRANT_RECONCILE_MAX_PAGES = env_int("GRANT_RECONCILE_MAX_PAGES", 20)
 GRANT_BUSY_WAIT_SECONDS = env_float("GRANT_BUSY_WAIT_SECONDS", 5.0)
 GRANT_BUSY_RETRY_SECONDS = env_float("GRANT_BUSY_RETRY_SECONDS", 15.0)
 GRANT_WORKER_SLEEP_SECONDS = env_float("GRANT_WORKER_SLEEP_SECONDS", 2.0)
+# How often a sleeping worker looks for a web process's nudge (a cache read; needs REDIS_URL).
+GRANT_WORKER_NUDGE_POLL_SECONDS = env_float("GRANT_WORKER_NUDGE_POLL_SECONDS", 0.2)
 
 # dj-stripe: the Stripe mirror. Keys come from the environment, never from the admin.
 STRIPE_LIVE_MODE = STRIPE_SECRET_KEY.startswith("sk_live_")

@@ -40,8 +40,7 @@ def stripe_api(_stripe_server: tuple[SwitchApp, Any], settings: Any) -> FakeStri
     settings.STRIPE_LIVE_MODE = False
     settings.STRIPE_WEBHOOK_SECRETS = [WEBHOOK_SECRET, OLD_WEBHOOK_SECRET]
     settings.STRIPE_PRICE_IDS = dict(PRICE_IDS)
-    # Fast, deterministic worker: no after-commit threads unless a test turns them on.
-    settings.GRANTS_DELIVER_IMMEDIATELY = False
+    # A fast, deterministic worker (the tests run it with `run_grants --once`).
     settings.GRANT_RETRY_BASE_SECONDS = 0
     settings.GRANT_RECONCILE_DELAY_SECONDS = 0
     settings.GRANT_BUSY_WAIT_SECONDS = 0.3

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.core.cache import cache
 from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
@@ -20,27 +21,43 @@ def _flash_grants(flash_peer: Any, user: Any) -> list[dict[str, Any]]:
     return [row for row in flash_peer.ledger_for(user.flash_user_id) if row["amount"] > 0]
 
 
-def _wait_for_flash_grants(flash_peer: Any, user: Any, count: int, seconds: float = 10) -> None:
-    """Poll the Flash peer (not our database: SQLite's in-memory test database locks tables)."""
-    deadline = time.monotonic() + seconds
-    while len(_flash_grants(flash_peer, user)) < count:
-        assert time.monotonic() < deadline, "the grant never reached Flash"
-        time.sleep(0.05)
-
-
 @pytest.mark.django_db(transaction=True)
-def test_grant_is_sent_right_after_the_webhook_commits(
-    user: Any, customer_id: str, flash_peer: Any, settings: Any
+def test_the_web_process_records_the_grant_and_only_the_worker_sends_it(
+    user: Any, customer_id: str, flash_peer: Any
 ):
-    settings.GRANTS_DELIVER_IMMEDIATELY = True
+    """One delivery path: the webhook's process commits the grant and nudges the worker; it
+    never calls Flash itself (no thread of its own racing `run_grants`)."""
+    from payments.services import WORKER_WAKE_KEY
+
     body = f.event("checkout.session.completed", f.pack_session(customer_id, user.pk))
+    before = cache.get(WORKER_WAKE_KEY)
 
     assert f.post_webhook(Client(), body).status_code == 200
 
-    _wait_for_flash_grants(flash_peer, user, 1)
-    time.sleep(0.3)
+    time.sleep(1.0)  # what a background thread would have needed to reach Flash
+    assert _flash_grants(flash_peer, user) == []
+    assert CreditGrant.objects.get().state == GrantState.PENDING
+    assert cache.get(WORKER_WAKE_KEY) not in (None, before)  # the worker was nudged
+
+    call_command("run_grants", "--once")
     assert CreditGrant.objects.get().state == GrantState.SENT
+    assert len(_flash_grants(flash_peer, user)) == 1
     assert flash_peer.user_balance(user.flash_user_id) == 150
+
+
+def test_a_sleeping_worker_wakes_when_nudged(settings: Any) -> None:
+    from payments.services import worker_nudge, worker_wait
+
+    settings.GRANT_WORKER_NUDGE_POLL_SECONDS = 0.05
+    seen = worker_wait(seconds=0, seen=None)
+    assert worker_wait(seconds=0.2, seen=seen) == seen  # nothing new: it slept its time
+    nudger = threading.Timer(0.3, worker_nudge)
+    started = time.monotonic()
+    nudger.start()
+    woke = worker_wait(seconds=60, seen=seen)
+    nudger.join()
+    assert woke != seen
+    assert time.monotonic() - started < 10  # far sooner than its 60 s
 
 
 def test_pack_purchase_grants_once(client: Client, user: Any, customer_id: str, flash_peer: Any):
@@ -176,7 +193,6 @@ def test_signature_300s_old_is_still_accepted(client: Client, user: Any, custome
 def test_concurrent_duplicate_deliveries_grant_once(
     user: Any, customer_id: str, flash_peer: Any, settings: Any
 ):
-    settings.GRANTS_DELIVER_IMMEDIATELY = True  # each delivery also tries to send right away
     body = f.event("checkout.session.completed", f.pack_session(customer_id, user.pk))
     statuses: list[int] = []
     barrier = threading.Barrier(4)
@@ -204,8 +220,7 @@ def test_concurrent_duplicate_deliveries_grant_once(
         thread.join(30)
 
     assert statuses == [200] * 4
-    _wait_for_flash_grants(flash_peer, user, 1)
-    time.sleep(0.3)  # let the after-commit attempt finish writing
+    call_command("run_grants", "--once")
     call_command("run_grants", "--once")
     assert StripeWebhookEvent.objects.count() == 1
     assert CreditGrant.objects.count() == 1

@@ -26,7 +26,6 @@ def _relay_settings(settings: Any) -> Iterator[None]:
     settings.USER_RATE_LIMIT_PER_MINUTE = 10_000
     settings.USER_RATE_LIMIT_PER_DAY = 100_000
     settings.USER_CONCURRENCY_LIMIT = 50
-    settings.GRANTS_DELIVER_IMMEDIATELY = False
     settings.UPSTREAM_POOL_TIMEOUT = 5.0
     yield
 

@@ -91,7 +91,6 @@ def chrome() -> Iterator[Any]:
 def browser(chrome: Any, live_server: Any, settings: Any) -> Iterator[Any]:
     """A clean browser (no cookies) at desktop size, and a quiet test process."""
     ARTIFACTS.mkdir(exist_ok=True)
-    settings.GRANTS_DELIVER_IMMEDIATELY = False  # the test drives grant delivery itself
     chrome.get(live_server.url + "/health")
     chrome.delete_all_cookies()
     chrome.set_window_size(1280, 900)

@@ -44,7 +44,6 @@ def _reliability_settings(settings: Any) -> Iterator[None]:
     settings.USER_RATE_LIMIT_PER_DAY = 100_000
     settings.USER_CONCURRENCY_LIMIT = 50
     settings.METERING_BACKGROUND_FLUSH = False
-    settings.GRANTS_DELIVER_IMMEDIATELY = False
     settings.UPSTREAM_POOL_TIMEOUT = 5.0
     metering.usage_buffer_discard()
     reset_breaker()

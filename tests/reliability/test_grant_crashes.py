@@ -46,7 +46,6 @@ def worker_env(flash_proxy: Any, flash_peer: Any, settings: Any) -> dict[str, st
         FLASH_SERVICE_KEY=flash_peer.service_key,
         FLASH_ADMIN_KEY=flash_peer.admin_key,
         FLASH_GATEWAY_SIGNING_SECRET=flash_peer.signing_secret,
-        GRANTS_DELIVER_IMMEDIATELY="false",
         GRANT_RETRY_BASE_SECONDS="0",
         GRANT_RECONCILE_DELAY_SECONDS="0",
         GRANT_SENDING_LEASE_SECONDS="1",
@@ -126,6 +125,39 @@ def test_killed_between_commit_and_call(worker_env: Any, user: Any, flash_peer: 
     _run_once(worker_env)
     _run_once(worker_env)
     assert _state() == GrantState.SENT
+    assert len(_ledger_grants(flash_peer, user)) == 1
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="the nudge crosses processes in Redis")
+def test_a_sleeping_worker_is_nudged_by_the_committing_process(
+    worker_env: Any, user: Any, flash_peer: Any
+) -> None:
+    """The web side only commits and nudges; the worker, between passes for a minute, wakes
+    and delivers within seconds, once."""
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "run_grants", "--sleep", "60", "--verbosity", "2"],
+        cwd=ROOT,
+        env=worker_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert worker.stdout is not None
+        # Its first (empty) pass is done: from now on it is waiting out its 60 s.
+        assert worker.stdout.readline().startswith(b"grants claimed: 0")
+        webhook = subprocess.run(
+            [sys.executable, "-c", WEBHOOK_SIDE.replace("time.sleep(60)", ""), KEY, str(user.pk)],
+            cwd=ROOT,
+            env=worker_env,
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        assert webhook.stdout.strip() == b"committed"
+        wait_for(lambda: _ledger_grants(flash_peer, user), timeout=20)
+        wait_for(lambda: _state() == GrantState.SENT, timeout=10)
+    finally:
+        _kill(worker)
     assert len(_ledger_grants(flash_peer, user)) == 1
 
 

@@ -23,7 +23,6 @@ def _staff_client(group: str) -> tuple[Client, User]:
 
 @pytest.fixture(autouse=True)
 def _quiet_worker(settings: Any) -> None:
-    settings.GRANTS_DELIVER_IMMEDIATELY = False  # the test drives delivery itself
     settings.METERING_BACKGROUND_FLUSH = False
 
 

@@ -1,9 +1,11 @@
 """The background worker: `python manage.py run_grants` (a second process in production).
 
-Delivers due grants to Flash, retries stored Stripe events whose mirror/plan work failed, and
-rolls usage up (today and yesterday) every METERING_ROLLUP_INTERVAL_SECONDS so the usage endpoints
-and dashboards stay fresh. Several may run at once: every grant and event is claimed by exactly
-one of them, and one roll-up runs at a time."""
+The only process that delivers grants: web processes record them and nudge it
+(`payments.services.worker_nudge`). Delivers due grants to Flash, processes and retries stored
+Stripe events (the dj-stripe mirror and plan work), and rolls usage up (today and yesterday)
+every METERING_ROLLUP_INTERVAL_SECONDS so the usage endpoints and dashboards stay fresh. Several
+may run at once: every grant and event is claimed by exactly one of them, and one roll-up runs
+at a time."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
 from metering.services import usage_rollup_recent
-from payments.services import grants_deliver_due, stripe_events_process_due
+from payments.services import grants_deliver_due, stripe_events_process_due, worker_wait
 
 
 class Command(BaseCommand):
@@ -47,6 +49,7 @@ class Command(BaseCommand):
             else settings.GRANT_WORKER_SLEEP_SECONDS
         )
         next_rollup = 0.0
+        seen = worker_wait(seconds=0, seen=None)
         while True:
             grants = grants_deliver_due()
             events = stripe_events_process_due()
@@ -57,5 +60,6 @@ class Command(BaseCommand):
                 next_rollup = time.monotonic() + settings.METERING_ROLLUP_INTERVAL_SECONDS
             if options["once"] or stopping:
                 return
-            time.sleep(pause)
+            # Until the next pass, or sooner when a web process nudges (a grant just committed).
+            seen = worker_wait(seconds=pause, seen=seen)
             close_old_connections()  # a long-lived worker must not keep a dead connection
