@@ -394,4 +394,5 @@ class CreditsReconcileApi(APIView):
 
     @RECONCILE_SCHEMA
     def get(self, request: Request, user_id: int) -> Response:
-        return Response(selectors.credits_reconcile(user_id=user_id))
+        cursor = str(request.query_params.get("cursor", ""))
+        return Response(selectors.credits_reconcile(user_id=user_id, cursor=cursor))

@@ -192,13 +192,14 @@ def balance(*, flash_user_id: str, read_timeout: float | None = None) -> dict[st
 
 
 def credit_history(
-    *, flash_user_id: str, limit: int = 100, offset: int = 0
+    *, flash_user_id: str, limit: int = 100, offset: int = 0, read_timeout: float | None = None
 ) -> list[dict[str, Any]]:
     response = call(
         "GET",
         "/api/v1/credits/history",
         user_id=flash_user_id,
         params={"limit": limit, "offset": offset},
+        read_timeout=read_timeout,
     )
     return list(_ok_json(response))
 

@@ -289,5 +289,13 @@ def document(name: str) -> Callable[[Any], Any]:
 RECONCILE_SCHEMA = extend_schema(
     tags=["Staff"],
     summary="Metered credits next to Flash's credit ledger for one user (staff only)",
-    responses={200: s.ReconcileSerializer, **error_responses(401, 403, 404, 502, 503)},
+    parameters=[
+        OpenApiParameter(
+            "cursor",
+            str,
+            description="`next_cursor` of an unfinished reconcile, to resume it",
+            required=False,
+        )
+    ],
+    responses={200: s.ReconcileSerializer, **error_responses(400, 401, 403, 404, 502, 503, 504)},
 )

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from typing import Any
 from urllib.parse import urlencode
 
 from django.conf import settings
+from django.core import signing
 from django.core.cache import cache
 
 from relay import clockchain
-from timepoint_billing.errors import NotFound, UpstreamError
+from timepoint_billing.errors import BadRequest, NotFound, UpstreamError, UpstreamTimeout
 
 ACTOR_FIELDS = ("created_by", "proposed_by", "challenged_by")
 
@@ -201,9 +203,39 @@ async def stats() -> dict[str, Any]:
 # --- Staff: metered credits against Flash's ledger
 
 
-def credits_reconcile(*, user_id: int) -> dict[str, Any]:
+RECONCILE_PAGE = 100  # Flash's largest history page
+_CURSOR_SALT = "relay.credits_reconcile"
+
+
+def _ledger_row_mark(row: dict[str, Any]) -> str:
+    """Identifies a ledger row well enough to notice that the ledger moved under a cursor."""
+    fields = (row.get(k) for k in ("created_at", "amount", "balance_after", "type", "description"))
+    return hashlib.sha256(repr(tuple(fields)).encode()).hexdigest()[:16]
+
+
+def _reconcile_cursor_load(cursor: str, user_id: int) -> dict[str, Any]:
+    fresh = {"offset": 0, "charged": 0, "refunded": 0, "last": ""}
+    if not cursor:
+        return fresh
+    try:
+        state = signing.loads(cursor, salt=_CURSOR_SALT, max_age=settings.RECONCILE_CURSOR_SECONDS)
+    except signing.BadSignature:
+        raise BadRequest("The cursor is invalid or expired; start again.", code="invalid_cursor")
+    if not isinstance(state, dict) or state.get("user") != user_id:
+        raise BadRequest("The cursor belongs to another reconcile.", code="invalid_cursor")
+    return {k: state[k] for k in fresh}
+
+
+def credits_reconcile(*, user_id: int, cursor: str = "") -> dict[str, Any]:
     """Per user: credits the gateway metered for generations vs. what Flash's ledger charged and
-    refunded. A non-zero `difference` is what staff look into (lost updates, pitfall 11)."""
+    refunded. A non-zero `difference` is what staff look into (lost updates, pitfall 11).
+
+    Bounded: one call pages through Flash's ledger (newest first) for at most
+    RECONCILE_BUDGET_SECONDS in total, each page's timeout cut to what is left. A long ledger
+    takes several calls: an unfinished one answers `complete: false` with `next_cursor` (signed:
+    where it stopped and the sums so far), and the next call passes it back to resume there.
+    Flash adds rows at the top, which shifts every offset, so a resumed call first re-reads the
+    last row counted; when it has moved, the walk starts over rather than count a row twice."""
     from django.db.models import Count, Sum
 
     from accounts.models import User
@@ -213,27 +245,53 @@ def credits_reconcile(*, user_id: int) -> dict[str, Any]:
     user = User.objects.filter(pk=user_id).first()
     if user is None or not user.flash_user_id:
         raise NotFound("No such user with a Flash account.")
+    state = _reconcile_cursor_load(cursor, user.pk)
     metered = UsageRecord.objects.filter(user=user, credits_spent__gt=0).aggregate(
         credits=Sum("credits_spent"), generations=Count("id")
     )
-    charged = refunded = 0
-    offset = 0
-    for _ in range(100):  # at most 10 000 ledger rows
-        page = flash.credit_history(flash_user_id=user.flash_user_id, limit=100, offset=offset)
-        for row in page:
+    budget = float(settings.RECONCILE_BUDGET_SECONDS)
+    deadline = time.monotonic() + budget
+    complete = False
+    while not complete:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        resuming = bool(state["last"])
+        start = state["offset"] - 1 if resuming else state["offset"]
+        try:
+            page = flash.credit_history(
+                flash_user_id=user.flash_user_id,
+                limit=RECONCILE_PAGE,
+                offset=start,
+                read_timeout=min(left, float(settings.UPSTREAM_READ_TIMEOUT)),
+            )
+        except UpstreamTimeout:
+            if left >= float(settings.UPSTREAM_READ_TIMEOUT):
+                raise  # Flash is slow, not our budget short: the usual 504
+            break  # the budget ran out during this page: answer what we have, resumable
+        if resuming:
+            if not page or _ledger_row_mark(page[0]) != state["last"]:
+                state = {"offset": 0, "charged": 0, "refunded": 0, "last": ""}
+                continue
+            rows = page[1:]
+        else:
+            rows = page
+        for row in rows:
             amount = int(row.get("amount") or 0)
             if row.get("type") == "generation" and amount < 0:
-                charged += -amount
+                state["charged"] += -amount
             elif row.get("type") == "refund" and amount > 0:
-                refunded += amount
-        if len(page) < 100:
-            break
-        offset += 100
+                state["refunded"] += amount
+        state["offset"] += len(rows)
+        if rows:
+            state["last"] = _ledger_row_mark(rows[-1])
+        complete = len(page) < RECONCILE_PAGE
     try:
         balance: int | None = int(flash.balance(flash_user_id=user.flash_user_id)["balance"])
     except (KeyError, TypeError, ValueError):
         balance = None
     metered_credits = int(metered["credits"] or 0)
+    charged, refunded = int(state["charged"]), int(state["refunded"])
     return {
         "user_id": user.pk,
         "flash_user_id": user.flash_user_id,
@@ -242,6 +300,11 @@ def credits_reconcile(*, user_id: int) -> dict[str, Any]:
         "flash_charged": charged,
         "flash_refunded": refunded,
         "flash_net_spent": charged - refunded,
-        "difference": metered_credits - (charged - refunded),
+        "difference": metered_credits - (charged - refunded) if complete else None,
         "flash_balance": balance,
+        "complete": complete,
+        "ledger_rows_read": int(state["offset"]),
+        "next_cursor": None
+        if complete
+        else signing.dumps({"user": user.pk, **state}, salt=_CURSOR_SALT),
     }

@@ -304,5 +304,12 @@ class ReconcileSerializer(serializers.Serializer):
     flash_charged = serializers.IntegerField()
     flash_refunded = serializers.IntegerField()
     flash_net_spent = serializers.IntegerField()
-    difference = serializers.IntegerField()
+    difference = serializers.IntegerField(
+        allow_null=True, help_text="null until the whole ledger was read (`complete`)"
+    )
     flash_balance = serializers.IntegerField(allow_null=True)
+    complete = serializers.BooleanField(help_text="the whole ledger was read")
+    ledger_rows_read = serializers.IntegerField()
+    next_cursor = serializers.CharField(
+        allow_null=True, help_text="pass back as `?cursor=` to resume an unfinished reconcile"
+    )

@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 
@@ -220,6 +221,11 @@ def exception_to_response(exc: Exception, request: Any = None) -> JsonResponse:
         return error_response(413, "The request body is too large.", "payload_too_large")
     if isinstance(exc, SuspiciousOperation):
         return error_response(400, "The request was malformed.", "bad_request")
+    if isinstance(exc, DatabaseError) and _database_timed_out(exc):
+        logger.warning("database time limit hit", extra={"path": getattr(request, "path", None)})
+        return error_response(
+            503, "The database did not answer in time; try again.", "database_timeout"
+        )
     if isinstance(exc, RecursionError) and _raised_by_json_decoder(exc):
         # DRF's JSONParser lets `json.load`'s RecursionError through (`[[[[…` 100 000 deep).
         return error_response(400, "The body is nested too deeply.", "invalid_json")
@@ -227,6 +233,15 @@ def exception_to_response(exc: Exception, request: Any = None) -> JsonResponse:
         "unhandled error", extra={"path": getattr(request, "path", None)}, exc_info=exc
     )
     return error_response(500, "Internal server error.", "internal_error")
+
+
+# PostgreSQL's SQLSTATEs for statement_timeout (query_canceled) and lock_timeout
+# (lock_not_available), set for web requests in settings.py.
+_TIMEOUT_SQLSTATES = frozenset({"57014", "55P03"})
+
+
+def _database_timed_out(exc: DatabaseError) -> bool:
+    return getattr(exc.__cause__, "sqlstate", None) in _TIMEOUT_SQLSTATES
 
 
 def _raised_by_json_decoder(exc: BaseException) -> bool:

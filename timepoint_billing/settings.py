@@ -151,6 +151,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / f".test-db-{os.getpid()}.sqlite3")}
 else:
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
+    # Bounded work for web requests: PostgreSQL cancels a statement that runs longer than
+    # DB_STATEMENT_TIMEOUT_MS or waits longer than DB_LOCK_TIMEOUT_MS for a lock (0 = no limit),
+    # and the request gets 503 `database_timeout` instead of holding a worker. Only in the web
+    # processes (asgi.py/wsgi.py set GATEWAY_WEB_PROCESS before settings load): `migrate` and
+    # the worker's batch work are not cut short.
+    if env_bool("GATEWAY_WEB_PROCESS", False):
+        DATABASES["default"]["OPTIONS"]["options"] = (
+            f"-c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 30_000)} "
+            f"-c lock_timeout={env_int('DB_LOCK_TIMEOUT_MS', 5_000)}"
+        )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL", "")
@@ -306,6 +316,10 @@ GRANT_RECONCILE_MAX_PAGES = env_int("GRANT_RECONCILE_MAX_PAGES", 20)
 GRANT_BUSY_WAIT_SECONDS = env_float("GRANT_BUSY_WAIT_SECONDS", 5.0)
 GRANT_BUSY_RETRY_SECONDS = env_float("GRANT_BUSY_RETRY_SECONDS", 15.0)
 GRANT_WORKER_SLEEP_SECONDS = env_float("GRANT_WORKER_SLEEP_SECONDS", 2.0)
+# Staff reconcile against Flash's ledger: the most one call spends paging it, and how long its
+# resume cursor stays valid.
+RECONCILE_BUDGET_SECONDS = env_float("RECONCILE_BUDGET_SECONDS", 20.0)
+RECONCILE_CURSOR_SECONDS = env_int("RECONCILE_CURSOR_SECONDS", 3600)
 # How often a sleeping worker looks for a web process's nudge (a cache read; needs REDIS_URL).
 GRANT_WORKER_NUDGE_POLL_SECONDS = env_float("GRANT_WORKER_NUDGE_POLL_SECONDS", 0.2)
 
