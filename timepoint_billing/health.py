@@ -1,9 +1,12 @@
 """Health checks. `/health` touches only the database so Railway never restarts the gateway
-because an upstream is down; `/health/ready` (or `/health?deep=1`) checks every dependency."""
+because an upstream is down; `/health/ready` (or `/health?deep=1`) checks every dependency. The
+deep check calls Flash and Clockchain, so in production it answers only staff or a monitor with
+HEALTH_CHECK_TOKEN (anyone else could make the gateway call its upstreams at will)."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 from typing import Any
 
 from django.conf import settings
@@ -11,8 +14,10 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
+from accounts.authentication import aauthenticate
 from relay import clockchain, flash
 from timepoint_billing.db import run_db
+from timepoint_billing.errors import Forbidden, api_error_response
 
 
 def _database_ok() -> bool:
@@ -53,8 +58,26 @@ async def health(request: HttpRequest) -> JsonResponse:
     return response
 
 
+async def _may_see_deep_health(request: HttpRequest) -> bool:
+    if not settings.IS_PRODUCTION:
+        return True
+    token = request.headers.get("X-Health-Token", "")
+    if settings.HEALTH_CHECK_TOKEN and hmac.compare_digest(
+        token.encode(), settings.HEALTH_CHECK_TOKEN.encode()
+    ):
+        return True
+    if "Authorization" not in request.headers and "X-API-Key" not in request.headers:
+        return False
+    caller = await aauthenticate(request)  # bad credentials: 401, counted as a failed login
+    return bool(caller.user.is_staff)
+
+
 @require_GET
 async def health_ready(request: HttpRequest) -> JsonResponse:
+    if not await _may_see_deep_health(request):
+        return api_error_response(
+            Forbidden("The deep health check is for staff and monitors with the health token.")
+        )
     database, redis = await asyncio.gather(
         run_db(_database_ok),
         run_db(_redis_ok) if settings.REDIS_URL else asyncio.sleep(0, result=True),

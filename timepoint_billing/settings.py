@@ -395,7 +395,11 @@ SPECTACULAR_SETTINGS = {
 CORS_ALLOWED_ORIGINS = env_list(
     "CORS_ALLOWED_ORIGINS", ["https://app.timepointai.com", "https://timepointai.com"]
 )
-CORS_ALLOWED_ORIGIN_REGEXES = env_list("CORS_ALLOWED_ORIGIN_REGEXES", [r"^http://localhost:\d+$"])
+# A local SPA on any localhost port, outside production only: in production a localhost origin
+# would be any page a user's own machine serves, credentials included.
+CORS_ALLOWED_ORIGIN_REGEXES = env_list(
+    "CORS_ALLOWED_ORIGIN_REGEXES", [] if IS_PRODUCTION else [r"^http://localhost:\d+$"]
+)
 CORS_ALLOW_METHODS = ["GET", "POST", "PATCH", "DELETE", "OPTIONS"]
 # Listed, never "*": on a credentialed request browsers take "*" literally, so the SPA's
 # `Authorization` preflight would fail. No client route reads an Idempotency-Key, so none is listed.
@@ -418,9 +422,26 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# Production runs behind Railway's TLS-terminating proxy (as cookiecutter-django sets it up):
+# the proxy's X-Forwarded-Proto says whether the client used https; plain http is redirected,
+# except the health checks, which the platform sends over http from inside; browsers are told
+# to use https only (HSTS).
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if IS_PRODUCTION else None
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", IS_PRODUCTION)
+SECURE_REDIRECT_EXEMPT = [r"^health$", r"^health/"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if IS_PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", IS_PRODUCTION)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
 SESSION_COOKIE_SECURE = IS_PRODUCTION
 CSRF_COOKIE_SECURE = IS_PRODUCTION
+# Django's deploy check looks for its own security, clickjacking and CSRF middleware by dotted
+# path; the project installs subclasses of exactly those (timepoint_billing/middleware.py, which
+# only change how they run on the event loop), so these three warnings are false.
+SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
+# `/health?deep=1` and `/health/ready` call both upstreams: in production only staff (a staff
+# user's bearer credentials) or a monitor presenting this token in `X-Health-Token` may.
+HEALTH_CHECK_TOKEN = env_str("HEALTH_CHECK_TOKEN", "")
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 
