@@ -18,6 +18,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from accounts.models import Plan, Tier, User
-from payments import catalogue, stripe_client
+from payments import catalogue, stripe_client, stripe_shapes
 from payments.models import (
     AppleNotification,
     CreditGrant,
@@ -645,6 +646,7 @@ def _subscription_grant(
     source: dict[str, Any],
 ) -> None:
     key = f"stripe:{invoice_id}"
+    payment_intent, charge = stripe_shapes.invoice_payment_refs(source)
     grant, _ = grant_create(
         key=key,
         user=user,
@@ -661,45 +663,32 @@ def _subscription_grant(
         amount_cents=int(source.get("amount_paid") or source.get("amount_total") or 0),
         currency=str(source.get("currency") or ""),
         stripe_invoice=invoice_id,
-        stripe_payment_intent=_id(source.get("payment_intent")),
+        stripe_payment_intent=payment_intent,
+        stripe_charge=charge,
         grant=grant,
     )
 
 
-def _invoice_subscription(invoice: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(subscription id, subscription metadata) across Stripe API versions."""
-    details = invoice.get("subscription_details") or {}
-    parent = (invoice.get("parent") or {}).get("subscription_details") or {}
-    subscription = _id(invoice.get("subscription")) or _id(parent.get("subscription"))
-    return subscription, dict(details.get("metadata") or parent.get("metadata") or {})
-
-
-def _invoice_plan(invoice: dict[str, Any], metadata: dict[str, Any]) -> catalogue.PlanOffer | None:
-    for line in (invoice.get("lines") or {}).get("data") or []:
-        pricing = (line.get("pricing") or {}).get("price_details") or {}
-        for candidate in (line.get("price"), line.get("plan"), pricing.get("price")):
-            offer = catalogue.plan_for_price(_id(candidate))
-            if offer is not None:
-                return offer
-    return catalogue.PLANS.get(str(metadata.get("plan") or ""))
-
-
 def _record_invoice_paid(event: StripeWebhookEvent, invoice: dict[str, Any]) -> None:
-    subscription_id, metadata = _invoice_subscription(invoice)
+    subscription_id, metadata = stripe_shapes.invoice_subscription(invoice)
     if not subscription_id:
         return  # not a subscription invoice: nothing to grant
     if invoice.get("billing_reason") not in (None, "subscription_create", "subscription_cycle"):
         return  # prorations and manual invoices grant nothing; dj-stripe mirrors them
     user = _stripe_user(_id(invoice.get("customer")), metadata)
-    offer = _invoice_plan(invoice, metadata)
+    # What Stripe billed, never metadata.plan: a portal plan change leaves that on the old plan.
+    offer = stripe_shapes.invoice_plan_billed(invoice)
     if user is None or offer is None or offer.monthly_credits <= 0:
         raise _NeedsAttention("Paid subscription invoice with no known user or plan.")
     _subscription_grant(event, user, offer, str(invoice["id"]), invoice)
 
 
-def _payment_for_charge(charge_id: str, payment_intent: str, invoice: str) -> Payment | None:
-    lookups = [("stripe_charge", charge_id), ("stripe_payment_intent", payment_intent)]
-    lookups.append(("stripe_invoice", invoice))
+def _payment_for_refs(refs: stripe_shapes.ChargeRefs) -> Payment | None:
+    lookups = [
+        ("stripe_charge", refs.charge),
+        ("stripe_payment_intent", refs.payment_intent),
+        ("stripe_invoice", refs.invoice),
+    ]
     for field, value in lookups:
         if value:
             found = Payment.objects.filter(**{field: value}).first()
@@ -708,59 +697,67 @@ def _payment_for_charge(charge_id: str, payment_intent: str, invoice: str) -> Pa
     return None
 
 
-def _payment_for_adjustment(charge: dict[str, Any], charge_id: str) -> Payment:
-    payment_intent = _id(charge.get("payment_intent"))
-    payment = _payment_for_charge(charge_id, payment_intent, _id(charge.get("invoice")))
+def _payment_for_adjustment(obj: dict[str, Any]) -> Payment:
+    """The one payment record of the purchase a charge, refund or dispute belongs to (a pack, a
+    subscription's first invoice or a renewal), locked; made (keyed as the purchase's own record
+    will be) when the purchase's event has not arrived yet, so that event fills it in.
+
+    Stripe is asked only for what the event and our records leave open: the charge (a dispute's
+    customer) and the InvoicePayment that links a payment intent to its invoice."""
+    refs = stripe_shapes.charge_refs(obj)
+    payment = _payment_for_refs(refs)
+    if payment is None or payment.user_id is None:
+        if not refs.customer or not refs.payment_intent:
+            refs = stripe_shapes.charge_refs_fetched(refs)
+        if payment is None:
+            refs = replace(refs, invoice=stripe_shapes.charge_invoice(refs))
+            payment = _payment_for_refs(refs)
     if payment is None:
-        # A refund/dispute for a payment we never saw complete: keep it for staff anyway.
         payment = _payment_record(
-            reference=f"stripe:{payment_intent or charge_id}",
-            user=_stripe_user(_id(charge.get("customer")), charge.get("metadata")),
-            stripe_payment_intent=payment_intent,
-            amount_cents=int(charge.get("amount") or 0),
-            currency=str(charge.get("currency") or ""),
+            reference=f"stripe:{refs.invoice or refs.payment_intent or refs.charge}",
+            user=_stripe_user(refs.customer, refs.metadata),
+            stripe_payment_intent=refs.payment_intent,
+            stripe_invoice=refs.invoice,
+            amount_cents=refs.amount,
+            currency=refs.currency,
         )
+    payment = Payment.objects.select_for_update().get(pk=payment.pk)
+    found = {
+        "stripe_charge": refs.charge,
+        "stripe_payment_intent": refs.payment_intent,
+        "stripe_invoice": refs.invoice,
+    }
+    missing: dict[str, Any] = {k: v for k, v in found.items() if v and not getattr(payment, k)}
+    if payment.user_id is None:
+        user = _stripe_user(refs.customer, refs.metadata)
+        if user is not None:
+            missing["user"] = user
+    if missing:
+        for name, value in missing.items():
+            setattr(payment, name, value)
+        payment.save(update_fields=[*missing, "updated_at"])
     return payment
 
 
 def _record_refund(charge: dict[str, Any]) -> None:
-    charge_id = str(charge["id"])
-    payment = Payment.objects.select_for_update().get(
-        pk=_payment_for_adjustment(charge, charge_id).pk
-    )
+    payment = _payment_for_adjustment(charge)
     # `amount_refunded` is cumulative on the charge; events may arrive out of order.
     refunded = max(payment.amount_refunded_cents, int(charge.get("amount_refunded") or 0))
     payment.amount_refunded_cents = refunded
-    payment.stripe_charge = payment.stripe_charge or charge_id
     payment.refunded_at = timezone.now()
     payment.needs_review = True  # credits are never taken back silently: staff decide
     payment.save(
-        update_fields=[
-            "amount_refunded_cents",
-            "stripe_charge",
-            "refunded_at",
-            "needs_review",
-            "updated_at",
-        ]
+        update_fields=["amount_refunded_cents", "refunded_at", "needs_review", "updated_at"]
     )
     logger.warning({"event": "payment_refunded", "payment": payment.reference, "cents": refunded})
 
 
 def _record_dispute(dispute: dict[str, Any]) -> None:
-    charge_id = _id(dispute.get("charge"))
-    charge = {
-        "payment_intent": dispute.get("payment_intent"),
-        "amount": dispute.get("amount"),
-        "currency": dispute.get("currency"),
-    }
-    payment = _payment_for_adjustment(charge, charge_id)
+    payment = _payment_for_adjustment(dispute)
     payment.disputed = True
     payment.dispute_reason = str(dispute.get("reason") or "")[:128]
-    payment.stripe_charge = payment.stripe_charge or charge_id
     payment.needs_review = True
-    payment.save(
-        update_fields=["disputed", "dispute_reason", "stripe_charge", "needs_review", "updated_at"]
-    )
+    payment.save(update_fields=["disputed", "dispute_reason", "needs_review", "updated_at"])
     logger.warning({"event": "payment_disputed", "payment": payment.reference})
 
 

@@ -14,16 +14,19 @@ from django.conf import settings
 from timepoint_billing.errors import UpstreamError, UpstreamUnavailable
 
 STRIPE_TIMEOUT_SECONDS = 10.0
-_configured: tuple[str, str] | None = None
+_configured: tuple[str, str, str] | None = None
 
 
 def configure() -> None:
     """Point the process-wide SDK (which dj-stripe uses too) at the configured key and base."""
     global _configured
-    wanted = (settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE)
+    wanted = (settings.STRIPE_SECRET_KEY, settings.STRIPE_API_BASE, settings.STRIPE_API_VERSION)
     if _configured == wanted:
         return
     stripe.api_key = settings.STRIPE_SECRET_KEY or None
+    # Every call asks for the version the code reads (dj-stripe reads the same setting), so an
+    # SDK upgrade or the account's default version never changes the shapes we get back.
+    stripe.api_version = settings.STRIPE_API_VERSION
     stripe.api_base = settings.STRIPE_API_BASE or stripe.DEFAULT_API_BASE
     stripe.enable_telemetry = False
     # The SDK retries connection errors itself with idempotency keys on POSTs.
@@ -126,5 +129,44 @@ def subscription_cancel(subscription_id: str) -> None:
     configure()
     try:
         stripe.Subscription.cancel(subscription_id)
+    except stripe.StripeError as exc:
+        raise _map_error(exc) from exc
+
+
+def charge_retrieve(charge_id: str) -> dict[str, Any]:
+    """One charge as Stripe has it now (a dispute names its charge, not the charge's customer)."""
+    configure()
+    try:
+        return dict(stripe.Charge.retrieve(charge_id).to_dict())
+    except stripe.StripeError as exc:
+        raise _map_error(exc) from exc
+
+
+def invoice_for_payment_intent(payment_intent_id: str) -> str:
+    """The invoice a payment intent paid, through its InvoicePayment ("" when it paid none).
+
+    Since 2025-03-31 a charge no longer names its invoice; the InvoicePayment list links them."""
+    configure()
+    try:
+        found = stripe.InvoicePayment.list(
+            payment={"type": "payment_intent", "payment_intent": payment_intent_id}, limit=10
+        )
+    except stripe.StripeError as exc:
+        raise _map_error(exc) from exc
+    for invoice_payment in found.data:
+        invoice = invoice_payment.to_dict().get("invoice")
+        if isinstance(invoice, dict):
+            invoice = invoice.get("id")
+        if invoice:
+            return str(invoice)
+    return ""
+
+
+def invoice_lines(invoice_id: str) -> list[dict[str, Any]]:
+    """Every line of an invoice (a webhook carries only the first page of them)."""
+    configure()
+    try:
+        page = stripe.Invoice.list_lines(invoice_id, limit=100)
+        return [dict(line.to_dict()) for line in page.auto_paging_iter()]
     except stripe.StripeError as exc:
         raise _map_error(exc) from exc

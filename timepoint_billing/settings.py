@@ -281,6 +281,11 @@ STRIPE_WEBHOOK_SECRETS = [
     s for s in [STRIPE_WEBHOOK_SECRET, *env_list("STRIPE_WEBHOOK_SECRETS_EXTRA", [])] if s
 ]
 STRIPE_API_BASE = env_str("STRIPE_API_BASE", "")  # a Stripe-compatible server in tests
+# The Stripe API version the payments code is written against (dj-stripe 2.11.0's own pin), sent
+# with every API call (the SDK's and dj-stripe's). Not from the environment on purpose: a new
+# version changes object shapes, so moving it is a code change with its tests. Webhook payloads
+# follow the version of the webhook *endpoint* instead; README says to create it with this one.
+STRIPE_API_VERSION = "2026-05-27.dahlia"
 STRIPE_PRICE_IDS = {
     key[len("STRIPE_PRICE_") :].lower(): value
     for key, value in os.environ.items()

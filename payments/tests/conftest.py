@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from devpeers.server import SwitchApp, start_switch
+from payments.tests import factories
 from payments.tests.factories import (
     OLD_WEBHOOK_SECRET,
     PRICE_IDS,
@@ -16,6 +17,15 @@ from payments.tests.factories import (
     product,
 )
 from payments.tests.fakestripe import FakeStripe
+
+
+@pytest.fixture(autouse=True, params=factories.SHAPES, ids=["current_shape", "2024_shape"])
+def stripe_shape(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every payments test runs twice: with Stripe objects and events in the current API
+    version's shape and in the 2024 one (an endpoint not yet moved sends those)."""
+    factories.use_shape(request.param)
+    yield request.param
+    factories.use_shape(factories.CURRENT)
 
 
 @pytest.fixture(scope="session")

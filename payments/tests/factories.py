@@ -1,12 +1,20 @@
-"""Builders for Stripe objects and events, signed with Stripe's real webhook scheme."""
+"""Builders for Stripe objects and events, signed with Stripe's real webhook scheme.
+
+Every builder speaks one of two API versions (`use_shape`, switched for each payments test by
+the `stripe_shape` fixture): the current one (`CURRENT`, the gateway's pin), built from Stripe's
+own published example objects (`stripe_fixtures.json`, from github.com/stripe/openapi), and the
+2024 one (`LEGACY`), which an endpoint still on an older version sends while the account moves.
+"""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import itertools
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 WEBHOOK_SECRET = "whsec_test_current"
@@ -19,6 +27,35 @@ PRICE_IDS = {
     "api_pro": "price_plan_api_pro",
 }
 _ids = itertools.count(1)
+
+CURRENT = "2026-05-27.dahlia"  # settings.STRIPE_API_VERSION
+LEGACY = "2024-06-20"
+SHAPES = (CURRENT, LEGACY)
+_shape = CURRENT
+FIXTURES: dict[str, dict[str, Any]] = json.loads(
+    (Path(__file__).with_name("stripe_fixtures.json")).read_text()
+)["resources"]
+# What paid each invoice built here: (payment intent, charge). A current-shape invoice does not
+# say it (its InvoicePayment does); tests build the charge and InvoicePayment from this.
+_paid_by: dict[str, tuple[str, str]] = {}
+_priced_lines: dict[str, list[dict[str, Any]]] = {}  # an unpriced event's lines, as Stripe has them
+
+
+def use_shape(version: str) -> None:
+    global _shape
+    assert version in SHAPES, version
+    _shape = version
+
+
+def shape() -> str:
+    return _shape
+
+
+def _published(kind: str, **fields: Any) -> dict[str, Any]:
+    """Stripe's published example of `kind`, with `fields` put over it."""
+    obj = copy.deepcopy(FIXTURES[kind])
+    obj.update(fields)
+    return obj
 
 
 def new_id(prefix: str) -> str:
@@ -37,7 +74,7 @@ def event(kind: str, obj: dict[str, Any], event_id: str | None = None) -> bytes:
         {
             "id": event_id or new_id("evt"),
             "object": "event",
-            "api_version": "2024-06-20",
+            "api_version": _shape,
             "created": int(time.time()),
             "livemode": False,
             "pending_webhooks": 1,
@@ -109,64 +146,348 @@ def price(name: str, price_id: str) -> dict[str, Any]:
 
 
 def subscription(
-    customer: str, plan: str, status: str = "active", sub_id: str | None = None
+    customer: str,
+    plan: str,
+    status: str = "active",
+    sub_id: str | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """A subscription to `plan`. `metadata` is what checkout wrote ({"plan": plan}); a plan
+    change in the billing portal moves the items' price and leaves the metadata as it was."""
     sub_id = sub_id or new_id("sub")
     now = int(time.time())
-    return {
-        "id": sub_id,
-        "object": "subscription",
-        "customer": customer,
-        "status": status,
-        "cancel_at_period_end": False,
+    item_price = price(plan, PRICE_IDS[plan])
+    item: dict[str, Any] = {
+        "id": new_id("si"),
+        "object": "subscription_item",
+        "price": item_price,
+        "quantity": 1,
+        "subscription": sub_id,
+        "created": now,
+        "metadata": {},
+    }
+    meta = dict(metadata) if metadata is not None else {"plan": plan}
+    if _shape == LEGACY:
+        return {
+            "id": sub_id,
+            "object": "subscription",
+            "customer": customer,
+            "status": status,
+            "cancel_at_period_end": False,
+            "current_period_start": now,
+            "current_period_end": now + 30 * 86400,
+            "start_date": now,
+            "created": now,
+            "livemode": False,
+            "metadata": meta,
+            "collection_method": "charge_automatically",
+            "items": {"object": "list", "has_more": False, "data": [item]},
+        }
+    published_item = FIXTURES["subscription"]["items"]["data"][0]
+    item = {
+        **copy.deepcopy(published_item),
+        **item,
+        # The period moved from the subscription onto its items (2025-03-31.basil).
         "current_period_start": now,
         "current_period_end": now + 30 * 86400,
-        "start_date": now,
-        "created": now,
-        "livemode": False,
-        "metadata": {"plan": plan},
-        "collection_method": "charge_automatically",
-        "items": {
+        "plan": {
+            **copy.deepcopy(published_item["plan"]),
+            "id": item_price["id"],
+            "product": item_price["product"],
+            "amount": item_price["unit_amount"],
+            "amount_decimal": str(item_price["unit_amount"]),
+            "billing_scheme": "per_unit",
+            "currency": "usd",
+            "interval_count": 1,
+            "livemode": False,
+            "metadata": {},
+            "transform_usage": None,
+        },
+        "billing_thresholds": None,
+    }
+    return _published(
+        "subscription",
+        id=sub_id,
+        customer=customer,
+        status=status,
+        cancel_at_period_end=False,
+        cancel_at=None,
+        canceled_at=None,
+        ended_at=None,
+        trial_start=None,
+        trial_end=None,
+        start_date=now,
+        created=now,
+        billing_cycle_anchor=now,
+        billing_cycle_anchor_config=None,
+        metadata=meta,
+        pending_update=None,
+        pending_invoice_item_interval=None,
+        next_pending_invoice_item_invoice=None,
+        pause_collection=None,
+        transfer_data=None,
+        billing_thresholds=None,
+        billing_schedules=[],
+        items={
             "object": "list",
             "has_more": False,
-            "data": [
-                {
-                    "id": new_id("si"),
-                    "object": "subscription_item",
-                    "price": price(plan, PRICE_IDS[plan]),
-                    "quantity": 1,
-                    "subscription": sub_id,
-                    "created": now,
-                    "metadata": {},
-                }
-            ],
+            "data": [item],
+            "url": f"/v1/subscription_items?subscription={sub_id}",
         },
-    }
+    )
+
+
+def _line(
+    invoice_id: str, sub_id: str, plan: str, proration: bool, amount: int, priced: bool = True
+) -> dict[str, Any]:
+    """One invoice line billing `plan` (a proration credit when `amount` < 0). `priced=False`:
+    the line as an event may carry it, without its price."""
+    now = int(time.time())
+    price_id = PRICE_IDS[plan]
+    if _shape == LEGACY:
+        line: dict[str, Any] = {
+            "id": new_id("il"),
+            "object": "line_item",
+            "amount": amount,
+            "currency": "usd",
+            "period": {"start": now, "end": now + 30 * 86400},
+            "proration": proration,
+            "quantity": 1,
+            "subscription": sub_id,
+            "type": "subscription",
+        }
+        if priced:
+            line["price"] = {"id": price_id, "object": "price", "product": "prod_" + plan}
+        return line
+    return _published(
+        "line_item",
+        id=new_id("il"),
+        invoice=invoice_id,
+        amount=amount,
+        currency="usd",
+        description=f"1 x {plan}",
+        period={"start": now, "end": now + 30 * 86400},
+        parent={
+            "type": "subscription_item_details",
+            "invoice_item_details": None,
+            "subscription_item_details": {
+                "invoice_item": None,
+                "proration": proration,
+                "proration_details": {"credited_items": None},
+                "subscription": sub_id,
+                "subscription_item": new_id("si"),
+            },
+        },
+        pricing=(
+            {
+                "type": "price_details",
+                "price_details": {"price": price_id, "product": "prod_" + plan},
+                "unit_amount_decimal": str(abs(amount)),
+            }
+            if priced
+            # As Stripe's published line shows it: pricing without price_details.
+            else copy.deepcopy(FIXTURES["line_item"]["pricing"])
+        ),
+        subtotal=amount,
+    )
 
 
 def invoice(
-    customer: str, sub: dict[str, Any], plan: str, billing_reason: str = "subscription_create"
+    customer: str,
+    sub: dict[str, Any],
+    plan: str,
+    billing_reason: str = "subscription_create",
+    *,
+    lines: list[tuple[str, bool, int]] | None = None,
+    priced: bool = True,
 ) -> dict[str, Any]:
+    """A paid invoice of `sub`. `lines`: (plan, proration, amount) for each line, else one line
+    billing `plan`; `priced=False` leaves the prices off the lines (Stripe's own lines endpoint
+    still has them: the fake serves the stored invoice's lines)."""
+    invoice_id = new_id("in")
+    payment_intent, charge_id = new_id("pi"), new_id("ch")
+    _paid_by[invoice_id] = (payment_intent, charge_id)
+    metadata = dict(sub.get("metadata") or {})
+    now = int(time.time())
+    wanted = lines or [(plan, False, 1499)]
+    line_data = [_line(invoice_id, sub["id"], *line, priced=priced) for line in wanted]
+    if not priced:
+        _priced_lines[invoice_id] = [_line(invoice_id, sub["id"], *line) for line in wanted]
+    line_list = {
+        "object": "list",
+        "has_more": False,
+        "data": line_data,
+        "url": f"/v1/invoices/{invoice_id}/lines",
+    }
+    if _shape == LEGACY:
+        return {
+            "id": invoice_id,
+            "object": "invoice",
+            "customer": customer,
+            "subscription": sub["id"],
+            "billing_reason": billing_reason,
+            "status": "paid",
+            "paid": True,
+            "amount_paid": 1499,
+            "currency": "usd",
+            "payment_intent": payment_intent,
+            "charge": charge_id,
+            "livemode": False,
+            "created": now,
+            "subscription_details": {"metadata": metadata},
+            "lines": line_list,
+        }
+    return _published(
+        "invoice",
+        id=invoice_id,
+        customer=customer,
+        billing_reason=billing_reason,
+        status="paid",
+        amount_due=1499,
+        amount_paid=1499,
+        amount_remaining=0,
+        attempted=True,
+        attempt_count=1,
+        auto_advance=False,
+        currency="usd",
+        created=now,
+        effective_at=now,
+        period_start=now,
+        period_end=now,
+        due_date=None,
+        next_payment_attempt=None,
+        automatically_finalizes_at=None,
+        from_invoice=None,
+        last_finalization_error=None,
+        latest_revision=None,
+        shipping_cost=None,
+        shipping_details=None,
+        test_clock=None,
+        number=f"TP-{invoice_id[-6:]}",
+        status_transitions={
+            "finalized_at": now,
+            "marked_uncollectible_at": None,
+            "paid_at": now,
+            "voided_at": None,
+        },
+        parent={
+            "type": "subscription_details",
+            "quote_details": None,
+            "subscription_details": {"subscription": sub["id"], "metadata": metadata},
+        },
+        lines=line_list,
+        total=1499,
+        subtotal=1499,
+    )
+
+
+def as_stripe_has(inv: dict[str, Any]) -> dict[str, Any]:
+    """The invoice as Stripe's API returns it: every line with its price."""
+    lines = _priced_lines.get(inv["id"])
+    if lines is None:
+        return inv
+    return {**inv, "lines": {**inv["lines"], "data": copy.deepcopy(lines)}}
+
+
+def invoice_payment(inv: dict[str, Any]) -> dict[str, Any]:
+    """The InvoicePayment linking the invoice to the payment intent that paid it (what
+    `/v1/invoice_payments` lists; Stripe keeps one for every paid invoice)."""
+    payment_intent, _ = _paid_by[inv["id"]]
+    return _published(
+        "invoice_payment",
+        id=new_id("inpay"),
+        invoice=inv["id"],
+        amount_paid=inv["amount_paid"],
+        amount_requested=inv["amount_paid"],
+        currency="usd",
+        created=inv["created"],
+        is_default=True,
+        livemode=False,
+        payment={"type": "payment_intent", "payment_intent": payment_intent},
+        status="paid",
+        status_transitions={"canceled_at": None, "paid_at": inv["created"]},
+    )
+
+
+def charge(
+    customer: str, payment_intent: str, amount: int, *, charge_id: str = "", invoice_id: str = ""
+) -> dict[str, Any]:
+    """A succeeded card charge (2024: it names its invoice; current: it does not)."""
+    charge_id = charge_id or new_id("ch")
+    if _shape == LEGACY:
+        return {
+            "id": charge_id,
+            "object": "charge",
+            "customer": customer,
+            "payment_intent": payment_intent,
+            "invoice": invoice_id or None,
+            "amount": amount,
+            "amount_refunded": 0,
+            "currency": "usd",
+            "paid": True,
+            "refunded": False,
+            "status": "succeeded",
+            "livemode": False,
+            "created": int(time.time()),
+            "metadata": {},
+        }
+    published = FIXTURES["charge"]
+    return _published(
+        "charge",
+        id=charge_id,
+        customer=customer,
+        payment_intent=payment_intent,
+        amount=amount,
+        amount_captured=amount,
+        amount_refunded=0,
+        captured=True,
+        paid=True,
+        refunded=False,
+        currency="usd",
+        created=int(time.time()),
+        balance_transaction=None,
+        payment_method=None,
+        source=None,
+        transfer_data=None,
+        refunds={**published["refunds"], "url": f"/v1/charges/{charge_id}/refunds"},
+    )
+
+
+def invoice_charge(customer: str, inv: dict[str, Any]) -> dict[str, Any]:
+    """The charge that paid `inv`."""
+    payment_intent, charge_id = _paid_by[inv["id"]]
+    return charge(
+        customer, payment_intent, int(inv["amount_paid"]), charge_id=charge_id, invoice_id=inv["id"]
+    )
+
+
+def refunded(paid: dict[str, Any], amount_refunded: int) -> dict[str, Any]:
+    """The charge as `charge.refunded` carries it, `amount_refunded` refunded so far."""
     return {
-        "id": new_id("in"),
-        "object": "invoice",
-        "customer": customer,
-        "subscription": sub["id"],
-        "billing_reason": billing_reason,
-        "status": "paid",
-        "paid": True,
-        "amount_paid": 1499,
-        "currency": "usd",
-        "payment_intent": new_id("pi"),
+        **paid,
+        "amount_refunded": amount_refunded,
+        "refunded": amount_refunded >= paid["amount"],
+    }
+
+
+def dispute(paid: dict[str, Any], reason: str = "fraudulent") -> dict[str, Any]:
+    """A dispute opened on the charge: it names the charge and payment intent, never the
+    customer (in every version)."""
+    fields = {
+        "id": new_id("dp"),
+        "object": "dispute",
+        "charge": paid["id"],
+        "payment_intent": paid["payment_intent"],
+        "amount": paid["amount"],
+        "currency": paid["currency"],
+        "reason": reason,
+        "status": "needs_response",
         "livemode": False,
         "created": int(time.time()),
-        "subscription_details": {"metadata": {"plan": plan}},
-        "lines": {
-            "object": "list",
-            "has_more": False,
-            "data": [{"id": new_id("il"), "object": "line_item", "price": {"id": PRICE_IDS[plan]}}],
-        },
     }
+    if _shape == LEGACY:
+        return fields
+    return _published("dispute", **fields, balance_transactions=[], metadata={})
 
 
 def subscription_session(

@@ -20,6 +20,7 @@ COLLECTIONS = {
     "customers": "customer",
     "subscriptions": "subscription",
     "invoices": "invoice",
+    "invoice_payments": "invoice_payment",
     "charges": "charge",
     "payment_intents": "payment_intent",
     "prices": "price",
@@ -51,6 +52,7 @@ class FakeStripe:
         self.lock = threading.Lock()
         self.objects: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
+        self.versions: list[str] = []  # the Stripe-Version header of every request
         self.cancelled: list[str] = []  # subscription ids cancelled through the API
         self.down = False  # answer every call with a 500 api_error (a Stripe outage)
         self._ids = itertools.count(1)
@@ -95,8 +97,10 @@ class FakeStripe:
         method = scope["method"]
         path = scope["path"]
         params = _unflatten(parse_qsl(body.decode() or scope.get("query_string", b"").decode()))
+        headers = dict(scope.get("headers") or [])
         with self.lock:
             self.requests.append((method, path, params))
+            self.versions.append(headers.get(b"stripe-version", b"").decode())
         status, payload = self.handle(method, path, params)
         raw = json.dumps(payload).encode()
         await send(
@@ -110,6 +114,24 @@ class FakeStripe:
             }
         )
         await send({"type": "http.response.body", "body": raw})
+
+    def listed(self, kind: str, rest: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """A list's items: an invoice's `/lines` as stored on it; InvoicePayments filtered by
+        `invoice` and `payment[...]` as Stripe filters them; nothing for any other list."""
+        with self.lock:
+            if kind == "invoice" and rest.endswith("/lines"):
+                invoice = self.objects.get(rest.split("/", 1)[0]) or {}
+                return list((invoice.get("lines") or {}).get("data") or [])
+            if kind != "invoice_payment" or rest:
+                return []
+            rows = [obj for obj in self.objects.values() if obj.get("object") == kind]
+        wanted = params.get("payment") or {}
+        return [
+            row
+            for row in rows
+            if params.get("invoice", row["invoice"]) == row["invoice"]
+            and all(row["payment"].get(name) == value for name, value in wanted.items())
+        ]
 
     def handle(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, Any]:
         if self.down:
@@ -175,7 +197,12 @@ class FakeStripe:
                 if path == prefix or path.startswith(prefix + "/"):
                     rest = path[len(prefix) :].strip("/")
                     if not rest or "/" in rest:  # a list, or a sub-list such as /lines
-                        return 200, {"object": "list", "data": [], "has_more": False, "url": path}
+                        return 200, {
+                            "object": "list",
+                            "data": self.listed(COLLECTIONS[collection], rest, params),
+                            "has_more": False,
+                            "url": path,
+                        }
                     with self.lock:
                         found = self.objects.get(rest)
                     if found is not None:

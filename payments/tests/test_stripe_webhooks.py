@@ -234,38 +234,21 @@ def test_refunds_are_cumulative_and_disputes_recorded_without_touching_credits(
     session = f.pack_session(customer_id, user.pk)
     f.post_webhook(client, f.event("checkout.session.completed", session))
     call_command("run_grants", "--once")
-    charge = {
-        "id": f.new_id("ch"),
-        "object": "charge",
-        "customer": customer_id,
-        "payment_intent": session["payment_intent"],
-        "amount": 499,
-        "currency": "usd",
-        "refunded": False,
-    }
+    charge = f.charge(customer_id, session["payment_intent"], 499)
 
-    f.post_webhook(client, f.event("charge.refunded", {**charge, "amount_refunded": 100}))
-    f.post_webhook(client, f.event("charge.refunded", {**charge, "amount_refunded": 300}))
+    f.post_webhook(client, f.event("charge.refunded", f.refunded(charge, 100)))
+    f.post_webhook(client, f.event("charge.refunded", f.refunded(charge, 300)))
     # A late, out-of-order delivery of the first partial refund changes nothing.
-    f.post_webhook(client, f.event("charge.refunded", {**charge, "amount_refunded": 100}))
+    f.post_webhook(client, f.event("charge.refunded", f.refunded(charge, 100)))
 
     payment = Payment.objects.get()
     assert payment.amount_refunded_cents == 300
     assert payment.status == "partially_refunded" and payment.needs_review
 
-    dispute = {
-        "id": f.new_id("dp"),
-        "object": "dispute",
-        "charge": charge["id"],
-        "payment_intent": session["payment_intent"],
-        "amount": 499,
-        "currency": "usd",
-        "reason": "fraudulent",
-        "status": "needs_response",
-    }
-    f.post_webhook(client, f.event("charge.dispute.created", dispute))
+    f.post_webhook(client, f.event("charge.dispute.created", f.dispute(charge)))
     payment.refresh_from_db()
     assert payment.disputed and payment.dispute_reason == "fraudulent"
+    assert payment.user == user and payment.product == "100_credits"
     assert Payment.objects.count() == 1
     # No credits were silently taken back.
     assert flash_peer.user_balance(user.flash_user_id) == 150

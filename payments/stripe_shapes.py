@@ -1,0 +1,171 @@
+"""Reading Stripe objects in the shape of the API version that wrote them.
+
+Webhook payloads follow the API version of the webhook endpoint, and both shapes occur while an
+account moves: the current one (2025-03-31.basil and later, the code's pin `STRIPE_API_VERSION`)
+is read first, the 2024 one as a fallback.
+
+- An invoice names its subscription under `parent.subscription_details` (2024: `subscription`,
+  `subscription_details`), its payments through InvoicePayment objects (`payments`, includable;
+  2024: `payment_intent`, `charge`).
+- A charge no longer names its invoice: the InvoicePayment list links a payment intent to it.
+- An invoice line names its price under `pricing.price_details.price` (2024: `price`, `plan`) and
+  its proration under `parent.*_details.proration` (2024: `proration`).
+- A dispute names its charge and payment intent, never the customer: the charge says.
+
+Only reads live here; the calls to Stripe are in `stripe_client`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from payments import catalogue, stripe_client
+
+
+def object_id(value: Any) -> str:
+    """A Stripe id from an expandable field (a bare id or an object with an id)."""
+    if isinstance(value, dict):
+        return str(value.get("id") or "")
+    return str(value or "")
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+# --- Invoices
+
+
+def invoice_subscription(invoice: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(subscription id, the subscription's metadata as of the invoice)."""
+    parent = _dict(_dict(invoice.get("parent")).get("subscription_details"))
+    legacy = _dict(invoice.get("subscription_details"))
+    subscription = object_id(parent.get("subscription")) or object_id(invoice.get("subscription"))
+    metadata = _dict(parent.get("metadata")) or _dict(legacy.get("metadata"))
+    return subscription, dict(metadata)
+
+
+def invoice_payment_refs(invoice: dict[str, Any]) -> tuple[str, str]:
+    """(payment intent id, charge id) of the payment that paid the invoice; "" when not said.
+
+    Current shape: the paid InvoicePayment among `payments` (present when the invoice was
+    fetched with it included; a webhook body usually lacks it). 2024 shape: top-level fields."""
+    payment_intent, charge = "", ""
+    rows = _dict(invoice.get("payments")).get("data") or []
+    paid = [row for row in rows if isinstance(row, dict) and row.get("status") == "paid"]
+    for row in paid or [row for row in rows if isinstance(row, dict)]:
+        payment = _dict(row.get("payment"))
+        payment_intent = payment_intent or object_id(payment.get("payment_intent"))
+        charge = charge or object_id(payment.get("charge"))
+    payment_intent = payment_intent or object_id(invoice.get("payment_intent"))
+    charge = charge or object_id(invoice.get("charge"))
+    return payment_intent, charge
+
+
+def line_price_id(line: dict[str, Any]) -> str:
+    """The price a line billed ("" when the line does not say)."""
+    details = _dict(_dict(line.get("pricing")).get("price_details"))
+    for candidate in (details.get("price"), line.get("price"), line.get("plan")):
+        if object_id(candidate):
+            return object_id(candidate)
+    return ""
+
+
+def line_is_proration(line: dict[str, Any]) -> bool:
+    """A proration line bills (or credits) part of a period under a plan being left or joined,
+    never the period the invoice is for."""
+    if line.get("proration"):
+        return True
+    parent = _dict(line.get("parent"))
+    return any(
+        bool(_dict(parent.get(kind)).get("proration"))
+        for kind in ("subscription_item_details", "invoice_item_details")
+    )
+
+
+def _plan_billed(lines: list[dict[str, Any]]) -> catalogue.PlanOffer | None:
+    """The plan the invoice's own period is billed for: its non-proration lines' prices. Several
+    (never in one of our subscriptions) → the best, so the choice does not depend on line order."""
+    best: catalogue.PlanOffer | None = None
+    for line in lines:
+        if not isinstance(line, dict) or line_is_proration(line):
+            continue
+        if int(line.get("amount") or 0) < 0:
+            continue
+        offer = catalogue.plan_for_price(line_price_id(line))
+        if offer is not None and (
+            best is None or catalogue.PLAN_RANK[offer.name] > catalogue.PLAN_RANK[best.name]
+        ):
+            best = offer
+    return best
+
+
+def invoice_plan_billed(invoice: dict[str, Any]) -> catalogue.PlanOffer | None:
+    """The plan Stripe says this invoice billed, from its lines' prices; the lines are fetched
+    when the event's copy does not name one (a line without its price, or only the first page).
+
+    Never from the subscription's metadata: a plan change in the billing portal does not update
+    it, so it would name the plan the customer left."""
+    lines = _dict(invoice.get("lines"))
+    offer = _plan_billed(list(lines.get("data") or []))
+    if offer is None and invoice.get("id"):
+        offer = _plan_billed(stripe_client.invoice_lines(str(invoice["id"])))
+    return offer
+
+
+# --- Charges, refunds and disputes
+
+
+@dataclass(frozen=True)
+class ChargeRefs:
+    """What a charge, refund or dispute says about the purchase it belongs to."""
+
+    charge: str
+    payment_intent: str
+    invoice: str
+    customer: str
+    amount: int
+    currency: str
+    metadata: dict[str, Any]
+
+    def filled_from(self, other: ChargeRefs) -> ChargeRefs:
+        """These refs, with what they lack taken from `other` (the same charge, fetched)."""
+        return replace(
+            self,
+            payment_intent=self.payment_intent or other.payment_intent,
+            invoice=self.invoice or other.invoice,
+            customer=self.customer or other.customer,
+            amount=self.amount or other.amount,
+            currency=self.currency or other.currency,
+            metadata=self.metadata or other.metadata,
+        )
+
+
+def charge_refs(obj: dict[str, Any]) -> ChargeRefs:
+    """Refs from a charge (`charge.refunded`), a refund or a dispute, in either shape."""
+    is_charge = obj.get("object") == "charge" or str(obj.get("id") or "").startswith(("ch_", "py_"))
+    charge = str(obj.get("id") or "") if is_charge else object_id(obj.get("charge"))
+    return ChargeRefs(
+        charge=charge,
+        payment_intent=object_id(obj.get("payment_intent")),
+        invoice=object_id(obj.get("invoice")),  # 2024 charges only
+        customer=object_id(obj.get("customer")),  # charges and refunds; never a dispute
+        amount=int(obj.get("amount") or 0),
+        currency=str(obj.get("currency") or ""),
+        metadata=_dict(obj.get("metadata")) if is_charge else {},
+    )
+
+
+def charge_refs_fetched(refs: ChargeRefs) -> ChargeRefs:
+    """`refs` completed from the charge as Stripe has it (customer, payment intent)."""
+    if not refs.charge:
+        return refs
+    return refs.filled_from(charge_refs(stripe_client.charge_retrieve(refs.charge)))
+
+
+def charge_invoice(refs: ChargeRefs) -> str:
+    """The invoice the charge paid ("" for a one-time payment such as a credit pack)."""
+    if refs.invoice or not refs.payment_intent:
+        return refs.invoice
+    return stripe_client.invoice_for_payment_intent(refs.payment_intent)
