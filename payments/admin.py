@@ -150,7 +150,14 @@ class StripeWebhookEventAdmin(admin.ModelAdmin):
     def retry(self, request: HttpRequest, queryset: QuerySet[StripeWebhookEvent]) -> None:
         count = 0
         for event in queryset:
-            if services.stripe_event_retry(event_id=event.pk):
+            try:
+                retried = services.stripe_event_retry(event_id=event.pk)
+            except ApiError as exc:
+                # Recording it asked Stripe (an invoice's lines, a charge) and Stripe failed: the
+                # event stays as it was, for another retry.
+                self.message_user(request, f"{event}: {exc.detail_text}", messages.ERROR)
+                continue
+            if retried:
                 count += 1
                 self.log_change(request, event, "Retried (recorded again, queued).")
         self.message_user(request, f"{count} event(s) queued again.", messages.SUCCESS)

@@ -8,9 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.test import Client
 
+from accounts.models import User
 from payments.models import CreditGrant, GrantState, Payment, StripeWebhookEvent
 from payments.tests import factories as f
 from payments.tests.fakestripe import FakeStripe
@@ -67,6 +69,13 @@ def test_refund_and_dispute_on_a_renewal_charge_mark_the_renewal_payment(
     assert marked.stripe_payment_intent == paid["payment_intent"]
     untouched = Payment.objects.get(reference=f"stripe:{first['id']}")
     assert untouched.status == "paid" and not untouched.needs_review
+    # Staff see it where they review refunds and disputes.
+    staff = User.objects.create_user(username="support-person", is_staff=True)
+    staff.groups.add(Group.objects.get(name="support"))
+    admin = Client()
+    admin.force_login(staff, backend="django.contrib.auth.backends.ModelBackend")
+    listed = admin.get("/admin/payments/payment/", {"needs_review__exact": "1"})
+    assert listed.status_code == 200 and list(listed.context["cl"].result_list) == [marked]
     # Credits are never taken back silently: 50 at sign-up, 200 + 200 from the invoices.
     assert flash_peer.user_balance(user.flash_user_id) == 450
 
@@ -260,3 +269,40 @@ def test_factories_build_each_shape_as_stripe_publishes_it(stripe_shape: str, cu
     else:
         assert inv["subscription"] == sub["id"] and inv["payment_intent"] and inv["charge"]
         assert paid["invoice"] == inv["id"] and "price" in inv["lines"]["data"][0]
+
+
+def test_staff_retry_while_stripe_is_down_says_so_and_grants_later(
+    user: Any, customer_id: str, stripe_api: FakeStripe, flash_peer: Any
+):
+    """A renewal kept for attention (its customer was not linked yet) whose lines must be fetched:
+    a staff retry while Stripe is down answers with a message, not an error page, and changes
+    nothing; the next retry grants once."""
+    from djstripe.models import Customer
+
+    Customer.objects.filter(id=customer_id).update(subscriber=None)
+    sub = f.subscription(customer_id, "api_pro", metadata={})
+    renewal = f.invoice(customer_id, sub, "api_pro", "subscription_cycle", priced=False)
+    stripe_api.put(f.as_stripe_has(renewal))
+    assert f.post_webhook(Client(), f.event("invoice.paid", renewal)).status_code == 200
+    event = StripeWebhookEvent.objects.get()
+    assert event.state == "needs_attention"
+    Customer.objects.filter(id=customer_id).update(subscriber=user)  # staff link the customer
+
+    staff = User.objects.create_user(username="billing-person", is_staff=True)
+    staff.groups.add(Group.objects.get(name="billing"))
+    admin = Client()
+    admin.force_login(staff, backend="django.contrib.auth.backends.ModelBackend")
+    retry = {"action": "retry", "_selected_action": [event.pk]}
+
+    stripe_api.down = True
+    response = admin.post("/admin/payments/stripewebhookevent/", retry, follow=True)
+    assert response.status_code == 200
+    assert "Stripe rejected the request." in response.content.decode()
+    event.refresh_from_db()
+    assert event.state == "needs_attention" and CreditGrant.objects.count() == 0
+
+    stripe_api.down = False
+    assert admin.post("/admin/payments/stripewebhookevent/", retry).status_code == 302
+    call_command("run_grants", "--once")
+    assert CreditGrant.objects.get().amount == 1000
+    assert len(_flash_grants(flash_peer, user)) == 1
