@@ -1,8 +1,9 @@
 """Typed errors and the one place that turns them into `{"detail", "code"}` JSON.
 
 Services raise `ApiError` subclasses; DRF views get them through `exception_handler`, plain Django
-(async relay) views through `ApiErrorMiddleware`, and anything Django itself renders for an API path
-(404s from the resolver, 500s, even with DEBUG on) is rewritten by `json_error_response` callers.
+(async relay) views through `ApiErrorMiddleware`, and anything Django itself renders
+(404s from the resolver, 405s, 500s, even with DEBUG on) on any path but the browser pages is
+rewritten as JSON (`answers_json`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from rest_framework import exceptions as drf_exceptions
 
 logger = logging.getLogger("timepoint.errors")
 
-API_PREFIXES = ("/api/", "/health")
+# The browser pages: the admin, the portal and the browser login. Everything else on this host
+# is API, so an error anywhere else (an unknown path such as `/internal/x` or `/foo`, a wrong
+# method) answers `{"detail", "code"}` JSON, never Django's HTML page.
+BROWSER_PREFIXES = ("/admin", "/portal", "/oidc/")
+
+
+def answers_json(path: str) -> bool:
+    """True for every path but the browser pages: errors there are JSON."""
+    return not path.startswith(BROWSER_PREFIXES)
 
 
 class ApiError(drf_exceptions.APIException):
@@ -271,13 +280,13 @@ class ApiErrorMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exc: Exception) -> HttpResponse | None:
-        if isinstance(exc, ApiError) or request.path.startswith(API_PREFIXES):
+        if isinstance(exc, ApiError) or answers_json(request.path):
             return exception_to_response(exc, request)
         return None
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if request.path.startswith(API_PREFIXES):
+    if answers_json(request.path):
         return error_response(404, "Not found.", "not_found")
     from django.views.defaults import page_not_found
 
@@ -285,7 +294,7 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Http
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
-    if request.path.startswith(API_PREFIXES):
+    if answers_json(request.path):
         return error_response(500, "Internal server error.", "internal_error")
     from django.views.defaults import server_error
 
@@ -297,7 +306,7 @@ def handler400(request: HttpRequest, exception: Exception | None = None) -> Http
 
 
 def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    if request.path.startswith(API_PREFIXES):
+    if answers_json(request.path):
         return error_response(
             403, "You do not have permission to perform this action.", "permission_denied"
         )

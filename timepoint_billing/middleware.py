@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, Stream
 from django.middleware import clickjacking, common, csrf, security
 
 from timepoint_billing.asgi_handler import BODY_TOO_LARGE
-from timepoint_billing.errors import API_PREFIXES, error_response
+from timepoint_billing.errors import answers_json, error_response
 from timepoint_billing.logs import request_id_var
 
 request_log = logging.getLogger("timepoint.request")
@@ -56,7 +56,7 @@ def _finish(
     request: HttpRequest, response: HttpResponse | StreamingHttpResponse, started: float
 ) -> Any:
     path = request.path
-    if path.startswith(API_PREFIXES) and response.status_code >= 400:
+    if answers_json(path) and response.status_code >= 400:
         content_type = response.get("Content-Type", "")
         if not content_type.startswith(("application/json", "application/problem+json")):
             # Django's own HTML error pages (resolver 404, DEBUG technical pages) never leave.
