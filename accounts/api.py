@@ -80,7 +80,11 @@ class AuthMeApi(LimitedMeteredApiView):
         summary="Delete the account",
         description="Revokes every session and API key and cancels an active subscription. "
         "Usage and payment records are kept (billing records) with an anonymised user. Signing "
-        "in again with the same login creates a new, empty account.",
+        "in again with the same login creates a new, empty account. **Your timepoints are not "
+        "deleted with the account**: list them with `GET /api/v1/timepoints/mine` and delete "
+        "each with `DELETE /api/v1/timepoints/{id}?permanent=true` first. What is left keeps its "
+        "visibility: private timepoints stay private (nobody can sign in as their owner again); "
+        "public ones stay public, without any name attached.",
         responses={204: None, **error_responses(401, 403, 429, 503)},
     )
     def delete(self, request: Request) -> Response:

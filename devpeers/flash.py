@@ -307,6 +307,7 @@ class FlashPeer:
         r.add("DELETE", "/api/v1/timepoints/{timepoint_id}", self._delete)
         r.add("PATCH", "/api/v1/timepoints/{timepoint_id}/visibility", self._visibility)
         r.add("GET", "/api/v1/timepoints/{timepoint_id}/tdf", self._tdf)
+        r.add("GET", "/api/v1/timepoints/{timepoint_id}/characters", self._characters)
         r.add("GET", "/api/v1/users/me/timepoints", self._my_timepoints)
         r.add("GET", "/api/v1/content/today", self._content_items)
         r.add("GET", "/api/v1/content/featured", self._content_items)
@@ -681,12 +682,14 @@ class FlashPeer:
             self.timepoints[tp_id] = tp
         return tp
 
-    def _take_charge(self, user: User, cost: int, preset: str, defer: bool) -> _Charge | None:
+    def _take_charge(
+        self, user: User, cost: int, preset: str, defer: bool, description: str | None = None
+    ) -> _Charge | None:
         """Check the balance and deduct now, or (``defer``) only snapshot it for a later write-back.
 
         None means insufficient balance or no credit account.
         """
-        desc = f"Timepoint generation ({preset})"
+        desc = description or f"Timepoint generation ({preset})"
         with self.lock:
             acct = self.accounts.get(user.id)
             if acct is None or acct.balance < cost:
@@ -704,7 +707,13 @@ class FlashPeer:
             acct.lifetime_spent -= amount
         self.ledger.setdefault(user_id, []).append(LedgerRow(amount, acct.balance, kind, desc))
 
-    def _settle(self, charge: _Charge, refunded: bool, refund_lost: bool = False) -> None:
+    def _settle(
+        self,
+        charge: _Charge,
+        refunded: bool,
+        refund_lost: bool = False,
+        refund_description: str = "Refund: generation failed",
+    ) -> None:
         """Finish a charge; a deferred charge is written back only now, as absolute values.
 
         With lost_updates the session that read the balance at charge time writes
@@ -712,7 +721,7 @@ class FlashPeer:
         keeps every row (pitfall 11). ``refund_lost``: the refund was committed by another
         session *before* that write-back (the stream case), so it is overwritten too.
         """
-        refund_desc = "Refund: generation failed"
+        refund_desc = refund_description
         with self.lock:
             acct = self.accounts.get(charge.user_id)
             if acct is None:
@@ -801,9 +810,12 @@ class FlashPeer:
             return problem or _server_error()
         charge: _Charge | None = None
         if user is not None:
-            # Charged up front and committed at once (no deferred write-back here).
+            # Charged up front and committed at once (no deferred write-back here), with the
+            # description Flash writes for this route.
             cost = self.cost_for(gen.preset)
-            charge = self._take_charge(user, cost, gen.preset or "balanced", defer=False)
+            preset = gen.preset or "balanced"
+            description = f"Generate ({preset}): {gen.query[:60]}"
+            charge = self._take_charge(user, cost, preset, defer=False, description=description)
             if charge is None:
                 return _server_error()
         visibility = gen.visibility if gen.visibility in ("public", "private") else "public"
@@ -826,8 +838,9 @@ class FlashPeer:
         outcome = self.generation_outcome
         self._finish_timepoint(tp, outcome, started)
         if charge is not None and outcome == "error":
-            # Refunded only when the background task raises.
-            self._settle(charge, refunded=True)
+            # Refunded only when the background task raises (a "failed" run is not).
+            description = f"Refund (background generation failed): {tp.query[:60]}"
+            self._settle(charge, refunded=True, refund_description=description)
 
     def _stream_events(self, tp: Timepoint, gen: GenerateRequest) -> list[dict[str, Any]]:
         preset = gen.preset if gen.preset and gen.preset.lower() in PRESETS else "balanced"
@@ -1188,11 +1201,55 @@ class FlashPeer:
                 return _error(403, "Only the owner can delete this timepoint")
             if permanent:
                 del self.timepoints[tp_id]
-                message = "Timepoint permanently deleted"
+                message = f"Timepoint {tp_id} permanently deleted"
             else:
                 tp.is_deleted = True
-                message = "Timepoint deleted"
+                message = f"Timepoint {tp_id} soft-deleted"
         return json_response(200, {"id": tp_id, "deleted": True, "message": message})
+
+    async def _characters(self, req: Request) -> Response:
+        user, problem = self._resolve_user(req, required=False)
+        if problem:
+            return problem
+        viewer = user.id if user else None
+        with self.lock:
+            # Soft-deleted rows are served here too (pitfall 14).
+            tp = self.timepoints.get(req.params["timepoint_id"])
+            if tp is None:
+                return _error(404, "Timepoint not found")
+            if tp.visibility == "private" and (viewer is None or tp.user_id != viewer):
+                return _error(403, "This timepoint is private")
+            if tp.status != "completed":
+                return _error(
+                    404, "Timepoint has no character data. Generation may still be in progress."
+                )
+            year, _, _, _, _, era, location = tp.scene
+            names = ("Narrator of " + tp.query[:40], "A witness", "A bystander")
+            characters = [
+                {
+                    "name": name,
+                    "role": "primary" if i == 0 else "secondary",
+                    "system_prompt": f"You are {name}, in {location} in {year}.",
+                    "dialog_context": f"**{name}** ({'primary' if i == 0 else 'secondary'})",
+                    "speaks_in_scene": i < 2,
+                    "personality": "observant",
+                    "speaking_style": "plain",
+                    "emotional_state": "tense",
+                    "historical_note": None,
+                }
+                for i, name in enumerate(names)
+            ]
+            body = {
+                "timepoint_id": tp.id,
+                "query": tp.query,
+                "year": year,
+                "location": location,
+                "era": era,
+                "total_characters": len(characters),
+                "speaking_characters": sum(1 for c in characters if c["speaks_in_scene"]),
+                "characters": characters,
+            }
+        return json_response(200, body)
 
     async def _tdf(self, req: Request) -> Response:
         # Privacy bypass kept on purpose (pitfall 14): no visibility or owner check.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
-from functools import wraps
+from functools import partial, wraps
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
@@ -25,13 +25,12 @@ from rest_framework.views import APIView
 from accounts.authentication import aauthenticate
 from apikeys import limits
 from metering.services import usage_record_id
-from relay import flash, paths, selectors, services
+from relay import flash, paths, selectors, services, timepoints
 from relay.openapi import RECONCILE_SCHEMA, document
 from timepoint_billing.errors import (
     ApiError,
     BadRequest,
     InvalidPath,
-    NotFound,
     UpstreamError,
     api_error_response,
     error_response,
@@ -221,6 +220,12 @@ async def generate_stream(request: HttpRequest, call: services.RelayCall) -> Any
         response["X-Test-Mode"] = "simulated"
     else:
         await services.generation_admit(generation)
+        generation.on_done = partial(
+            timepoints.streamed_owner_record,
+            caller=call.caller,
+            payload=generation.payload,
+            request_id=call.request_id,
+        )
         try:
             upstream = await services.generation_open_stream(generation)
         except BaseException:
@@ -238,26 +243,6 @@ async def generate_stream(request: HttpRequest, call: services.RelayCall) -> Any
 # --- Timepoints
 
 
-@document("timepoint_detail")
-@relay_route(f"{PREFIX}/timepoints/{{id}}", "flash", ("GET",))
-async def timepoint_detail(
-    request: HttpRequest, call: services.RelayCall, **_: Any
-) -> HttpResponse:
-    timepoint_id = paths.flash_timepoint_id(request, f"{PREFIX}/timepoints/")
-    params = {
-        "full": str(_bool_param(request, "full")).lower(),
-        "include_image": str(_bool_param(request, "include_image")).lower(),
-    }
-    user_id = services.check_flash_user(call.caller)
-    body = await _flash_json(
-        flash.acall("GET", f"/api/v1/timepoints/{timepoint_id}", user_id=user_id, params=params)
-    )
-    if not isinstance(body, dict) or body.get("is_deleted"):
-        # Flash still serves soft-deleted timepoints by id (pitfall 14).
-        raise NotFound("Timepoint not found.")
-    return json_response(services.timepoint_public(body))
-
-
 @document("timepoint_visibility")
 @relay_route(f"{PREFIX}/timepoints/{{id}}/visibility", "flash", ("PATCH",))
 async def timepoint_visibility(
@@ -268,18 +253,12 @@ async def timepoint_visibility(
 
     serializer = VisibilityInputSerializer(data=_json_body(request))
     serializer.is_valid(raise_exception=True)
-    # Always with the caller's X-User-Id: without it Flash skips the owner check (pitfall 5).
-    user_id = services.check_flash_user(call.caller)
-    path = f"/api/v1/timepoints/{timepoint_id}/visibility"
-    body = await _flash_json(
-        flash.acall(
-            "PATCH",
-            path,
-            user_id=user_id,
-            json={"visibility": serializer.validated_data["visibility"]},
-        )
+    body = await timepoints.timepoint_set_visibility(
+        caller=call.caller,
+        timepoint_id=timepoint_id,
+        visibility=serializer.validated_data["visibility"],
     )
-    return json_response(services.timepoint_public(body))
+    return json_response(body)
 
 
 # --- Clockchain

@@ -1,1 +1,47 @@
-"""Relay models."""
+"""What the relay must remember about timepoints that Flash does not (upstreams.md pitfall 10).
+
+Flash saves a streamed timepoint with no owner and as public, and it cannot hold a private
+timepoint without an owner that anyone could still read. So the gateway keeps the owner and the
+requested visibility of each streamed timepoint here and enforces them on every timepoint route.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Visibility(models.TextChoices):
+    PUBLIC = "public"
+    PRIVATE = "private"
+
+
+class StreamedTimepoint(models.Model):
+    """A timepoint made through `POST /generate/stream`: who it belongs to and who may see it.
+
+    Written from the stream's `done` event before that event reaches the client. The user is
+    PROTECTed: a user row is anonymised on account deletion, never removed, and removing it
+    would make a private streamed timepoint readable by everyone."""
+
+    timepoint_id = models.CharField(max_length=36, unique=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="streamed_timepoints"
+    )
+    visibility = models.CharField(max_length=8, choices=Visibility.choices)
+    # From the `done` event, for "my timepoints" without a call per item.
+    query = models.CharField(max_length=500)
+    slug = models.CharField(max_length=255, blank=True, default="")
+    status = models.CharField(max_length=16)
+    year = models.IntegerField(null=True, blank=True)
+    location = models.CharField(max_length=255, null=True, blank=True)
+    has_image = models.BooleanField(default=False)
+    request_id = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "deleted_at", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.timepoint_id} ({self.visibility}, user {self.user_id})"

@@ -17,6 +17,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework.views import APIView
 
 from relay import serializers as s
+from relay import timepoint_serializers as ts
 from timepoint_billing.openapi import error_responses
 
 COMMON_ERRORS = (401, 429)
@@ -37,6 +38,11 @@ CHARGING = (
     "does not price cost 5). Before Flash is called the cost is reserved against your balance, "
     "so parallel generations cannot overspend: without enough unreserved credits → 402 "
     "`insufficient_credits` with `balance`, `available` and `cost`."
+)
+
+
+PRIVACY = (
+    "Someone else's private timepoint, and a deleted one, answer 404 exactly like an unknown one."
 )
 
 
@@ -118,9 +124,9 @@ ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
                 "`{event, step, data, progress, error}`: `start`, then `step_complete` / "
                 "`step_error`, then `done` (or `error`). A `: keep-alive` comment is sent while "
                 "Flash is silent; the stream is cut after the gateway's maximum duration. Errors "
-                "before the first event are JSON. **Streamed timepoints are public and have no "
-                "owner** (Flash ignores `visibility` here, so `private` is refused): use "
-                f"`POST /generate` for private or owned timepoints. {CHARGING} Flash charges the "
+                "before the first event are JSON. The timepoint is yours and gets the requested "
+                "`visibility` (the gateway records both from the `done` event, before passing it "
+                f"on). {CHARGING} Flash charges the "
                 'stream; a stream that ends in `done` with `status: "failed"`, in an `error` '
                 "event, or cut short by Flash or the gateway is refunded. Closing the connection "
                 f"early is charged. {TEST_MODE}"
@@ -139,6 +145,10 @@ ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
         {
             "tags": [TAG_TIMEPOINTS],
             "summary": "One timepoint: yours, or a public one",
+            "description": (
+                "Poll this after `POST /generate/async` until `status` is `completed` or "
+                f"`failed`. {PRIVACY}"
+            ),
             "parameters": [
                 TIMEPOINT_ID,
                 _query("full", bool, "Include scene, characters, dialog…"),
@@ -146,7 +156,76 @@ ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
             ],
             "responses": {
                 200: s.TimepointSerializer,
-                **error_responses(400, 403, 404, *FLASH_ERRORS),
+                **error_responses(400, 404, *FLASH_ERRORS),
+            },
+        },
+    ),
+    "timepoint_delete": (
+        "DELETE",
+        {
+            "tags": [TAG_TIMEPOINTS],
+            "summary": "Delete your timepoint (owner only; soft unless permanent=true)",
+            "description": (
+                "A soft delete hides the timepoint everywhere (reads, slug, characters, your "
+                "list); `permanent=true` erases it in Flash, also after a soft delete. A "
+                "timepoint that is not yours answers 404, whether or not it exists."
+            ),
+            "parameters": [
+                TIMEPOINT_ID,
+                _query("permanent", bool, "Erase instead of hiding (default false)"),
+            ],
+            "responses": {
+                200: ts.DeleteOutputSerializer,
+                **error_responses(400, 404, *FLASH_ERRORS),
+            },
+        },
+    ),
+    "timepoint_list_mine": (
+        "GET",
+        {
+            "tags": [TAG_TIMEPOINTS],
+            "summary": "Your timepoints, newest first",
+            "description": (
+                "Every timepoint you generated (sync, async and streamed), deleted ones left "
+                "out; also those whose generation answer was lost on the way to you."
+            ),
+            "parameters": [
+                _query("page", int, "≥ 1, default 1 (page * page_size ≤ 10 000)"),
+                _query("page_size", int, "1-100, default 20"),
+                _query("status", str, "pending, processing, completed or failed"),
+            ],
+            "responses": {200: ts.MineListSerializer, **error_responses(400, *FLASH_ERRORS)},
+        },
+    ),
+    "timepoint_by_slug": (
+        "GET",
+        {
+            "tags": [TAG_TIMEPOINTS],
+            "summary": "One timepoint by its share slug: yours, or a public one",
+            "description": PRIVACY,
+            "parameters": [
+                _path("slug", "The timepoint's slug (lower-case ASCII letters, digits, `_`, `-`)."),
+                _query("full", bool, "Include scene, characters, dialog…"),
+            ],
+            "responses": {
+                200: s.TimepointSerializer,
+                **error_responses(400, 404, *FLASH_ERRORS),
+            },
+        },
+    ),
+    "timepoint_characters": (
+        "GET",
+        {
+            "tags": [TAG_TIMEPOINTS],
+            "summary": "The characters of a timepoint (yours, or a public one)",
+            "description": (
+                "With each character's role-play system prompt. 404 `characters_not_ready` while "
+                f"the generation runs or when it failed. {PRIVACY}"
+            ),
+            "parameters": [TIMEPOINT_ID],
+            "responses": {
+                200: ts.CharactersSerializer,
+                **error_responses(400, 404, *FLASH_ERRORS),
             },
         },
     ),
@@ -155,11 +234,12 @@ ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
         {
             "tags": [TAG_TIMEPOINTS],
             "summary": "Publish or unpublish your timepoint (owner only)",
+            "description": "A timepoint that is not yours answers 404, whether or not it exists.",
             "parameters": [TIMEPOINT_ID],
             "request": s.VisibilityInputSerializer,
             "responses": {
                 200: s.TimepointSerializer,
-                **error_responses(400, 403, 404, *FLASH_ERRORS),
+                **error_responses(400, 404, *FLASH_ERRORS),
             },
         },
     ),
@@ -264,22 +344,25 @@ ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def _schema_view(name: str) -> type[APIView]:
-    method, schema = ROUTES[name]
+def _schema_view(*names: str) -> type[APIView]:
+    attrs: dict[str, Any] = {}
+    for name in names:
+        method, schema = ROUTES[name]
 
-    def handler(self: APIView, request: Any, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("schema only")  # pragma: no cover
+        def handler(self: APIView, request: Any, *args: Any, **kwargs: Any) -> Any:
+            raise NotImplementedError("schema only")  # pragma: no cover
 
-    handler.__doc__ = schema.get("summary", "")
-    attrs = {method.lower(): extend_schema(operation_id=f"relay_{name}", **schema)(handler)}
-    return type(f"Relay{name.title().replace('_', '')}Schema", (APIView,), attrs)
+        handler.__doc__ = schema.get("summary", "")
+        attrs[method.lower()] = extend_schema(operation_id=f"relay_{name}", **schema)(handler)
+    return type(f"Relay{names[0].title().replace('_', '')}Schema", (APIView,), attrs)
 
 
-def document(name: str) -> Callable[[Any], Any]:
-    """Attach route `name`'s schema to a plain view (see the module docstring)."""
+def document(*names: str) -> Callable[[Any], Any]:
+    """Attach the schema of route `names` (one per method of the URL) to a plain view (see the
+    module docstring)."""
 
     def decorator(view: Any) -> Any:
-        view.cls = _schema_view(name)
+        view.cls = _schema_view(*names)
         view.initkwargs = {}
         return view
 

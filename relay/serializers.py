@@ -71,7 +71,7 @@ class GenerateInputSerializer(serializers.Serializer):
         choices=["public", "private"],
         required=False,
         allow_null=True,
-        help_text="Exactly `public` or `private` (sync only; streamed timepoints are public).",
+        help_text="Exactly `public` (default) or `private`.",
     )
     request_context = serializers.DictField(required=False, allow_null=True)
     entity_ids = serializers.ListField(
@@ -104,11 +104,6 @@ class GenerateInputSerializer(serializers.Serializer):
         attrs.setdefault("preset", "balanced")
         if attrs.get("preset") is None:
             attrs["preset"] = "balanced"
-        if self.context.get("stream") and attrs.get("visibility") == "private":
-            # Flash ignores visibility on /stream and saves the timepoint public (pitfall 10).
-            raise serializers.ValidationError(
-                {"visibility": ["Streamed timepoints are always public; use POST /generate."]}
-            )
         return attrs
 
 

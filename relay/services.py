@@ -24,7 +24,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -210,6 +210,9 @@ class Generation:
     request_id: str
     reserved: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # Streams: awaited with Flash's final `done` event before it is passed on (the owner record
+    # of the streamed timepoint, `relay.timepoints`).
+    on_done: Callable[[bytes], Awaitable[None]] | None = None
 
     @property
     def flash_user_id(self) -> str:
@@ -534,7 +537,8 @@ async def generation_open_stream(generation: Generation) -> UpstreamStream:
         "POST",
         "/api/v1/timepoints/generate/stream",
         user_id=generation.flash_user_id,
-        json=outbound_generation_body(generation),
+        # Flash ignores `visibility` here (pitfall 10); the gateway applies it (relay.timepoints).
+        json={k: v for k, v in outbound_generation_body(generation).items() if k != "visibility"},
         extra_headers={
             "Accept": "text/event-stream",
             "Accept-Encoding": "identity",
@@ -619,6 +623,9 @@ async def generation_stream(
                 break
             for block in events.feed(chunk):
                 outcome = _event_outcome(block) or outcome
+                if outcome in ("completed", "failed") and generation.on_done is not None:
+                    on_done, generation.on_done = generation.on_done, None
+                    await on_done(block)
                 yield block + b"\n\n"
     finally:
         if pending is not None:

@@ -6,7 +6,7 @@ still reaches the view, which answers 400 `invalid_path` (rather than the resolv
 
 from django.urls import path, re_path
 
-from relay import api
+from relay import api, timepoint_api
 
 urlpatterns = [
     path("credits/balance", api.credits_balance, name="relay-credits-balance"),
@@ -14,12 +14,25 @@ urlpatterns = [
     path("credits/costs", api.credits_costs, name="relay-credits-costs"),
     path("generate", api.generate, name="relay-generate"),
     path("generate/stream", api.generate_stream, name="relay-generate-stream"),
+    path("timepoints/mine", timepoint_api.timepoint_list_mine, name="relay-timepoint-list-mine"),
+    path(
+        "timepoints/slug/<path:slug>",
+        timepoint_api.timepoint_by_slug,
+        name="relay-timepoint-by-slug",
+    ),
+    path(
+        "timepoints/<path:id>/characters",
+        timepoint_api.timepoint_characters,
+        name="relay-timepoint-characters",
+    ),
     path(
         "timepoints/<path:id>/visibility",
         api.timepoint_visibility,
         name="relay-timepoint-visibility",
     ),
-    path("timepoints/<path:id>", api.timepoint_detail, name="relay-timepoint-detail"),
+    # GET (read) and DELETE. Flash's /tdf, /temporal/… and /interactions/… routes are not
+    # relayed: they check neither owner nor visibility (pitfall 14).
+    path("timepoints/<path:id>", timepoint_api.timepoint_detail, name="relay-timepoint-detail"),
     path("moments", api.moment_list, name="relay-moment-list"),
     path("moments/<path:path>", api.moment_detail, name="relay-moment-detail"),
     path("browse", api.browse_root, name="relay-browse"),

@@ -124,13 +124,14 @@ def test_timepoint_get_and_visibility(gateway: Any, auth: Any, flash_peer: Any, 
     assert flash_peer.timepoint(mine)["visibility"] == "public"
 
     theirs = flash_peer.add_timepoint(flash_peer.add_user("auth0|other"), "private")
-    forbidden = gateway.get(f"/api/v1/timepoints/{theirs}", headers=auth)
-    assert forbidden.status_code == 403
-    assert forbidden.json() == {"detail": "This timepoint is private", "code": "upstream_forbidden"}
+    # Someone else's private timepoint answers exactly as an unknown id (Flash says 403).
+    hidden = gateway.get(f"/api/v1/timepoints/{theirs}", headers=auth)
+    assert hidden.status_code == 404
+    assert hidden.json() == {"detail": "Timepoint not found.", "code": "not_found"}
     not_owner = gateway.patch(
         f"/api/v1/timepoints/{theirs}/visibility", json={"visibility": "public"}, headers=auth
     )
-    assert not_owner.status_code == 403
+    assert not_owner.status_code == 404
     assert flash_peer.timepoint(theirs)["visibility"] == "private"
 
     deleted = flash_peer.add_timepoint(user.flash_user_id, "public", is_deleted=True)

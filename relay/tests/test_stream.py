@@ -168,13 +168,7 @@ def test_maximum_duration(
     assert usage()[0].partial is True
 
 
-def test_stream_refuses_private_and_checks_credits_first(
-    gateway: Any, auth: Any, flash_peer: Any, user: Any
-) -> None:
-    private = gateway.post(
-        STREAM, json={"query": "Apollo 11", "visibility": "private"}, headers=auth
-    )
-    assert private.status_code == 400
+def test_stream_checks_credits_first(gateway: Any, auth: Any, flash_peer: Any, user: Any) -> None:
     flash_peer.set_balance(user.flash_user_id, 0)
     poor = gateway.post(STREAM, json={"query": "Apollo 11"}, headers=auth)
     assert poor.status_code == 402 and poor.headers["content-type"] == "application/json"

@@ -1,0 +1,84 @@
+"""The relay's routes for a person's own timepoints (issue 23): list mine, open by slug, the
+characters, delete. Same pattern as `relay/api.py`: authenticated, rate-limited and metered by
+`relay_route`; the rules live in `relay/timepoints.py`."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+
+from relay import paths, services, timepoints
+from relay.api import PREFIX, _bool_param, _int_param, json_response, relay_route
+from relay.openapi import document
+from timepoint_billing.errors import BadRequest, InvalidPath
+
+# Flash's slugs: the lower-cased query's word characters and hyphens, a year, a 6-character
+# suffix (`generate_slug`), at most 100 characters. Only ASCII ones can be opened here: the relay
+# refuses percent-encoding in paths (relay/paths.py); others are opened by id.
+SLUG = re.compile(r"[a-z0-9_-]{1,100}")
+
+
+@document("timepoint_list_mine")
+@relay_route(f"{PREFIX}/timepoints/mine", "flash", ("GET",))
+async def timepoint_list_mine(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
+    status = request.GET.get("status")
+    if status is not None and status not in timepoints.STATUSES:
+        raise BadRequest(
+            f"status must be one of {', '.join(timepoints.STATUSES)}.", code="invalid_request"
+        )
+    body = await timepoints.timepoint_list_mine(
+        caller=call.caller,
+        page=_int_param(request, "page", 1, 1, timepoints.MINE_MAX_DEPTH),
+        page_size=_int_param(request, "page_size", 20, 1, 100),
+        status=status,
+    )
+    return json_response(body)
+
+
+@document("timepoint_by_slug")
+@relay_route(f"{PREFIX}/timepoints/slug/{{slug}}", "flash", ("GET",))
+async def timepoint_by_slug(
+    request: HttpRequest, call: services.RelayCall, **_: Any
+) -> HttpResponse:
+    slug = paths.path_parameter(request, f"{PREFIX}/timepoints/slug/")
+    if not SLUG.fullmatch(slug):
+        raise InvalidPath("A slug is lower-case letters, digits, `_` and `-`.")
+    body = await timepoints.timepoint_read_by_slug(
+        caller=call.caller, slug=slug, full=_bool_param(request, "full")
+    )
+    return json_response(body)
+
+
+@document("timepoint_characters")
+@relay_route(f"{PREFIX}/timepoints/{{id}}/characters", "flash", ("GET",))
+async def timepoint_characters(
+    request: HttpRequest, call: services.RelayCall, **_: Any
+) -> HttpResponse:
+    timepoint_id = paths.flash_timepoint_id(request, f"{PREFIX}/timepoints/", "/characters")
+    body = await timepoints.timepoint_characters(caller=call.caller, timepoint_id=timepoint_id)
+    return json_response(body)
+
+
+@document("timepoint_detail", "timepoint_delete")
+@relay_route(f"{PREFIX}/timepoints/{{id}}", "flash", ("GET", "DELETE"))
+async def timepoint_detail(
+    request: HttpRequest, call: services.RelayCall, **_: Any
+) -> HttpResponse:
+    """GET: one timepoint, yours or public. DELETE: one of yours (soft unless `permanent`)."""
+    timepoint_id = paths.flash_timepoint_id(request, f"{PREFIX}/timepoints/")
+    if request.method == "DELETE":
+        body = await timepoints.timepoint_delete(
+            caller=call.caller,
+            timepoint_id=timepoint_id,
+            permanent=_bool_param(request, "permanent"),
+        )
+    else:
+        body = await timepoints.timepoint_read(
+            caller=call.caller,
+            timepoint_id=timepoint_id,
+            full=_bool_param(request, "full"),
+            include_image=_bool_param(request, "include_image"),
+        )
+    return json_response(body)

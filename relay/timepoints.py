@@ -1,0 +1,462 @@
+"""A person's own timepoints: read (by id or slug), characters, "mine", delete, visibility, and
+the owner of streamed timepoints.
+
+Flash's privacy gaps the gateway closes here (upstreams.md A5, pitfalls 5, 10, 14):
+
+- Flash answers someone else's private timepoint with 403 "This timepoint is private", which
+  confirms the id exists: the gateway answers 404, exactly as for an unknown id. Its mutations
+  answer 403 to any non-owner; the gateway answers 404 there too (nothing of yours has that id).
+- Soft-deleted timepoints are still served by id, slug and characters: the gateway answers 404.
+- A mutation always carries the caller's `X-User-Id`: without one Flash skips its owner check.
+  The one exception is a streamed timepoint whose owner the gateway recorded (below): Flash gives
+  it no owner, so only a system call can delete it, and the gateway sends one only after checking
+  that the caller is the recorded owner.
+- Streamed timepoints are saved by Flash with no owner and as public, whatever was asked. The
+  gateway records the caller and the requested visibility from the stream's `done` event
+  (`StreamedTimepoint`) and enforces them on every route here. Flash's copy stays public: Flash
+  cannot hold a private timepoint without an owner that its owner could still read (its visibility
+  check needs `user_id`), and Flash is reachable only through the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from django.utils import timezone
+
+from accounts.authentication import Caller
+from relay import flash
+from relay.http import UpstreamResponse
+from relay.models import StreamedTimepoint, Visibility
+from relay.paths import FLASH_TIMEPOINT_ID
+from relay.services import check_flash_user, timepoint_public
+from timepoint_billing.db import run_db
+from timepoint_billing.errors import ApiError, BadRequest, NotFound, UpstreamError
+
+logger = logging.getLogger("timepoint.relay")
+
+STATUSES = ("pending", "processing", "completed", "failed")
+# "Mine" merges Flash's list with the gateway's streamed timepoints; the merge reads both lists
+# up to the end of the requested page, so the depth is bounded.
+MINE_MAX_DEPTH = 10_000
+FLASH_PAGE_MAX = 100
+LIST_ITEM_FIELDS = ("id", "query", "slug", "status", "year", "location", "has_image", "created_at")
+CHARACTER_FIELDS = (
+    "name",
+    "role",
+    "system_prompt",
+    "dialog_context",
+    "speaks_in_scene",
+    "personality",
+    "speaking_style",
+    "emotional_state",
+    "historical_note",
+)
+CHARACTERS_FIELDS = (
+    "timepoint_id",
+    "query",
+    "year",
+    "location",
+    "era",
+    "total_characters",
+    "speaking_characters",
+)
+
+
+def not_found() -> NotFound:
+    return NotFound("Timepoint not found.", code="not_found")
+
+
+def _decode(response: UpstreamResponse) -> Any:
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise UpstreamError("Flash returned an invalid answer.") from exc
+
+
+def access_error(response: UpstreamResponse) -> ApiError:
+    """Flash's answer to a timepoint route, with "not yours" told apart from nothing: a 403 from
+    a handler (`{"error", "detail"}`; its edge middleware's 403 has no `detail`) → 404."""
+    if response.status_code == 403:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and "detail" in body:
+            return not_found()
+    if response.status_code == 404:
+        return not_found()
+    return flash.error_from_flash(response)
+
+
+def _flash_ok(response: UpstreamResponse) -> Any:
+    if response.status_code != 200:
+        raise access_error(response)
+    return _decode(response)
+
+
+# --- The gateway's records of streamed timepoints
+
+
+def streamed_get(timepoint_id: str) -> StreamedTimepoint | None:
+    return StreamedTimepoint.objects.filter(timepoint_id=timepoint_id).first()
+
+
+def visible_to(record: StreamedTimepoint | None, caller: Caller) -> bool:
+    if record is None:
+        return True  # Flash's own rules apply
+    if record.deleted_at is not None:
+        return False
+    return record.visibility == Visibility.PUBLIC or record.user_id == caller.user.pk
+
+
+def done_payload(block: bytes) -> dict[str, Any] | None:
+    """The `data` of a Flash `done` event for a saved timepoint, None for any other event."""
+    data = b"".join(line[5:].lstrip() for line in block.split(b"\n") if line.startswith(b"data:"))
+    try:
+        event = json.loads(data) if data else None
+    except ValueError:
+        return None
+    if not isinstance(event, dict) or event.get("event") != "done":
+        return None
+    payload = event.get("data")
+    if not isinstance(payload, dict) or payload.get("saved") is False:
+        return None
+    timepoint_id = payload.get("timepoint_id")
+    if not isinstance(timepoint_id, str) or not flash_id_ok(timepoint_id):
+        return None
+    return payload
+
+
+def flash_id_ok(value: str) -> bool:
+    return bool(FLASH_TIMEPOINT_ID.fullmatch(value))
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def streamed_record(
+    *, user_id: int, visibility: str, query: str, request_id: str, done: dict[str, Any]
+) -> StreamedTimepoint:
+    """Record who a streamed timepoint belongs to (idempotent on the timepoint id)."""
+    location = done.get("location")
+    record, _ = StreamedTimepoint.objects.get_or_create(
+        timepoint_id=str(done["timepoint_id"]).lower(),
+        defaults={
+            "user_id": user_id,
+            "visibility": visibility,
+            "query": query[:500],
+            "slug": str(done.get("slug") or "")[:255],
+            "status": str(done.get("status") or "completed")[:16],
+            "year": _int_or_none(done.get("year")),
+            "location": location[:255] if isinstance(location, str) else None,
+            "has_image": done.get("has_image") is True,
+            "request_id": request_id[:64],
+        },
+    )
+    return record
+
+
+async def streamed_owner_record(
+    block: bytes, *, caller: Caller, payload: dict[str, Any], request_id: str
+) -> None:
+    """Called with each terminal stream event before it reaches the client: a `done` event of a
+    saved timepoint records its owner, so "mine" lists it as soon as the client sees `done`."""
+    done = done_payload(block)
+    if done is None:
+        return
+    try:
+        await run_db(
+            streamed_record,
+            user_id=caller.user.pk,
+            visibility=payload.get("visibility") or Visibility.PUBLIC,
+            query=str(payload.get("query") or ""),
+            request_id=request_id,
+            done=done,
+        )
+    except Exception:
+        # The timepoint exists in Flash either way; without the record it stays ownerless and
+        # public (as Flash made it), which is what the client was told streams are by default.
+        logger.exception(
+            "streamed timepoint owner not recorded",
+            extra={"request_id": request_id, "timepoint_id": done.get("timepoint_id")},
+        )
+
+
+# --- Reads
+
+
+def _apply_record(body: dict[str, Any], record: StreamedTimepoint | None) -> dict[str, Any]:
+    result = timepoint_public(body)
+    if record is not None:
+        # Flash says public; the gateway's record holds what the owner asked for.
+        result["visibility"] = record.visibility
+        if record.visibility == Visibility.PRIVATE:
+            result["share_url"] = None
+    return result
+
+
+async def _read(caller: Caller, flash_path: str, params: dict[str, Any]) -> dict[str, Any]:
+    user_id = check_flash_user(caller)
+    body = _flash_ok(await flash.acall("GET", flash_path, user_id=user_id, params=params))
+    if not isinstance(body, dict) or body.get("is_deleted"):
+        # Flash still serves soft-deleted timepoints (pitfall 14).
+        raise not_found()
+    timepoint_id = str(body.get("id") or "")
+    record = await run_db(streamed_get, timepoint_id.lower()) if flash_id_ok(timepoint_id) else None
+    if not visible_to(record, caller):
+        raise not_found()
+    return _apply_record(body, record)
+
+
+async def timepoint_read(
+    *, caller: Caller, timepoint_id: str, full: bool, include_image: bool
+) -> dict[str, Any]:
+    """One timepoint, by id: the caller's own, or a public one; anything else is 404."""
+    params = {"full": str(full).lower(), "include_image": str(include_image).lower()}
+    return await _read(caller, f"/api/v1/timepoints/{timepoint_id}", params)
+
+
+async def timepoint_read_by_slug(*, caller: Caller, slug: str, full: bool) -> dict[str, Any]:
+    """One timepoint, by its share slug, under the same rules as by id."""
+    return await _read(caller, f"/api/v1/timepoints/slug/{slug}", {"full": str(full).lower()})
+
+
+async def timepoint_characters(*, caller: Caller, timepoint_id: str) -> dict[str, Any]:
+    """The characters of a timepoint the caller may read. Flash's characters route serves
+    soft-deleted timepoints, so the timepoint itself is read alongside (in parallel)."""
+    user_id = check_flash_user(caller)
+    readable, characters = await asyncio.gather(
+        timepoint_read(caller=caller, timepoint_id=timepoint_id, full=False, include_image=False),
+        flash.acall("GET", f"/api/v1/timepoints/{timepoint_id}/characters", user_id=user_id),
+        return_exceptions=True,
+    )
+    if isinstance(readable, BaseException):
+        raise readable
+    if isinstance(characters, BaseException):
+        raise characters
+    if characters.status_code == 404:
+        raise NotFound(
+            "This timepoint has no characters yet (its generation may still be running).",
+            code="characters_not_ready",
+        )
+    body = _flash_ok(characters)
+    if not isinstance(body, dict) or not isinstance(body.get("characters"), list):
+        raise UpstreamError("Flash returned an invalid answer.")
+    result = {name: body.get(name) for name in CHARACTERS_FIELDS}
+    result["characters"] = [
+        {name: item.get(name) for name in CHARACTER_FIELDS}
+        for item in body["characters"]
+        if isinstance(item, dict)
+    ]
+    return result
+
+
+# --- Mine: Flash's list merged with the gateway's streamed timepoints
+
+
+def _when(value: Any) -> datetime:
+    """A created_at for ordering (Flash's has no offset on SQLite: UTC)."""
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        try:
+            moment = datetime.fromisoformat(str(value))
+        except ValueError:
+            return datetime.min.replace(tzinfo=UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _streamed_page(
+    *, user_id: int, status: str | None, limit: int
+) -> tuple[int, list[dict[str, Any]]]:
+    rows = StreamedTimepoint.objects.filter(user_id=user_id, deleted_at__isnull=True)
+    if status:
+        rows = rows.filter(status=status)
+    total = rows.count()
+    items = [
+        {
+            "id": row.timepoint_id,
+            "query": row.query,
+            "slug": row.slug,
+            "status": row.status,
+            "year": row.year,
+            "location": row.location,
+            "has_image": row.has_image,
+            "created_at": row.created_at.isoformat(),
+        }
+        for row in rows.order_by("-created_at", "-id")[:limit]
+    ]
+    return total, items
+
+
+async def _flash_list(
+    user_id: str, *, page: int, page_size: int, status: str | None
+) -> dict[str, Any]:
+    params: dict[str, Any] = {"page": page, "page_size": page_size}
+    if status:
+        params["status"] = status
+    body = _flash_ok(
+        await flash.acall("GET", "/api/v1/users/me/timepoints", user_id=user_id, params=params)
+    )
+    if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+        raise UpstreamError("Flash returned an invalid answer.")
+    return body
+
+
+async def _flash_window(
+    user_id: str, *, start: int, end: int, status: str | None
+) -> tuple[int, list[dict[str, Any]]]:
+    """Flash's items at positions [start, end) of its list (in pages of 100) and its total."""
+    first, last = start // FLASH_PAGE_MAX + 1, (end - 1) // FLASH_PAGE_MAX + 1
+    pages = await asyncio.gather(
+        *(
+            _flash_list(user_id, page=number, page_size=FLASH_PAGE_MAX, status=status)
+            for number in range(first, last + 1)
+        )
+    )
+    items = [item for body in pages for item in body["items"] if isinstance(item, dict)]
+    skip = start - (first - 1) * FLASH_PAGE_MAX
+    return int(pages[0].get("total") or 0), items[skip : skip + end - start]
+
+
+def _list_item(item: dict[str, Any]) -> dict[str, Any]:
+    return {name: item.get(name) for name in LIST_ITEM_FIELDS}
+
+
+async def timepoint_list_mine(
+    *, caller: Caller, page: int, page_size: int, status: str | None
+) -> dict[str, Any]:
+    """The caller's timepoints, newest first, deleted ones left out: what Flash owns for them
+    (sync and async generations) and the streamed ones the gateway recorded.
+
+    Both lists are sorted newest first, so page `p` of the merge lies within the first
+    `p * page_size` items of each; of Flash's list only the part that can land on the page is
+    read: the items before position `offset - k` (k = streamed items read) all come before it."""
+    user_id = check_flash_user(caller)
+    offset = (page - 1) * page_size
+    end = offset + page_size
+    if end > MINE_MAX_DEPTH:
+        raise BadRequest(
+            f"page * page_size may be at most {MINE_MAX_DEPTH}.", code="invalid_request"
+        )
+    streamed_total, streamed = await run_db(
+        _streamed_page, user_id=caller.user.pk, status=status, limit=end
+    )
+    if streamed_total == 0:
+        body = await _flash_list(user_id, page=page, page_size=page_size, status=status)
+        items = [_list_item(i) for i in body["items"] if isinstance(i, dict)]
+        total = int(body.get("total") or 0)
+        return {"items": items, "total": total, "page": page, "page_size": page_size}
+
+    start = max(0, offset - len(streamed)) if streamed_total <= end else 0
+    flash_total, window = await _flash_window(user_id, start=start, end=end, status=status)
+    # On equal times Flash's item counts as the newer one: the two orders never tie.
+    flash_keys = [(_when(item.get("created_at")), 1) for item in window]
+    streamed_keys = [(_when(item.get("created_at")), 0) for item in streamed]
+    placed: list[tuple[int, dict[str, Any]]] = []
+    for index, (item, key) in enumerate(zip(window, flash_keys, strict=True)):
+        position = start + index + sum(1 for other in streamed_keys if other > key)
+        placed.append((position, item))
+    for index, (item, key) in enumerate(zip(streamed, streamed_keys, strict=True)):
+        position = index + start + sum(1 for other in flash_keys if other > key)
+        placed.append((position, item))
+    placed.sort(key=lambda pair: pair[0])
+    items = [_list_item(item) for position, item in placed if offset <= position < end]
+    return {
+        "items": items,
+        "total": flash_total + streamed_total,
+        "page": page,
+        "page_size": page_size,
+    }
+
+
+# --- Mutations: owner only
+
+
+def _streamed_mark_deleted(timepoint_id: str, permanent: bool) -> None:
+    if permanent:
+        StreamedTimepoint.objects.filter(timepoint_id=timepoint_id).delete()
+    else:
+        StreamedTimepoint.objects.filter(timepoint_id=timepoint_id, deleted_at=None).update(
+            deleted_at=timezone.now()
+        )
+
+
+def _streamed_set_visibility(timepoint_id: str, visibility: str) -> None:
+    StreamedTimepoint.objects.filter(timepoint_id=timepoint_id).update(visibility=visibility)
+
+
+async def _owned_streamed(caller: Caller, timepoint_id: str) -> StreamedTimepoint | None:
+    """The gateway's record when the timepoint was streamed; 404 unless the caller owns it."""
+    record = await run_db(streamed_get, timepoint_id)
+    if record is not None and record.user_id != caller.user.pk:
+        raise not_found()
+    return record
+
+
+async def timepoint_delete(*, caller: Caller, timepoint_id: str, permanent: bool) -> dict[str, Any]:
+    """Delete one of the caller's timepoints (soft by default). Never an anonymous call to Flash,
+    except for a streamed timepoint the gateway recorded as the caller's (the module docstring)."""
+    user_id = check_flash_user(caller)
+    path = f"/api/v1/timepoints/{timepoint_id}"
+    params = {"permanent": str(permanent).lower()}
+    record = await _owned_streamed(caller, timepoint_id)
+    if record is None:
+        response = await flash.acall("DELETE", path, user_id=user_id, params=params)
+    else:
+        if record.deleted_at is not None and not permanent:
+            raise not_found()
+        response = await flash.acall("DELETE", path, user_id=None, params=params)
+        if response.status_code == 404:
+            # Gone from Flash already (a permanent delete whose answer was lost): forget it too.
+            await run_db(_streamed_mark_deleted, timepoint_id, True)
+        elif response.status_code == 200:
+            await run_db(_streamed_mark_deleted, timepoint_id, permanent)
+    body = _flash_ok(response)
+    if not isinstance(body, dict) or body.get("deleted") is not True:
+        raise UpstreamError("Flash returned an invalid answer.")
+    logger.info(
+        {
+            "event": "timepoint_deleted",
+            "timepoint_id": timepoint_id,
+            "permanent": permanent,
+            "user": caller.user.pk,
+            "streamed": record is not None,
+        }
+    )
+    return {"id": timepoint_id, "deleted": True, "permanent": permanent}
+
+
+async def timepoint_set_visibility(
+    *, caller: Caller, timepoint_id: str, visibility: str
+) -> dict[str, Any]:
+    """Publish or unpublish one of the caller's timepoints. A streamed one changes in the
+    gateway's record only (Flash's copy stays public, see the module docstring)."""
+    user_id = check_flash_user(caller)
+    record = await _owned_streamed(caller, timepoint_id)
+    if record is None:
+        # Always with the caller's X-User-Id: without it Flash skips the owner check (pitfall 5).
+        response = await flash.acall(
+            "PATCH",
+            f"/api/v1/timepoints/{timepoint_id}/visibility",
+            user_id=user_id,
+            json={"visibility": visibility},
+        )
+        body = _flash_ok(response)
+        if not isinstance(body, dict):
+            raise UpstreamError("Flash returned an invalid answer.")
+        if body.get("is_deleted"):
+            raise not_found()
+        return timepoint_public(body)
+    if record.deleted_at is not None:
+        raise not_found()
+    await run_db(_streamed_set_visibility, timepoint_id, visibility)
+    return await timepoint_read(
+        caller=caller, timepoint_id=timepoint_id, full=False, include_image=False
+    )
