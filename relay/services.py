@@ -614,6 +614,9 @@ async def generation_stream(
                 # still its last word (often `done`), to pass on and settle by.
                 for block in events.close():
                     outcome = _event_outcome(block) or outcome
+                    if outcome in ("completed", "failed") and generation.on_done is not None:
+                        on_done, generation.on_done = generation.on_done, None
+                        await on_done(block)
                     yield block + b"\n\n"
                 break
             except ApiError:  # the upstream connection failed (UpstreamStream maps it)

@@ -405,3 +405,26 @@ def test_mine_merges_streamed_timepoints_with_flashs_list_in_order(
             pages += _ids(listed)
         assert pages == newest_first, page_size
     assert _ids(gateway.get(f"{MINE}?status=failed", headers=auth)) == []
+
+
+def test_the_owner_is_recorded_from_a_done_event_without_its_empty_line(
+    gateway: Any, auth: Any, flash_peer: Any, user: Any, bob: Any
+) -> None:
+    """Flash's last event cut at the stream's end (and CRLF, byte by byte): still recorded."""
+    flash_peer.stream_line_end = b"\r\n"
+    flash_peer.stream_bytewise = True
+    flash_peer.stream_final_line_ends = 1
+    with gateway.stream(
+        "POST", STREAM, json={"query": "Apollo 11", "visibility": "private"}, headers=auth
+    ) as response:
+        raw = b"".join(response.iter_raw())
+    assert b'"event": "done"' in raw
+    (timepoint_id,) = _flash_ids(flash_peer)
+    assert _ids(gateway.get(MINE, headers=auth)) == [timepoint_id]
+    hidden = gateway.get(f"/api/v1/timepoints/{timepoint_id}", headers=bob.headers)
+    assert hidden.status_code == 404
+
+
+def _flash_ids(flash_peer: Any) -> list[str]:
+    with flash_peer.lock:
+        return list(flash_peer.timepoints)
