@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import secrets
 import threading
@@ -29,6 +30,17 @@ BALANCE_READ_TIMEOUT = 2.0  # seconds; `GET /auth/me` must stay fast when Flash 
 
 
 def token_digest(raw: str) -> str:
+    """The stored form of a session token: HMAC-SHA256 under the server secret that keys API-key
+    digests (with its own label, so a session digest never equals a key's), so a copy of the
+    table alone cannot be checked against guessed tokens."""
+    message = b"gateway-session:" + raw.encode()
+    return hmac.new(settings.API_KEY_DIGEST_SECRET.encode(), message, hashlib.sha256).hexdigest()
+
+
+def _legacy_token_digest(raw: str) -> str:
+    """Before issue 22 sessions were stored as a plain SHA-256; such a row is re-keyed the first
+    time its token is used. Sessions live SESSION_TOKEN_TTL_SECONDS (7 days), so after that long
+    from the deploy no legacy row can still authenticate and this fallback can go."""
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
@@ -43,11 +55,19 @@ def session_create(*, user: User) -> tuple[GatewaySession, str]:
 
 
 def caller_from_session_token(raw: str) -> Caller:
-    session = (
-        GatewaySession.objects.select_related("user").filter(token_digest=token_digest(raw)).first()
-    )
+    """The caller for a raw session token, looked up by its keyed digest (a unique index) and
+    compared in constant time, or Unauthenticated(code="invalid_session")."""
+    digest = token_digest(raw)
+    sessions = GatewaySession.objects.select_related("user")
+    session = sessions.filter(token_digest=digest).first()
+    if session is None and raw.startswith(SESSION_PREFIX):
+        session = sessions.filter(token_digest=_legacy_token_digest(raw)).first()
+        if session is not None:
+            GatewaySession.objects.filter(pk=session.pk).update(token_digest=digest)
+            session.token_digest = digest
     if (
         session is None
+        or not hmac.compare_digest(session.token_digest, digest)
         or not session.is_active()
         or not session.user.is_active
         or session.user.deleted_at

@@ -272,3 +272,42 @@ def test_deleted_user_sessions_are_refused(
     account_delete(user=user)
     response = client.get(ME, **auth_headers)
     assert response.status_code == 401
+
+
+@pytest.mark.django_db
+def test_session_tokens_are_stored_as_a_digest_keyed_with_the_server_secret(
+    client: Any, user: Any, settings: Any, bearer: Any
+) -> None:
+    """A copy of the sessions table is not enough to check guessed tokens: the digest needs the
+    server secret, so the same token under another secret does not authenticate."""
+    import hashlib
+
+    from accounts.services import session_create
+
+    session, raw = session_create(user=user)
+    assert session.token_digest != hashlib.sha256(raw.encode()).hexdigest()
+    assert client.get(ME, **bearer(raw)).status_code == 200
+    settings.API_KEY_DIGEST_SECRET = "another-server-secret-0123456789abcdef"
+    refused = client.get(ME, **bearer(raw))
+    assert refused.status_code == 401 and refused.json()["code"] == "invalid_session"
+
+
+@pytest.mark.django_db
+def test_a_session_stored_before_keyed_digests_still_works_and_is_rekeyed(
+    client: Any, user: Any, bearer: Any
+) -> None:
+    import hashlib
+
+    from accounts.services import token_digest
+
+    raw = "tps_" + "legacy-session-token-0123456789abcdefghij"
+    legacy = GatewaySession.objects.create(
+        user=user,
+        token_digest=hashlib.sha256(raw.encode()).hexdigest(),
+        prefix=raw[:10],
+        expires_at=timezone.now() + timedelta(days=1),
+    )
+    assert client.get(ME, **bearer(raw)).status_code == 200
+    legacy.refresh_from_db()
+    assert legacy.token_digest == token_digest(raw)  # re-keyed on first use
+    assert client.get(ME, **bearer(raw)).status_code == 200
