@@ -768,6 +768,8 @@ _RECORDERS: dict[str, Callable[[StripeWebhookEvent, dict[str, Any]], None]] = {
     "charge.refunded": lambda event, obj: _record_refund(obj),
     "charge.dispute.created": lambda event, obj: _record_dispute(obj),
 }
+# What the webhook endpoint must send: what is recorded, and what moves plans.
+STRIPE_WEBHOOK_EVENTS = sorted({*_RECORDERS, *SUBSCRIPTION_EVENTS})
 
 
 def _parse_stripe_event(payload: bytes) -> dict[str, Any]:

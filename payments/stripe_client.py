@@ -170,3 +170,31 @@ def invoice_lines(invoice_id: str) -> list[dict[str, Any]]:
         return [dict(line.to_dict()) for line in page.auto_paging_iter()]
     except stripe.StripeError as exc:
         raise _map_error(exc) from exc
+
+
+def webhook_endpoints() -> list[dict[str, Any]]:
+    """The account's webhook endpoints (their `api_version` is null when they follow the
+    account's default version)."""
+    configure()
+    try:
+        page = stripe.WebhookEndpoint.list(limit=100)
+        return [dict(endpoint.to_dict()) for endpoint in page.auto_paging_iter()]
+    except stripe.StripeError as exc:
+        raise _map_error(exc) from exc
+
+
+def webhook_endpoint_create(*, url: str, events: list[str]) -> dict[str, Any]:
+    """A webhook endpoint pinned to `STRIPE_API_VERSION`: its payloads keep that shape whatever
+    the account's default version becomes. The answer carries the signing secret (only here)."""
+    configure()
+    params: dict[str, Any] = {  # the SDK types both lists as literals of every name it knows
+        "url": url,
+        "enabled_events": events,
+        "api_version": settings.STRIPE_API_VERSION,
+        "description": "timepoint-billing gateway",
+    }
+    try:
+        endpoint = stripe.WebhookEndpoint.create(**params)
+    except stripe.StripeError as exc:
+        raise _map_error(exc) from exc
+    return dict(endpoint.to_dict())

@@ -32,6 +32,7 @@ COLLECTIONS = {
     "balance_transactions": "balance_transaction",
     "checkout/sessions": "checkout.session",
     "events": "event",
+    "webhook_endpoints": "webhook_endpoint",
 }
 
 
@@ -122,9 +123,11 @@ class FakeStripe:
             if kind == "invoice" and rest.endswith("/lines"):
                 invoice = self.objects.get(rest.split("/", 1)[0]) or {}
                 return list((invoice.get("lines") or {}).get("data") or [])
-            if kind != "invoice_payment" or rest:
+            if kind not in ("invoice_payment", "webhook_endpoint") or rest:
                 return []
             rows = [obj for obj in self.objects.values() if obj.get("object") == kind]
+        if kind == "webhook_endpoint":  # the secret is shown only when it is created
+            return [{**row, "secret": None} for row in rows]
         wanted = params.get("payment") or {}
         return [
             row
@@ -169,6 +172,22 @@ class FakeStripe:
                     "status": "open",
                     "payment_status": "unpaid",
                     "livemode": False,
+                    "created": int(time.time()),
+                }
+            )
+        if method == "POST" and path == "/v1/webhook_endpoints":
+            return 200, self.put(
+                {
+                    "id": self.new_id("we"),
+                    "object": "webhook_endpoint",
+                    "url": params.get("url"),
+                    "api_version": params.get("api_version"),
+                    "enabled_events": list((params.get("enabled_events") or {}).values()),
+                    "description": params.get("description"),
+                    "secret": f"whsec_{self.new_id('secret')}",
+                    "status": "enabled",
+                    "livemode": False,
+                    "metadata": {},
                     "created": int(time.time()),
                 }
             )

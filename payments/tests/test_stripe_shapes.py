@@ -5,11 +5,14 @@ Like every payments test, each runs with objects in the current shape and in the
 
 from __future__ import annotations
 
+from io import StringIO
 from typing import Any
 
+import pytest
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.test import Client
 
 from accounts.models import User
@@ -306,3 +309,49 @@ def test_staff_retry_while_stripe_is_down_says_so_and_grants_later(
     call_command("run_grants", "--once")
     assert CreditGrant.objects.get().amount == 1000
     assert len(_flash_grants(flash_peer, user)) == 1
+
+
+WEBHOOK_URL = "https://api.timepointai.com/api/v1/billing/webhooks/stripe"
+
+
+def _endpoint_command() -> tuple[str, str]:
+    out, err = StringIO(), StringIO()
+    call_command("stripe_webhook_endpoint", "--url", WEBHOOK_URL, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_webhook_endpoint_is_created_pinned_to_the_code_version(db: Any, stripe_api: FakeStripe):
+    """Payloads follow the endpoint's version: one left on the account's default would change
+    shape when someone upgrades the account in the Dashboard. The command creates it pinned."""
+    stripe_api.put(
+        {
+            "id": "we_dashboard",
+            "object": "webhook_endpoint",
+            "url": WEBHOOK_URL,
+            "api_version": None,  # made in the Dashboard: follows the account's default
+            "enabled_events": ["*"],
+            "status": "enabled",
+        }
+    )
+
+    out, err = _endpoint_command()
+
+    (created,) = stripe_api.calls("POST", "/v1/webhook_endpoints")
+    assert created["api_version"] == settings.STRIPE_API_VERSION == "2026-05-27.dahlia"
+    assert created["url"] == WEBHOOK_URL
+    events = set(created["enabled_events"].values())
+    assert {"invoice.paid", "charge.refunded", "charge.dispute.created"} <= events
+    assert "customer.subscription.updated" in events
+    assert "signing secret (shown once): whsec_" in out
+    assert "Disable we_dashboard" in err
+
+    # Run again: the pinned endpoint is there, nothing is created twice.
+    out, _ = _endpoint_command()
+    assert "already sends" in out
+    assert len(stripe_api.calls("POST", "/v1/webhook_endpoints")) == 1
+
+
+def test_webhook_endpoint_command_reports_stripe_failures(db: Any, stripe_api: FakeStripe):
+    stripe_api.down = True
+    with pytest.raises(CommandError, match="Stripe"):
+        _endpoint_command()
