@@ -836,11 +836,12 @@ class FlashPeer:
         if self.generation_delay > 0:
             await asyncio.sleep(self.generation_delay)
         outcome = self.generation_outcome
-        self._finish_timepoint(tp, outcome, started)
         if charge is not None and outcome == "error":
-            # Refunded only when the background task raises (a "failed" run is not).
+            # Refunded only when the background task raises (a "failed" run is not). Flash
+            # commits the refund with the `failed` status, so nobody sees one without the other.
             description = f"Refund (background generation failed): {tp.query[:60]}"
             self._settle(charge, refunded=True, refund_description=description)
+        self._finish_timepoint(tp, outcome, started)
 
     def _stream_events(self, tp: Timepoint, gen: GenerateRequest) -> list[dict[str, Any]]:
         preset = gen.preset if gen.preset and gen.preset.lower() in PRESETS else "balanced"

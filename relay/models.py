@@ -1,4 +1,5 @@
-"""What the relay must remember about timepoints that Flash does not (upstreams.md pitfall 10).
+"""What the relay must remember about timepoints that Flash does not (upstreams.md pitfall 10),
+and the asynchronous generations it has yet to settle (relay/async_generation.py).
 
 Flash saves a streamed timepoint with no owner and as public, and it cannot hold a private
 timepoint without an owner that anyone could still read. So the gateway keeps the owner and the
@@ -45,3 +46,35 @@ class StreamedTimepoint(models.Model):
 
     def __str__(self) -> str:
         return f"{self.timepoint_id} ({self.visibility}, user {self.user_id})"
+
+
+class AsyncGenerationState(models.TextChoices):
+    RUNNING = "running"
+    COMPLETED = "completed"  # charged, nothing to give back
+    REFUNDED_BY_FLASH = "refunded_by_flash"  # the background run raised: Flash refunded it
+    REFUNDED = "refunded"  # failed without Flash's refund: the gateway recorded one
+
+
+class AsyncGeneration(models.Model):
+    """A generation started with `POST /generate/async`, until it is settled."""
+
+    timepoint_id = models.CharField(max_length=36, unique=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="async_generations"
+    )
+    flash_user_id = models.CharField(max_length=64)
+    query = models.CharField(max_length=500)
+    preset = models.CharField(max_length=32)
+    cost = models.PositiveIntegerField()
+    request_id = models.CharField(max_length=64)
+    state = models.CharField(
+        max_length=20, choices=AsyncGenerationState.choices, default=AsyncGenerationState.RUNNING
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.timepoint_id} ({self.state})"

@@ -140,6 +140,26 @@ ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
             },
         },
     ),
+    "generate_async": (
+        "POST",
+        {
+            "tags": [TAG_GENERATION],
+            "summary": "Start a generation and poll it (Flash's asynchronous generate)",
+            "description": (
+                "Answers 202 at once with the timepoint's `id` (and `Location`/`poll_url`): poll "
+                "`GET /timepoints/{id}` until `status` is `completed` or `failed`. The body is the "
+                f"one of `POST /generate` (`visibility` applies). {CHARGING} Flash charges when it "
+                "accepts; a run that ends `failed` is refunded exactly once (by Flash when its "
+                "run raised, otherwise by the gateway: a `refund` grant in Flash's ledger), also "
+                "when nobody polls it. A test key gets a simulated answer that cannot be polled."
+            ),
+            "request": s.GenerateInputSerializer,
+            "responses": {
+                202: ts.AsyncGenerateOutputSerializer,
+                **error_responses(400, 402, 403, 404, *FLASH_ERRORS),
+            },
+        },
+    ),
     "timepoint_detail": (
         "GET",
         {

@@ -1,16 +1,25 @@
 """The relay's routes for a person's own timepoints (issue 23): list mine, open by slug, the
-characters, delete. Same pattern as `relay/api.py`: authenticated, rate-limited and metered by
-`relay_route`; the rules live in `relay/timepoints.py`."""
+characters, delete, and asynchronous generation. Same pattern as `relay/api.py`: authenticated,
+rate-limited and metered by `relay_route`; the rules live in `relay/timepoints.py` and
+`relay/async_generation.py`."""
 
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 
-from relay import paths, services, timepoints
-from relay.api import PREFIX, _bool_param, _int_param, json_response, relay_route
+from relay import async_generation, paths, services, timepoints
+from relay.api import (
+    PREFIX,
+    _bool_param,
+    _int_param,
+    _prepared_generation,
+    json_response,
+    relay_route,
+)
 from relay.openapi import document
 from timepoint_billing.errors import BadRequest, InvalidPath
 
@@ -82,3 +91,26 @@ async def timepoint_detail(
             include_image=_bool_param(request, "include_image"),
         )
     return json_response(body)
+
+
+@document("generate_async")
+@relay_route(f"{PREFIX}/generate/async", "flash", ("POST",), spends_credits=True)
+async def generate_async(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
+    generation = await _prepared_generation(request, call, stream=False)
+    if call.caller.is_test_mode:
+        response = json_response(
+            {
+                "id": str(uuid.uuid4()),
+                "status": "completed",
+                "poll_url": None,
+                "request_context": generation.payload.get("request_context"),
+                "test_mode": True,
+            }
+        )
+        response["X-Test-Mode"] = "simulated"
+        return response
+    await services.generation_admit(generation)
+    body = await async_generation.generation_start_async(generation, call)
+    response = json_response(body, status=202)
+    response["Location"] = body["poll_url"]
+    return response

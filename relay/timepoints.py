@@ -29,7 +29,7 @@ from typing import Any
 from django.utils import timezone
 
 from accounts.authentication import Caller
-from relay import flash
+from relay import async_generation, flash
 from relay.http import UpstreamResponse
 from relay.models import StreamedTimepoint, Visibility
 from relay.paths import FLASH_TIMEPOINT_ID
@@ -104,6 +104,11 @@ def _flash_ok(response: UpstreamResponse) -> Any:
 
 def streamed_get(timepoint_id: str) -> StreamedTimepoint | None:
     return StreamedTimepoint.objects.filter(timepoint_id=timepoint_id).first()
+
+
+def _records(timepoint_id: str) -> tuple[StreamedTimepoint | None, bool]:
+    """The streamed record, and whether an async generation of it is still to be settled."""
+    return streamed_get(timepoint_id), async_generation.async_generation_running(timepoint_id)
 
 
 def visible_to(record: StreamedTimepoint | None, caller: Caller) -> bool:
@@ -207,10 +212,21 @@ async def _read(caller: Caller, flash_path: str, params: dict[str, Any]) -> dict
     if not isinstance(body, dict) or body.get("is_deleted"):
         # Flash still serves soft-deleted timepoints (pitfall 14).
         raise not_found()
-    timepoint_id = str(body.get("id") or "")
-    record = await run_db(streamed_get, timepoint_id.lower()) if flash_id_ok(timepoint_id) else None
+    timepoint_id = str(body.get("id") or "").lower()
+    record, running = (
+        await run_db(_records, timepoint_id) if flash_id_ok(timepoint_id) else (None, False)
+    )
     if not visible_to(record, caller):
         raise not_found()
+    if running and body.get("status") in async_generation.FINAL_STATUSES:
+        try:
+            await run_db(
+                async_generation.async_generation_settle,
+                timepoint_id=timepoint_id,
+                status=str(body["status"]),
+            )
+        except Exception:  # the worker settles it on its next pass
+            logger.exception("async generation not settled", extra={"timepoint_id": timepoint_id})
     return _apply_record(body, record)
 
 

@@ -14,6 +14,7 @@ urlpatterns = [
     path("credits/costs", api.credits_costs, name="relay-credits-costs"),
     path("generate", api.generate, name="relay-generate"),
     path("generate/stream", api.generate_stream, name="relay-generate-stream"),
+    path("generate/async", timepoint_api.generate_async, name="relay-generate-async"),
     path("timepoints/mine", timepoint_api.timepoint_list_mine, name="relay-timepoint-list-mine"),
     path(
         "timepoints/slug/<path:slug>",

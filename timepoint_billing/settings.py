@@ -271,6 +271,9 @@ CLOCKCHAIN_CACHE_SECONDS = env_float("CLOCKCHAIN_CACHE_SECONDS", 10.0)
 FLASH_COSTS_CACHE_SECONDS = env_float("FLASH_COSTS_CACHE_SECONDS", 60.0)
 # Flash writes a stream's charge back after the stream closes; the reservation outlives it by this.
 RELAY_STREAM_SETTLE_SECONDS = env_float("RELAY_STREAM_SETTLE_SECONDS", 2.0)
+# An async generation still `processing` in Flash after this long is settled as failed (refunded):
+# Flash's background task dies with its process and never refunds then.
+ASYNC_GENERATION_STALE_SECONDS = env_int("ASYNC_GENERATION_STALE_SECONDS", 1800)
 
 # --- Stripe and Apple (payments)
 STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "")

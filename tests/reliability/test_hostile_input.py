@@ -342,6 +342,7 @@ def test_identity_headers_never_reach_either_peer_on_any_route(
         ("GET", "/api/v1/credits/costs", b""),
         ("POST", "/api/v1/generate", b'{"query": "Apollo 11"}'),
         ("POST", "/api/v1/generate/stream", b'{"query": "Apollo 11"}'),
+        ("POST", "/api/v1/generate/async", b'{"query": "Apollo 11"}'),
         ("GET", f"/api/v1/timepoints/{UUID}", b""),
         ("PATCH", f"/api/v1/timepoints/{UUID}/visibility", b'{"visibility": "public"}'),
         ("GET", "/api/v1/timepoints/mine", b""),

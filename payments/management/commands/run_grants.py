@@ -2,10 +2,11 @@
 
 The only process that delivers grants: web processes record them and nudge it
 (`payments.services.worker_nudge`). Delivers due grants to Flash, processes and retries stored
-Stripe events (the dj-stripe mirror and plan work), and rolls usage up (today and yesterday)
-every METERING_ROLLUP_INTERVAL_SECONDS so the usage endpoints and dashboards stay fresh. Several
-may run at once: every grant and event is claimed by exactly one of them, and one roll-up runs
-at a time."""
+Stripe events (the dj-stripe mirror and plan work), settles asynchronous generations nobody polled
+(relay/async_generation.py), and rolls usage up (today and yesterday) every
+METERING_ROLLUP_INTERVAL_SECONDS so the usage endpoints and dashboards stay fresh. Several may run
+at once: every grant and event is claimed by exactly one of them, and one roll-up runs at a
+time."""
 
 from __future__ import annotations
 
@@ -19,10 +20,14 @@ from django.db import close_old_connections
 
 from metering.services import usage_rollup_recent
 from payments.services import grants_deliver_due, stripe_events_process_due, worker_wait
+from relay.async_generation import async_generations_settle_due
 
 
 class Command(BaseCommand):
-    help = "Deliver credit grants to Flash (exactly once), retry Stripe events, roll usage up."
+    help = (
+        "Deliver credit grants to Flash (exactly once), retry Stripe events, settle async "
+        "generations, roll usage up."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--once", action="store_true", help="one pass, then exit")
@@ -53,8 +58,12 @@ class Command(BaseCommand):
         while True:
             grants = grants_deliver_due()
             events = stripe_events_process_due()
-            if grants or events or options["verbosity"] > 1:
-                self.stdout.write(f"grants claimed: {grants}, events processed: {events}")
+            settled = async_generations_settle_due()
+            if grants or events or settled or options["verbosity"] > 1:
+                self.stdout.write(
+                    f"grants claimed: {grants}, events processed: {events}, "
+                    f"async generations settled: {settled}"
+                )
             if time.monotonic() >= next_rollup:
                 usage_rollup_recent()
                 next_rollup = time.monotonic() + settings.METERING_ROLLUP_INTERVAL_SECONDS
