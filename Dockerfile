@@ -1,4 +1,5 @@
-# Production image: gunicorn running the ASGI app with uvicorn-worker's UvicornWorker.
+# Production image: gunicorn running the ASGI app with the project's uvicorn worker
+# (gunicorn.conf.py holds the server's settings; `make run` and the tests start the same server).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -10,14 +11,17 @@ COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 
 COPY . .
-RUN SECRET_KEY=build-only-collectstatic python manage.py collectstatic --noinput \
+# Static files hashed and compressed into the image (WhiteNoise serves them, README). Built
+# before ENVIRONMENT=production applies: the build has none of the runtime secrets.
+RUN SECRET_KEY=build-only-collectstatic ENVIRONMENT=build python manage.py collectstatic --noinput -v 0 \
     && useradd --create-home --uid 10001 gateway && chown -R gateway /app
 USER gateway
+
+# Production by default: the settings refuse to start while a required secret is unset or a
+# development default (README, Deployment). `docker run -e ENVIRONMENT=staging` opts out.
+ENV ENVIRONMENT=production
 
 EXPOSE 8000
 # The web process. The grant worker runs from the same image as a second service:
 #   python manage.py run_grants
-# No --access-logfile: the request middleware writes the one JSON line per request. The client
-# address (the auth-failure limit's key) is taken from X-Forwarded-For only when the connection
-# comes from FORWARDED_ALLOW_IPS, the proxy in front (README, Configuration).
-CMD ["sh", "-c", "python manage.py migrate --noinput && exec gunicorn timepoint_billing.asgi:application -k timepoint_billing.server.GatewayUvicornWorker --bind 0.0.0.0:${PORT} --workers ${WEB_CONCURRENCY} --graceful-timeout 30 --timeout 420 --keep-alive 75 --forwarded-allow-ips \"${FORWARDED_ALLOW_IPS:-127.0.0.1}\""]
+CMD ["sh", "-c", "python manage.py migrate --noinput && exec gunicorn -c gunicorn.conf.py"]

@@ -2,15 +2,45 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from django.test.utils import override_settings
 
 from devpeers import netguard
 
 # Before any test code runs: blocking sockets, asyncio's loop and uvloop's libuv connects.
 netguard.install()
+
+# Pages rendered in this process (Django's test client) name their static files unhashed: the
+# hashed names need a collected STATIC_ROOT. The production servers the suite starts (browser
+# tests, reliability) serve the collected, hashed files as the image does (`collected_static`).
+override_settings(
+    STORAGES={
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+).enable()
+
+
+@pytest.fixture(scope="session")
+def collected_static() -> Path:
+    """STATIC_ROOT collected (hashed and compressed) for the production servers tests start; a
+    collection newer than every source file is reused."""
+    from django.conf import settings
+
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic_if_changed"],
+        cwd=settings.BASE_DIR,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return Path(settings.STATIC_ROOT)
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,10 @@
 """`make run`: the gateway on embedded defaults, with the background worker (grants, usage
 roll-ups) and the Flash and Clockchain contract peers started alongside so the relay answers
-locally. Ctrl-C stops everything."""
+locally. Ctrl-C stops everything.
+
+The gateway is the production server (gunicorn with the project's uvicorn worker, configured by
+gunicorn.conf.py, as the Dockerfile starts it) serving the collected, hashed static files; one
+worker by default (`WEB_CONCURRENCY`), since the in-process limiter is per process."""
 
 from __future__ import annotations
 
@@ -23,6 +27,10 @@ def main() -> int:
     args = parser.parse_args()
 
     env = dict(os.environ)
+    # Hashed, compressed static files for WhiteNoise (seconds; skipped when nothing changed).
+    subprocess.run(  # noqa: S603 - fixed argv
+        [sys.executable, "manage.py", "collectstatic_if_changed"], cwd=ROOT, env=env, check=True
+    )
     env.setdefault("FLASH_URL", f"http://127.0.0.1:{args.flash_port}")
     env.setdefault("CLOCKCHAIN_URL", f"http://127.0.0.1:{args.clockchain_port}")
     peers = subprocess.Popen(  # noqa: S603 - fixed argv
@@ -46,15 +54,13 @@ def main() -> int:
             [
                 sys.executable,
                 "-m",
-                "uvicorn",
-                "timepoint_billing.asgi:application",
-                "--host",
-                args.host,
-                "--port",
-                str(args.port),
-                "--no-access-log",
-                "--lifespan",
-                "on",  # the shutdown writes the buffered usage records
+                "gunicorn",
+                "-c",
+                "gunicorn.conf.py",
+                "--bind",
+                f"{args.host}:{args.port}",
+                "--workers",
+                env.get("WEB_CONCURRENCY", "1"),
             ],
             cwd=ROOT,
             env=env,

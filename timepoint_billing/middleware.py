@@ -16,6 +16,7 @@ from django.contrib.messages import middleware as messages
 from django.contrib.sessions import middleware as sessions
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, StreamingHttpResponse
 from django.middleware import clickjacking, common, csrf, security
+from whitenoise.middleware import WhiteNoiseMiddleware
 
 from timepoint_billing.asgi_handler import BODY_TOO_LARGE
 from timepoint_billing.errors import answers_json, error_response
@@ -213,3 +214,46 @@ class CsrfViewMiddleware(BrowserOnlyMixin, csrf.CsrfViewMiddleware):
             return None
         check = sync_to_async(csrf.CsrfViewMiddleware.process_view, thread_sensitive=True)
         return await check(self, request, callback, callback_args, callback_kwargs)
+
+
+# --- Static files (issue 15)
+
+
+class StaticFilesMiddleware(WhiteNoiseMiddleware):
+    """WhiteNoise's middleware, async-capable so it costs the JSON API no thread hop.
+
+    WhiteNoise's own middleware is sync-only: in the ASGI stack Django would wrap everything below
+    it in a thread hop per request, undoing the work above. The lookup is a dict hit on the
+    request path (the files under STATIC_ROOT, read once at start), so it runs inline. A hit is
+    answered with the file read whole: Django would consume WhiteNoise's sync file iterator in a
+    thread anyway (with a warning), the files are at most a few hundred kB compressed, and hashed
+    names are cached by browsers for a year."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Any) -> None:
+        super().__init__(get_response)
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self.__acall__(request)
+        return super().__call__(request)
+
+    async def __acall__(self, request: HttpRequest) -> Any:
+        static_file = self.files.get(request.path_info)
+        if static_file is None:
+            return await self.get_response(request)
+        answer = static_file.get_response(request.method, request.META)
+        body = b""
+        if answer.file is not None:
+            with answer.file as handle:
+                body = handle.read()
+        response = HttpResponse(body, status=int(answer.status))
+        del response["Content-Type"]  # WhiteNoise's headers carry the right one
+        for name, value in answer.headers:
+            response[name] = value
+        return response

@@ -96,6 +96,7 @@ MIDDLEWARE = [
     "timepoint_billing.middleware.RequestContextMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "timepoint_billing.middleware.SecurityMiddleware",
+    "timepoint_billing.middleware.StaticFilesMiddleware",  # WhiteNoise (issue 15)
     "timepoint_billing.middleware.SessionMiddleware",
     "timepoint_billing.middleware.CommonMiddleware",
     "timepoint_billing.middleware.CsrfViewMiddleware",
@@ -425,7 +426,7 @@ CORS_EXPOSE_HEADERS = [
 
 # --- Static files, i18n, security
 STATIC_URL = "/static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -452,6 +453,20 @@ SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
 HEALTH_CHECK_TOKEN = env_str("HEALTH_CHECK_TOKEN", "")
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
+
+# --- Static files served by the gateway itself (WhiteNoise, issue 15)
+# `collectstatic` writes every file under a content hash (plus .gz and .br copies); the gateway
+# serves them from STATIC_ROOT with a year-long `immutable` cache, in every mode (make run, the
+# image, Railway), through timepoint_billing.middleware.StaticFilesMiddleware. A page that names a
+# file the collection lacks fails loudly (the manifest is strict), never with a silent 404.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+WHITENOISE_MAX_AGE = env_int("STATIC_MAX_AGE_SECONDS", 3600)  # unhashed names only
+WHITENOISE_AUTOREFRESH = False  # collected files only, read once per worker at start
+# Served at the site's root: browsers ask every host for /favicon.ico.
+WHITENOISE_ROOT = BASE_DIR / "timepoint_billing" / "public"
 
 LOGGING = {
     "version": 1,

@@ -1,6 +1,9 @@
-"""Browser tests: Debian's Chromium, headless, driven by Selenium against pytest-django's live
-server. Skipped with a message when Chromium, chromedriver or Selenium is missing, so `make test`
-passes on a machine without a browser; `.ci/run` installs Chromium and runs them.
+"""Browser tests: Debian's Chromium, headless, driven by Selenium against the production server
+(`site`: gunicorn + the project's uvicorn worker, 2 workers, DEBUG off, the collected and hashed
+static files served by WhiteNoise: what `make run` and the Dockerfile start), sharing the test's
+database. Every page load is checked: no failed request, no console error (`page`). Skipped with a
+message when Chromium, chromedriver or Selenium is missing, so `make test` passes on a machine
+without a browser; `.ci/run` installs Chromium and runs them.
 
 Chromium is started with every background-networking feature off and a host-resolver rule that
 answers "not found" for any name but loopback: a page that tries to load anything from outside
@@ -9,6 +12,7 @@ this machine fails visibly instead of reaching out.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -18,6 +22,8 @@ from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
+
+from tests.reliability.conftest import ProductionGateway, live_database_url
 
 # Debian's paths; the variables exist to try the skip path on a machine that has Chromium.
 CHROMIUM = Path(os.environ.get("TPB_CHROMIUM", "/usr/bin/chromium"))
@@ -78,6 +84,8 @@ def chrome() -> Iterator[Any]:
         "--window-size=1280,900",
     ):
         options.add_argument(flag)
+    # Console messages and network events, read after every page (`page`).
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(20)
     try:
@@ -87,14 +95,125 @@ def chrome() -> Iterator[Any]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+# Settings the test's fixtures point at loopback peers (Flash, Clockchain, the OIDC provider,
+# the Stripe-compatible server): handed to the server as its environment.
+PASSED_SETTINGS = (
+    "OIDC_RP_CLIENT_ID",
+    "OIDC_RP_CLIENT_SECRET",
+    "OIDC_OP_AUTHORIZATION_ENDPOINT",
+    "OIDC_OP_TOKEN_ENDPOINT",
+    "OIDC_OP_USER_ENDPOINT",
+    "AUTH0_CLIENT_ID",
+    "AUTH0_CLIENT_SECRET",
+    "AUTH0_DOMAIN",
+    "AUTH0_ISSUER",
+    "AUTH0_AUDIENCE",
+    "AUTH0_JWKS_URL",
+    "AUTH0_USERINFO_URL",
+    "STRIPE_API_BASE",
+    "STRIPE_SECRET_KEY",
+)
+
+
 @pytest.fixture
-def browser(chrome: Any, live_server: Any, settings: Any) -> Iterator[Any]:
-    """A clean browser (no cookies) at desktop size, and a quiet test process."""
+def site(
+    request: Any,
+    transactional_db: Any,
+    flash_peer: Any,
+    clockchain_peer: Any,
+    collected_static: Path,
+    tmp_path: Path,
+) -> Iterator[ProductionGateway]:
+    """The production server on a loopback port, on the test's own database (committed rows are
+    seen both ways), pointed at the peers the test's fixtures started."""
+    for fixture in ("oidc_provider", "stripe_api"):  # their settings must exist before the start
+        if fixture in request.fixturenames:
+            request.getfixturevalue(fixture)
+    env = {
+        name: str(getattr(django_settings, name))
+        for name in PASSED_SETTINGS
+        if getattr(django_settings, name, "")
+    }
+    env.update(
+        {
+            f"STRIPE_PRICE_{name.upper()}": price
+            for name, price in django_settings.STRIPE_PRICE_IDS.items()
+        }
+    )
+    env.update(
+        {
+            "STATIC_ROOT": str(collected_static),
+            "METERING_FLUSH_INTERVAL_SECONDS": "0.2",
+            "LOG_LEVEL": "WARNING",
+        }
+    )
+    server = ProductionGateway(tmp_path, env, database_url=live_database_url())
+    yield server
+    server.stop()
+
+
+class Page:
+    """The browser, with every page load checked for failed requests and console errors."""
+
+    def __init__(self, driver: Any, base_url: str) -> None:
+        self.driver = driver
+        self.base_url = base_url
+
+    def problems(self) -> list[str]:
+        """Console errors and failed requests since the last call (reading clears the logs)."""
+        found = [
+            f"console: {entry['message']}"
+            for entry in self.driver.get_log("browser")
+            if entry["level"] == "SEVERE"
+        ]
+        for entry in self.driver.get_log("performance"):
+            message = json.loads(entry["message"])["message"]
+            params = message.get("params", {})
+            if message["method"] == "Network.loadingFailed" and not params.get("canceled"):
+                found.append(f"request failed: {params.get('errorText')} ({params.get('type')})")
+            elif message["method"] == "Network.responseReceived":
+                response = params["response"]
+                if response["status"] >= 400:
+                    found.append(f"HTTP {response['status']}: {response['url']}")
+        return found
+
+    def assert_clean(self, what: str = "") -> None:
+        problems = self.problems()
+        assert problems == [], f"{what or self.driver.current_url}: {problems}"
+
+    def open(self, path: str) -> None:
+        """Load a page of the site and check it (and whatever the previous steps did)."""
+        self.assert_clean("before " + path)
+        self.driver.get(self.base_url + path)
+        self.assert_clean(path)
+
+    def stylesheets_applied(self) -> int:
+        """How many stylesheets the page loaded that hold rules (a 404 or an empty one has none)."""
+        return int(
+            self.driver.execute_script(
+                "return [...document.styleSheets].filter(s => {"
+                " try { return s.cssRules.length > 0 } catch (e) { return false } }).length"
+            )
+        )
+
+
+@pytest.fixture
+def browser(chrome: Any, site: ProductionGateway) -> Iterator[Any]:
+    """A clean browser (no cookies) at desktop size, on the production server."""
     ARTIFACTS.mkdir(exist_ok=True)
-    chrome.get(live_server.url + "/health")
+    chrome.get(site.url + "/health")
     chrome.delete_all_cookies()
     chrome.set_window_size(1280, 900)
+    chrome.get_log("browser")  # what earlier tests left in the logs is theirs
+    chrome.get_log("performance")
     yield chrome
+
+
+@pytest.fixture
+def page(browser: Any, site: ProductionGateway) -> Iterator[Page]:
+    checked = Page(browser, site.url)
+    yield checked
+    checked.assert_clean("at the end of the test")
 
 
 @pytest.fixture

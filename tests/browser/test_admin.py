@@ -1,5 +1,6 @@
-"""The billing admin in a real browser: staff sign in with a password, the dashboard shows the
-business, a stuck grant is retried, and a manual grant reaches Flash exactly once."""
+"""The billing admin in a real browser against the production server: staff sign in with a
+password, the dashboard shows the business, a change list is styled, a stuck grant is retried, and
+a manual grant reaches Flash exactly once. No failed request, no console error on any page."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from django.utils import timezone
 pytest.importorskip("selenium", reason="browser tests need Selenium (requirements-dev.txt)")
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from tests.browser.conftest import Page
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -79,7 +82,7 @@ def _seed_business(user: Any) -> Any:
 
 
 def test_staff_run_billing_from_the_admin(
-    browser: Any, live_server: Any, user: Any, flash_peer: Any, screenshot: Any
+    user: Any, flash_peer: Any, site: Any, browser: Any, page: Page, screenshot: Any
 ) -> None:
     from accounts.models import User
     from payments.models import CreditGrant
@@ -92,11 +95,17 @@ def test_staff_run_billing_from_the_admin(
     stuck = _seed_business(user)
 
     # Staff login (username and password; Auth0 staff come in through the same OIDC backend).
-    browser.get(live_server.url + "/admin/")
+    page.open("/admin/")
+    assert page.stylesheets_applied() >= 2  # the admin's base and login styles
+    screenshot("admin-login")
     browser.find_element(By.ID, "id_username").send_keys("billing-lead")
     browser.find_element(By.ID, "id_password").send_keys(PASSWORD)
     browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    page.assert_clean()
+    screenshot("admin-index")
     browser.find_element(By.CSS_SELECTOR, "#billing-dashboard-link a").click()
+    page.assert_clean()
+    assert page.stylesheets_applied() >= 2
 
     # The dashboard renders with data.
     assert browser.find_element(By.ID, "revenue-total").text == "$49.99"  # 49.99 + 4.99 - 4.99
@@ -106,7 +115,9 @@ def test_staff_run_billing_from_the_admin(
     screenshot("admin-dashboard")
 
     # Retry the stuck grant from the grants list (filtered to what needs attention).
-    browser.get(live_server.url + "/admin/payments/creditgrant/?state__exact=needs_attention")
+    page.open("/admin/payments/creditgrant/?state__exact=needs_attention")
+    assert page.stylesheets_applied() >= 2
+    screenshot("admin-changelist")
     checkbox = f"input[name=_selected_action][value='{stuck.pk}']"
     browser.find_element(By.CSS_SELECTOR, checkbox).click()
     Select(browser.find_element(By.NAME, "action")).select_by_value("retry")
@@ -118,7 +129,7 @@ def test_staff_run_billing_from_the_admin(
     assert flash_peer.user_balance(user.flash_user_id) == 90
 
     # A manual grant: submitted twice (a double click, a resend), recorded and sent once.
-    browser.get(live_server.url + "/admin/payments/creditgrant/")
+    page.open("/admin/payments/creditgrant/")
     browser.find_element(By.ID, "manual-grant-link").click()
     browser.find_element(By.ID, "id_user").send_keys(user.email)
     browser.find_element(By.ID, "id_amount").send_keys("25")
@@ -129,6 +140,7 @@ def test_staff_run_billing_from_the_admin(
     browser.find_element(By.ID, "grant-submit").click()
     WebDriverWait(browser, 10).until(lambda driver: driver.current_url != form_url)
     assert "recorded" in browser.find_element(By.CSS_SELECTOR, ".messagelist").text
+    page.assert_clean()
     browser.get(form_url)  # the same form again, with the same request key
     browser.execute_script(
         "document.getElementById('id_request_key').value = arguments[0]", request_key

@@ -146,7 +146,17 @@ def shared_database_url(tmp_path: Path) -> str:
         connection.connection.backup(target)
         target.close()
         return f"sqlite:///{path}"
+    return live_database_url()
+
+
+def live_database_url() -> str:
+    """The test database itself (SQLite: its file, WAL mode), for a server that shares it with
+    the test: what either side commits, the other sees."""
+    from django.db import connection
+
     db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
     user = db["USER"] or ""
     password = f":{db['PASSWORD']}" if db["PASSWORD"] else ""
     host = db["HOST"] or "127.0.0.1"
@@ -172,6 +182,8 @@ def gunicorn_command(
         sys.executable,
         "-m",
         "gunicorn",
+        "-c",
+        "gunicorn.conf.py",  # the Dockerfile's server; the flags below override its values
         "timepoint_billing.asgi:application",
         "-k",
         "timepoint_billing.server.GatewayUvicornWorker",
@@ -236,13 +248,19 @@ class ProductionGateway:
     of the contract peers the test's settings point at. `stop()` is a graceful SIGTERM."""
 
     def __init__(
-        self, tmp_path: Path, env: dict[str, str], *, workers: int = 2, keep_alive: int = 75
+        self,
+        tmp_path: Path,
+        env: dict[str, str],
+        *,
+        workers: int = 2,
+        keep_alive: int = 75,
+        database_url: str | None = None,
     ) -> None:
         from django.conf import settings
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.database_url = shared_database_url(tmp_path)
+        self.database_url = database_url or shared_database_url(tmp_path)
         self.log = tmp_path / "gunicorn.log"
         overrides = {
             "DATABASE_URL": self.database_url,

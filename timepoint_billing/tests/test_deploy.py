@@ -72,3 +72,44 @@ def test_image_leaves_out_local_state_and_caches() -> None:
     for entry in (".venv", ".git", "db.sqlite3*", ".test-db-*", "test-artifacts", "bench/results"):
         assert entry in ignored
     assert "__pycache__" in ignored or "**/__pycache__" in ignored
+
+
+def _dockerfile_env() -> dict[str, str]:
+    """The environment the image's CMD runs with: every `ENV` line, in order."""
+    env: dict[str, str] = {}
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            for pair in shlex.split(line[len("ENV ") :]):
+                name, _, value = pair.partition("=")
+                env[name] = value
+    return env
+
+
+def test_image_and_railway_run_in_production_mode_and_refuse_a_bare_deploy() -> None:
+    env = _dockerfile_env()
+    assert env["ENVIRONMENT"] == "production"
+    # railway.json builds that image, so its start command inherits the variable.
+    build = json.loads((ROOT / "railway.json").read_text())["build"]
+    assert build == {"builder": "DOCKERFILE", "dockerfilePath": "Dockerfile"}
+    unset = ("SECRET", "DATABASE", "REDIS")
+    bare = {k: v for k, v in os.environ.items() if not k.startswith(unset)}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env={**bare, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "Refusing to start with ENVIRONMENT=production" in result.stderr
+    assert "SECRET_KEY" in result.stderr and "DATABASE_URL is not set" in result.stderr
+
+
+def test_web_command_is_the_shared_gunicorn_configuration() -> None:
+    for script in (_dockerfile_script(), _railway_script()):
+        config = _gunicorn_config(script)
+        assert config["worker_class"] == "timepoint_billing.server.GatewayUvicornWorker"
+        assert config["bind"] == "['0.0.0.0:8000']"
+        assert config["workers"] == "2"
