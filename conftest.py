@@ -198,3 +198,36 @@ def stripe_api(settings: Any) -> Iterator[Any]:
     settings.STRIPE_PRICE_IDS = dict(PRICE_IDS)
     yield fake
     running.stop()
+
+
+# --- What was not run, and why (issue 15)
+
+
+def _skip_group(reason: str) -> str:
+    """The group a skip reason belongs to: what the machine lacked."""
+    lowered = reason.lower()
+    if "chromium" in lowered or "selenium" in lowered or "browser" in lowered:
+        return "no Chromium (browser tests): apt-get install chromium chromium-driver"
+    if "postgres" in lowered or "database_url" in lowered:
+        return "no PostgreSQL (set DATABASE_URL=postgres://…)"
+    if "redis" in lowered:
+        return "no Redis (set REDIS_URL=redis://…)"
+    return "other"
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
+    """At the end of every run: which groups of tests were skipped and why, so a green run on a
+    laptop (SQLite, no Redis, no browser) is not mistaken for the whole suite."""
+    groups: dict[str, list[str]] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else ""
+        reason = reason.removeprefix("Skipped: ")
+        groups.setdefault(_skip_group(reason), []).append(reason)
+    terminalreporter.write_sep("=", "skipped groups")
+    if not groups:
+        terminalreporter.write_line("none: every test ran")
+        return
+    for group, reasons in sorted(groups.items()):
+        terminalreporter.write_line(f"{len(reasons):4d} skipped: {group}")
+        for reason in sorted(set(reasons)):
+            terminalreporter.write_line(f"       - {reason}")
