@@ -17,6 +17,7 @@ from accounts.serializers import (
     LogoutInputSerializer,
     LogoutOutputSerializer,
     MeOutputSerializer,
+    UserSerializer,
 )
 from apikeys.drf import LimitedMeteredApiView
 from timepoint_billing.errors import Forbidden, Unauthenticated
@@ -71,9 +72,15 @@ class AuthMeApi(LimitedMeteredApiView):
     def get(self, request: Request) -> Response:
         user = _caller(request).user
         balance = services.balance_lookup(user=user)
-        user.balance = balance["balance"] if balance else None  # type: ignore[attr-defined]
-        user.balance_available = balance is not None  # type: ignore[attr-defined]
-        return Response(MeOutputSerializer(user).data)
+        # MeOutputSerializer's shape (it documents this answer): the user, then Flash's
+        # balance (typed at the client boundary), not attributes stuck onto the user object.
+        return Response(
+            {
+                **UserSerializer(user).data,
+                "balance": balance["balance"] if balance is not None else None,
+                "balance_available": balance is not None,
+            }
+        )
 
     @extend_schema(
         tags=["auth"],

@@ -192,7 +192,7 @@ def _store_flash_id(user: User, flash_user_id: str) -> None:
 # --- Profile and account
 
 
-def balance_lookup(*, user: User) -> dict[str, Any] | None:
+def balance_lookup(*, user: User) -> flash.CreditBalance | None:
     """The user's Flash balance, or None when Flash is slow or down (the profile still loads)."""
     if not user.flash_user_id:
         return None

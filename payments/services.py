@@ -301,14 +301,14 @@ def _grant_sent(grant: CreditGrant, balance: Any, note: str = "") -> CreditGrant
     )
 
 
-def _created_at(row: dict[str, Any]) -> datetime | None:
-    value = parse_datetime(str(row.get("created_at") or ""))
+def _created_at(row: flash.LedgerEntry) -> datetime | None:
+    value = parse_datetime(row["created_at"])
     if value is not None and timezone.is_naive(value):
         value = timezone.make_aware(value, UTC)  # Flash on SQLite omits the offset
     return value
 
 
-def _ledger_find(grant: CreditGrant) -> dict[str, Any] | None:
+def _ledger_find(grant: CreditGrant) -> flash.LedgerEntry | None:
     """The Flash ledger row carrying this grant's key, or None once older rows are reached."""
     marker = grant.ledger_marker
     horizon = grant.created_at - timedelta(days=1)
@@ -318,7 +318,7 @@ def _ledger_find(grant: CreditGrant) -> dict[str, Any] | None:
             flash_user_id=grant.flash_user_id, limit=HISTORY_PAGE, offset=offset
         )
         for row in rows:
-            if marker in str(row.get("description") or ""):
+            if marker in (row["description"] or ""):
                 return row
         if len(rows) < HISTORY_PAGE:
             return None
@@ -366,7 +366,7 @@ def _grant_send(grant: CreditGrant) -> CreditGrant:
         except ApiError as exc:
             return _grant_retry_later(grant, f"reconcile: {exc.detail_text}", outcome_unknown=True)
         if row is not None:
-            return _grant_sent(grant, row.get("balance_after"), "reconciled from Flash's ledger")
+            return _grant_sent(grant, row["balance_after"], "reconciled from Flash's ledger")
         # Flash never applied it: sending is safe.
     try:
         response = flash.admin_grant(

@@ -229,7 +229,7 @@ class BillingPage(PortalPage):
 
     def get(self, request: HttpRequest) -> HttpResponse:
         user = _with_flash_id(request.user)  # type: ignore[arg-type]
-        history: list[dict[str, Any]] | None = None
+        history: list[flash.LedgerEntry] | None = None
         if user.flash_user_id:
             try:
                 history = flash.credit_history(flash_user_id=user.flash_user_id, limit=HISTORY_ROWS)

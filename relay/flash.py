@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import logging
 import time
-from typing import Any
+from typing import Any, TypedDict, TypeGuard
 
 import httpx
 from django.conf import settings
@@ -154,6 +154,74 @@ def error_from_flash(response: ResponseLike) -> ApiError:
     return error_from_upstream("Flash", response)
 
 
+# --- The answers the gateway reads, typed and checked here, once (upstreams.md A3)
+
+
+class CreditBalance(TypedDict):
+    """`GET /credits/balance`."""
+
+    balance: int
+    lifetime_earned: int
+    lifetime_spent: int
+
+
+class LedgerEntry(TypedDict):
+    """One row of `GET /credits/history` (newest first); `created_at` is ISO-8601, without an
+    offset when Flash runs on SQLite."""
+
+    amount: int
+    balance_after: int
+    type: str
+    description: str | None
+    created_at: str
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bad_answer() -> UpstreamError:
+    return UpstreamError("Flash returned an invalid answer.")
+
+
+def credit_balance_from(body: Any) -> CreditBalance:
+    """Flash's balance answer as a `CreditBalance`; UpstreamError when it does not have that
+    shape (a wrong answer is never read as zero credits)."""
+    if not isinstance(body, dict):
+        raise _bad_answer()
+    balance, earned, spent = (body.get(k) for k in ("balance", "lifetime_earned", "lifetime_spent"))
+    if not (_is_int(balance) and _is_int(earned) and _is_int(spent)):
+        raise _bad_answer()
+    return CreditBalance(balance=balance, lifetime_earned=earned, lifetime_spent=spent)
+
+
+def ledger_entries_from(body: Any) -> list[LedgerEntry]:
+    """Flash's history answer (a bare array) as `LedgerEntry`s; UpstreamError otherwise."""
+    if not isinstance(body, list):
+        raise _bad_answer()
+    entries: list[LedgerEntry] = []
+    for row in body:
+        if not (
+            isinstance(row, dict)
+            and _is_int(row.get("amount"))
+            and _is_int(row.get("balance_after"))
+            and isinstance(row.get("type"), str)
+            and isinstance(row.get("description"), str | None)
+            and isinstance(row.get("created_at"), str)
+        ):
+            raise _bad_answer()
+        entries.append(
+            LedgerEntry(
+                amount=row["amount"],
+                balance_after=row["balance_after"],
+                type=row["type"],
+                description=row["description"],
+                created_at=row["created_at"],
+            )
+        )
+    return entries
+
+
 def _ok_json(response: httpx.Response) -> Any:
     if response.status_code >= 400:
         raise error_from_flash(response)
@@ -183,17 +251,16 @@ def resolve_user(*, external_id: str, email: str = "", display_name: str = "") -
         ) from exc
 
 
-def balance(*, flash_user_id: str, read_timeout: float | None = None) -> dict[str, Any]:
-    return dict(
-        _ok_json(
-            call("GET", "/api/v1/credits/balance", user_id=flash_user_id, read_timeout=read_timeout)
-        )
+def balance(*, flash_user_id: str, read_timeout: float | None = None) -> CreditBalance:
+    response = call(
+        "GET", "/api/v1/credits/balance", user_id=flash_user_id, read_timeout=read_timeout
     )
+    return credit_balance_from(_ok_json(response))
 
 
 def credit_history(
     *, flash_user_id: str, limit: int = 100, offset: int = 0, read_timeout: float | None = None
-) -> list[dict[str, Any]]:
+) -> list[LedgerEntry]:
     response = call(
         "GET",
         "/api/v1/credits/history",
@@ -201,7 +268,7 @@ def credit_history(
         params={"limit": limit, "offset": offset},
         read_timeout=read_timeout,
     )
-    return list(_ok_json(response))
+    return ledger_entries_from(_ok_json(response))
 
 
 def admin_grant(

@@ -30,6 +30,7 @@ from django.core import signing
 from django.core.cache import cache
 
 from relay import clockchain
+from relay.flash import LedgerEntry
 from timepoint_billing.errors import BadRequest, NotFound, UpstreamError, UpstreamTimeout
 
 ACTOR_FIELDS = ("created_by", "proposed_by", "challenged_by")
@@ -207,9 +208,15 @@ RECONCILE_PAGE = 100  # Flash's largest history page
 _CURSOR_SALT = "relay.credits_reconcile"
 
 
-def _ledger_row_mark(row: dict[str, Any]) -> str:
+def _ledger_row_mark(row: LedgerEntry) -> str:
     """Identifies a ledger row well enough to notice that the ledger moved under a cursor."""
-    fields = (row.get(k) for k in ("created_at", "amount", "balance_after", "type", "description"))
+    fields = (
+        row["created_at"],
+        row["amount"],
+        row["balance_after"],
+        row["type"],
+        row["description"],
+    )
     return hashlib.sha256(repr(tuple(fields)).encode()).hexdigest()[:16]
 
 
@@ -277,18 +284,18 @@ def credits_reconcile(*, user_id: int, cursor: str = "") -> dict[str, Any]:
         else:
             rows = page
         for row in rows:
-            amount = int(row.get("amount") or 0)
-            if row.get("type") == "generation" and amount < 0:
+            amount = row["amount"]
+            if row["type"] == "generation" and amount < 0:
                 state["charged"] += -amount
-            elif row.get("type") == "refund" and amount > 0:
+            elif row["type"] == "refund" and amount > 0:
                 state["refunded"] += amount
         state["offset"] += len(rows)
         if rows:
             state["last"] = _ledger_row_mark(rows[-1])
         complete = len(page) < RECONCILE_PAGE
     try:
-        balance: int | None = int(flash.balance(flash_user_id=user.flash_user_id)["balance"])
-    except (KeyError, TypeError, ValueError):
+        balance: int | None = flash.balance(flash_user_id=user.flash_user_id)["balance"]
+    except UpstreamError:  # the report still shows the ledger side
         balance = None
     metered_credits = int(metered["credits"] or 0)
     charged, refunded = int(state["charged"]), int(state["refunded"])

@@ -253,7 +253,10 @@ async def generation_admit(generation: Generation) -> None:
         response = await flash.acall("GET", "/api/v1/credits/balance", user_id=flash_user_id)
         if response.status_code != 200:
             raise flash.error_from_flash(response)
-        balance = int(response.json().get("balance", 0))
+        try:
+            balance = flash.credit_balance_from(response.json())["balance"]
+        except ValueError as exc:
+            raise UpstreamError("Flash returned an invalid answer.") from exc
         if balance < generation.cost:
             raise InsufficientCredits(
                 f"This generation costs {generation.cost} credits; your balance is {balance}.",

@@ -1,0 +1,56 @@
+"""Flash's answers are given their shapes at the client boundary (relay/flash.py): what the
+gateway reads is checked there once, and an answer of another shape is Flash's error (502),
+never read as zero credits or a KeyError deep inside a service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from relay.flash import credit_balance_from, ledger_entries_from
+from timepoint_billing.errors import UpstreamError
+
+ROW = {
+    "amount": -5,
+    "balance_after": 45,
+    "type": "generation",
+    "description": None,
+    "created_at": "2026-12-01T10:00:00",
+}
+
+
+def test_well_formed_answers_keep_their_values() -> None:
+    balance = {"balance": 45, "lifetime_earned": 50, "lifetime_spent": 5}
+    assert credit_balance_from(balance) == balance
+    assert ledger_entries_from([ROW, {**ROW, "description": "[grant:x] 5 credits"}])[0] == ROW
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        {"balance": "45", "lifetime_earned": 50, "lifetime_spent": 5},
+        {"balance": True, "lifetime_earned": 50, "lifetime_spent": 5},
+        {"balance": 45, "lifetime_earned": 50},
+        {"error": "Credit account not found", "detail": None},
+    ],
+)
+def test_a_balance_of_another_shape_is_refused(body: Any) -> None:
+    with pytest.raises(UpstreamError):
+        credit_balance_from(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"rows": []},
+        [{**ROW, "amount": "5"}],
+        [{k: v for k, v in ROW.items() if k != "created_at"}],
+        [{**ROW, "description": 7}],
+        ["row"],
+    ],
+)
+def test_a_history_of_another_shape_is_refused(body: Any) -> None:
+    with pytest.raises(UpstreamError):
+        ledger_entries_from(body)
