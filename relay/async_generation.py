@@ -10,7 +10,7 @@ once, as it does for a sync run that Flash reports failed:
 - `completed` → charged, nothing to do;
 - `failed` → refunded once: by Flash when its ledger holds the refund of this run (its background
   handler writes "Refund (background generation failed): <query[:60]>"), else by the gateway
-  through the payments grant outbox, keyed `refund:timepoint:<id>` (a unique key: a second settle
+  through the payments grant outbox, keyed `refund:tp:<id>` (a unique key: a second settle
   can never grant twice);
 - still `processing` after ASYNC_GENERATION_STALE_SECONDS (Flash's in-memory background task died
   with its process, and Flash never refunds then) → settled as failed.
@@ -56,7 +56,7 @@ SETTLE_AFTER_SECONDS = 5  # the worker leaves fresh generations to their pollers
 
 
 def refund_key(timepoint_id: str) -> str:
-    return f"refund:timepoint:{timepoint_id}"
+    return f"refund:tp:{timepoint_id}"
 
 
 def _record(generation: Generation, timepoint_id: str) -> None:

@@ -117,7 +117,7 @@ def test_a_run_that_raised_is_refunded_by_flash_and_not_again(
     second = gateway.post(ASYNC, json={"query": "Apollo 11"}, headers=auth).json()["id"]
     assert _poll(gateway, auth, second)["status"] == "failed"
     assert _state(second) == "refunded"
-    assert [g.key for g in _refund_grants(user)] == [f"refund:timepoint:{second}"]
+    assert [g.key for g in _refund_grants(user)] == [f"refund:tp:{second}"]
 
 
 def test_the_worker_settles_what_nobody_polls(
@@ -146,7 +146,7 @@ def test_the_worker_settles_what_nobody_polls(
     assert async_generation.async_generations_settle_due() == 1
     assert _state(stuck) == "refunded"
     assert sorted(g.key for g in _refund_grants(user)) == sorted(
-        [f"refund:timepoint:{failed}", f"refund:timepoint:{stuck}"]
+        [f"refund:tp:{failed}", f"refund:tp:{stuck}"]
     )
     assert async_generation.async_generations_settle_due() == 0
 
