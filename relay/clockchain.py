@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from django.conf import settings
 
@@ -10,6 +10,30 @@ from relay.http import ResponseLike, Upstream, UpstreamResponse, error_from_upst
 from timepoint_billing.errors import ApiError, UpstreamError
 
 CLOCKCHAIN = Upstream("Clockchain", "CLOCKCHAIN_URL")
+
+
+class BrowseItem(TypedDict):
+    """One entry of `GET /browse[/{path}]` (upstreams.md B): the next path segment under the
+    prefix and how many public nodes lie below it."""
+
+    segment: str
+    count: int
+
+
+def browse_items_from(body: Any) -> list[BrowseItem]:
+    """Clockchain's browse answer as `BrowseItem`s, checked here once; another shape is
+    Clockchain's error (502), never a count of zero or a 500 deep in the visibility check."""
+    items = body.get("items") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        raise UpstreamError("Clockchain returned an invalid answer.")
+    result: list[BrowseItem] = []
+    for item in items:
+        segment = item.get("segment") if isinstance(item, dict) else None
+        count = item.get("count") if isinstance(item, dict) else None
+        if not isinstance(segment, str) or not isinstance(count, int) or isinstance(count, bool):
+            raise UpstreamError("Clockchain returned an invalid answer.")
+        result.append(BrowseItem(segment=segment, count=count))
+    return result
 
 
 async def acall(

@@ -85,12 +85,7 @@ def strip_actors(item: dict[str, Any]) -> dict[str, Any]:
 async def _browse_counts(segments: list[str]) -> dict[str, int]:
     path = "/api/v1/browse" + ("/" + "/".join(segments) if segments else "")
     body = await clockchain_get(path)
-    items = body.get("items", []) if isinstance(body, dict) else []
-    return {
-        str(item.get("segment")): int(item.get("count") or 0)
-        for item in items
-        if isinstance(item, dict)
-    }
+    return {item["segment"]: item["count"] for item in clockchain.browse_items_from(body)}
 
 
 async def is_public(path: str) -> bool:

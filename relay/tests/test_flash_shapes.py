@@ -54,3 +54,14 @@ def test_a_balance_of_another_shape_is_refused(body: Any) -> None:
 def test_a_history_of_another_shape_is_refused(body: Any) -> None:
     with pytest.raises(UpstreamError):
         ledger_entries_from(body)
+
+
+def test_clockchain_browse_items_are_typed_and_checked() -> None:
+    from relay.clockchain import browse_items_from
+
+    body = {"prefix": "/", "items": [{"segment": "1969", "count": 3, "label": "1969"}]}
+    assert browse_items_from(body) == [{"segment": "1969", "count": 3}]
+    bad_answers: list[Any] = [{"items": None}, [], {"items": [{"segment": "1969", "count": "3"}]}]
+    for bad in bad_answers:
+        with pytest.raises(UpstreamError):
+            browse_items_from(bad)
