@@ -20,7 +20,10 @@ from typing import Any
 
 wsgi_app = "timepoint_billing.asgi:application"
 worker_class = "timepoint_billing.server.GatewayUvicornWorker"
-bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+bind = [f"0.0.0.0:{os.environ.get('PORT', '8000')}"]
+# The internal API's private listener (README, For other TIMEPOINT services): publish only PORT.
+if os.environ.get("INTERNAL_API_PORT", "").strip() not in ("", "0"):
+    bind.append(f"[::]:{os.environ['INTERNAL_API_PORT'].strip()}")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 graceful_timeout = 30
 timeout = 420  # a generation may take UPSTREAM_GENERATE_TIMEOUT (320 s) and then some

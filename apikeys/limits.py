@@ -388,6 +388,9 @@ class Lease:
     headers: dict[str, str] = field(default_factory=dict)
     backend: str = "local"  # "redis" | "local" | "none" (failed open: nothing to release)
     released: bool = False
+    # The windows' counts after this request was counted (None when the limiter failed open).
+    minute_used: int | None = None
+    day_used: int | None = None
 
     @property
     def _lease_key(self) -> str:
@@ -501,6 +504,8 @@ def _decide(step: _Step, result: list[Any], route: str, backend: str) -> Lease:
         lease_seconds=step.lease_seconds,
         headers=headers,
         backend=backend,
+        minute_used=minute,
+        day_used=day,
     )
 
 
@@ -546,7 +551,59 @@ def acquire_sync(
     caller: Caller, *, route: str, spends_credits: bool, lease_seconds: float | None = None
 ) -> Lease:
     """`acquire` for synchronous code (DRF views); same rules, same Redis keys."""
-    step = _step(caller, lease_seconds)
+    return _acquire_step_sync(_step(caller, lease_seconds), route, spends_credits)
+
+
+def acquire_subject_sync(
+    *, subject: str, limits: Limits, route: str, spends_credits: bool = False
+) -> Lease:
+    """`acquire_sync` for a subject that is not a user or a key (an internal service, issue 20):
+    the same windows and lease rules under the caller's own subject and limits."""
+    step = _Step(
+        subject=subject,
+        limits=limits,
+        now=time.time(),
+        lease_id=uuid.uuid4().hex,
+        lease_seconds=DEFAULT_LEASE_SECONDS,
+    )
+    return _acquire_step_sync(step, route, spends_credits)
+
+
+@dataclass(frozen=True)
+class WindowState:
+    """What a subject has used of its windows, without taking anything (None: Redis down)."""
+
+    limits: Limits
+    minute_used: int | None
+    day_used: int | None
+    minute_reset: int
+    day_reset: int
+
+
+def peek_sync(caller: Caller) -> WindowState:
+    """The caller's minute and day counts as the limiter sees them, counting nothing."""
+    step = _step(caller, None)
+    minute_key, day_key, _ = step.keys()
+    used: list[int | None]
+    if not settings.REDIS_URL:
+        with _local.lock:
+            _local._follow_cache()
+            used = [_local._count(minute_key, step.now), _local._count(day_key, step.now)]
+    elif not _redis_available():
+        used = [None, None]
+    else:
+        try:
+            raw = sync_redis().client.mget([minute_key, day_key])
+        except _REDIS_ERRORS as exc:
+            _redis_failed(exc, step)
+            used = [None, None]
+        else:
+            _redis_answered()
+            used = [int(value or 0) for value in raw]
+    return WindowState(step.limits, used[0], used[1], step.minute_reset, step.day_reset)
+
+
+def _acquire_step_sync(step: _Step, route: str, spends_credits: bool) -> Lease:
     if not settings.REDIS_URL:
         return _decide(step, _local.acquire(step), route, "local")
     if not _redis_available():

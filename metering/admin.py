@@ -28,13 +28,14 @@ class UsageRecordAdmin(ReadOnlyAdmin):
         "created_at",
         "user",
         "api_key",
+        "service",
         "method",
         "endpoint",
         "status",
         "credits_spent",
     )
-    list_filter = ("status", "upstream", "partial")
-    search_fields = ("request_id", "endpoint", "user__email")
+    list_filter = ("status", "upstream", "partial", "service")
+    search_fields = ("request_id", "endpoint", "user__email", "service")
     date_hierarchy = "created_at"
 
 

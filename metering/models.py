@@ -31,6 +31,9 @@ class UsageRecord(models.Model):
     preset = models.CharField(max_length=32, blank=True, default="")
     upstream = models.CharField(max_length=16, blank=True, default="")
     partial = models.BooleanField(default=False)
+    # The internal service (`mcp`, `clockchain`, …) that made the call, for calls to /internal/;
+    # empty for public callers (issue 20).
+    service = models.CharField(max_length=32, blank=True, default="", db_index=True)
     # Unique: a flush retried after a crash inserts nothing twice (bulk_create ignore_conflicts).
     request_id = models.CharField(max_length=128, unique=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)

@@ -76,6 +76,7 @@ def record_usage(
     preset: str = "",
     upstream: str = "",
     partial: bool = False,
+    service: str = "",
 ) -> None:
     """Queue one usage record (no database I/O here; see the module docstring for guarantees).
 
@@ -93,6 +94,7 @@ def record_usage(
         "preset": preset[:32],
         "upstream": upstream[:16],
         "partial": partial,
+        "service": service[:32],
         "created_at": timezone.now(),
     }
     with _buffer_lock:

@@ -133,7 +133,7 @@ class RequestContextMiddleware:
 #   bearer credentials or X-API-Key; every view there is csrf-exempt), so there they are skipped.
 #   Elsewhere they run exactly as Django runs them.
 
-JSON_API_PREFIXES = ("/api/v1/", "/health")
+JSON_API_PREFIXES = ("/api/v1/", "/health", "/internal/")
 
 
 def is_json_api(request: HttpRequest) -> bool:

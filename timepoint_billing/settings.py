@@ -87,6 +87,7 @@ INSTALLED_APPS = [
     "payments",
     "relay",
     "metering",
+    "internal",
     "portal",  # server-rendered pages over the apps above; owns no models
 ]
 
@@ -94,6 +95,8 @@ INSTALLED_APPS = [
 # (timepoint_billing/middleware.py explains; same order and behaviour as the stock classes).
 MIDDLEWARE = [
     "timepoint_billing.middleware.RequestContextMiddleware",
+    # Internal routes answer only service credentials, public routes refuse them (issue 20).
+    "internal.middleware.CallerSeparationMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "timepoint_billing.middleware.SecurityMiddleware",
     "timepoint_billing.middleware.StaticFilesMiddleware",  # WhiteNoise (issue 15)
@@ -354,6 +357,25 @@ METERING_ROLLUP_INTERVAL_SECONDS = env_float("METERING_ROLLUP_INTERVAL_SECONDS",
 # Off only where something else flushes (tests call metering.services.flush_usage()).
 METERING_BACKGROUND_FLUSH = env_bool("METERING_BACKGROUND_FLUSH", True)
 
+# --- Internal API for sibling services (internal/; issue 20)
+# `/internal/…` answers only callers with a service credential (`X-Service-Key`). Off → every
+# internal route is 404, as if it did not exist. A port → internal routes answer only on that
+# listener (bind it privately: gunicorn `--bind [::]:$INTERNAL_API_PORT`), and that listener
+# serves nothing but them and /health. Networks → only from those client addresses.
+INTERNAL_API_ENABLED = env_bool("INTERNAL_API_ENABLED", True)
+INTERNAL_API_PORT = env_int("INTERNAL_API_PORT", 0)
+INTERNAL_API_ALLOWED_NETWORKS = env_list("INTERNAL_API_ALLOWED_NETWORKS", [])
+# `name:secret,name:secret` (e.g. `mcp:…,clockchain:…`); two secrets under one name during a
+# rotation. Only their digests are kept past start-up; staff may add more in the admin.
+INTERNAL_SERVICE_KEYS = [
+    (pair.split(":", 1)[0].strip(), pair.split(":", 1)[1].strip())
+    for pair in env_list("INTERNAL_SERVICE_KEYS", [])
+    if ":" in pair
+]
+INTERNAL_SERVICE_RATE_LIMIT_PER_MINUTE = env_int("INTERNAL_SERVICE_RATE_LIMIT_PER_MINUTE", 3000)
+INTERNAL_SERVICE_RATE_LIMIT_PER_DAY = env_int("INTERNAL_SERVICE_RATE_LIMIT_PER_DAY", 1_000_000)
+INTERNAL_SERVICE_CONCURRENCY_LIMIT = env_int("INTERNAL_SERVICE_CONCURRENCY_LIMIT", 50)
+
 # --- DRF and OpenAPI
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.GatewayAuthentication"],
@@ -371,6 +393,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": (BASE_DIR / "timepoint_billing" / "api_description.md").read_text(),
     "VERSION": VERSION,
     "SERVE_INCLUDE_SCHEMA": False,
+    # The internal API has its own document (/internal/schema), never this public one.
+    "PREPROCESSING_HOOKS": ["internal.openapi.public_paths_only"],
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",  # the default
         "timepoint_billing.openapi.add_response_headers",
@@ -536,6 +560,13 @@ def _check_production() -> None:
         ]
     if STRIPE_API_BASE:
         problems.append("STRIPE_API_BASE must not be set in production")
+    if any(":" not in pair for pair in env_list("INTERNAL_SERVICE_KEYS", [])):
+        problems.append("INTERNAL_SERVICE_KEYS must be name:secret pairs")
+    problems += [
+        f"INTERNAL_SERVICE_KEYS: the secret of {name!r} is shorter than 32 characters"
+        for name, secret in INTERNAL_SERVICE_KEYS
+        if len(secret) < 32
+    ]
     if problems:
         raise ImproperlyConfigured(
             "Refusing to start with ENVIRONMENT=production: " + "; ".join(problems)

@@ -21,6 +21,8 @@ urlpatterns = [
     path("api/v1/", include("apikeys.urls")),
     path("api/v1/", include("payments.urls")),
     path("api/v1/", include("metering.urls")),
+    # Sibling services only (X-Service-Key); internal/middleware.py decides where it exists.
+    path("internal/", include("internal.urls")),
 ]
 
 handler400 = "timepoint_billing.errors.handler400"

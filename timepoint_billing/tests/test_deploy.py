@@ -113,3 +113,13 @@ def test_web_command_is_the_shared_gunicorn_configuration() -> None:
         assert config["worker_class"] == "timepoint_billing.server.GatewayUvicornWorker"
         assert config["bind"] == "['0.0.0.0:8000']"
         assert config["workers"] == "2"
+
+
+def test_web_command_binds_the_internal_listener_only_when_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("INTERNAL_API_PORT", raising=False)
+    for script in (_dockerfile_script(), _railway_script()):
+        assert _gunicorn_config(script)["bind"] == "['0.0.0.0:8000']"
+        private = _gunicorn_config(script, INTERNAL_API_PORT="8081")
+        assert private["bind"] == "['0.0.0.0:8000', '[::]:8081']"
