@@ -272,6 +272,8 @@ def key_verify(
         lease = limits.acquire_sync(
             caller, route=route or "/internal/keys/verify", spends_credits=False
         )
+    except Unauthenticated:
+        return {"valid": False, "code": "invalid_api_key"}  # the limiter saw the key stop
     except RateLimited as exc:
         answer.update(
             valid=False,

@@ -175,9 +175,16 @@ def subprocess_env(**overrides: str) -> dict[str, str]:
 
 
 def gunicorn_command(
-    port: int, *, workers: int = 2, timeout: int = 420, keep_alive: int = 75
+    port: int,
+    *,
+    workers: int = 2,
+    timeout: int = 420,
+    keep_alive: int = 75,
+    extra_ports: tuple[int, ...] = (),
 ) -> list[str]:
-    """The Dockerfile's CMD (minus migrate, plus a loopback port): keep the flags in sync."""
+    """The Dockerfile's CMD (minus migrate, plus a loopback port): keep the flags in sync.
+    `extra_ports`: more loopback listeners (the Dockerfile's INTERNAL_API_PORT bind)."""
+    extra_binds = [arg for extra in extra_ports for arg in ("--bind", f"127.0.0.1:{extra}")]
     return [
         sys.executable,
         "-m",
@@ -197,6 +204,7 @@ def gunicorn_command(
         str(timeout),
         "--keep-alive",
         str(keep_alive),
+        *extra_binds,
     ]
 
 
@@ -255,6 +263,7 @@ class ProductionGateway:
         workers: int = 2,
         keep_alive: int = 75,
         database_url: str | None = None,
+        extra_ports: tuple[int, ...] = (),
     ) -> None:
         from django.conf import settings
 
@@ -280,7 +289,9 @@ class ProductionGateway:
         }
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                gunicorn_command(self.port, workers=workers, keep_alive=keep_alive),
+                gunicorn_command(
+                    self.port, workers=workers, keep_alive=keep_alive, extra_ports=extra_ports
+                ),
                 cwd=ROOT,
                 env=subprocess_env(**overrides),
                 stdout=log,
@@ -332,9 +343,15 @@ def production_gateway(tmp_path: Path) -> Iterator[Any]:
     started: list[ProductionGateway] = []
 
     def start(
-        env: dict[str, str] | None = None, *, workers: int = 2, keep_alive: int = 75
+        env: dict[str, str] | None = None,
+        *,
+        workers: int = 2,
+        keep_alive: int = 75,
+        extra_ports: tuple[int, ...] = (),
     ) -> ProductionGateway:
-        server = ProductionGateway(tmp_path, env or {}, workers=workers, keep_alive=keep_alive)
+        server = ProductionGateway(
+            tmp_path, env or {}, workers=workers, keep_alive=keep_alive, extra_ports=extra_ports
+        )
         started.append(server)
         return server
 
