@@ -19,6 +19,8 @@ import http.client
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +32,7 @@ from django.conf import settings as django_settings
 
 from accounts.tests.auth0_server import AUDIENCE, FakeAuth0
 from payments.tests import factories as f
+from tests.reliability.conftest import ROOT, free_port, stop_process, subprocess_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -258,8 +261,6 @@ def test_public_and_internal_credentials_are_refused_on_each_others_routes(
 def test_internal_api_on_a_private_listener_only(
     start_server: Any, user: Any, session_token: str
 ) -> None:
-    from tests.reliability.conftest import free_port
-
     private_port = free_port()
     server = start_server(INTERNAL_API_PORT=str(private_port), extra_ports=(private_port,))
     status_headers = {"X-Service-Key": MCP_SECRET, "X-User-Id": str(user.pk)}
@@ -306,11 +307,31 @@ def test_billing_status_follows_a_subscriber(
     session_token: str,
     settings: Any,
 ) -> None:
-    server = start_server(
-        STRIPE_SECRET_KEY=STRIPE_TEST_KEY,
-        STRIPE_API_BASE=settings.STRIPE_API_BASE,
-        STRIPE_WEBHOOK_SECRET=f.WEBHOOK_SECRET,
+    stripe_env = {
+        "STRIPE_SECRET_KEY": STRIPE_TEST_KEY,
+        "STRIPE_API_BASE": settings.STRIPE_API_BASE,
+        "STRIPE_WEBHOOK_SECRET": f.WEBHOOK_SECRET,
         **{f"STRIPE_PRICE_{name.upper()}": price for name, price in f.PRICE_IDS.items()},
+    }
+    server = start_server(**stripe_env)
+    # The web process only stores Stripe's events; the background worker (`run_grants`, a
+    # second process in production) mirrors them and moves the plan.
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "run_grants", "--sleep", "0.2"],
+        cwd=ROOT,
+        env=subprocess_env(
+            DATABASE_URL=server.database_url,
+            REDIS_URL="",
+            SECRET_KEY=settings.SECRET_KEY,
+            API_KEY_DIGEST_SECRET=settings.API_KEY_DIGEST_SECRET,
+            FLASH_URL=settings.FLASH_URL,
+            FLASH_SERVICE_KEY=settings.FLASH_SERVICE_KEY,
+            FLASH_ADMIN_KEY=settings.FLASH_ADMIN_KEY,
+            FLASH_GATEWAY_SIGNING_SECRET=settings.FLASH_GATEWAY_SIGNING_SECRET,
+            **stripe_env,
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     mcp = McpBillingClient(server.url, MCP_SECRET)
     stripe = stripe_catalogue
@@ -397,6 +418,7 @@ def test_billing_status_follows_a_subscriber(
     finally:
         web.close()
         mcp.client.close()
+        stop_process(worker)
 
 
 # --- Key verification on both workers; credits
