@@ -461,7 +461,9 @@ USE_TZ = True
 # to use https only (HSTS).
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if IS_PRODUCTION else None
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", IS_PRODUCTION)
-SECURE_REDIRECT_EXEMPT = [r"^health$", r"^health/"]
+# The internal API is called over the private network, where no proxy terminates TLS
+# (README, For other TIMEPOINT services): a redirect would only break its callers.
+SECURE_REDIRECT_EXEMPT = [r"^health$", r"^health/", r"^internal/"]
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if IS_PRODUCTION else 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", IS_PRODUCTION)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)

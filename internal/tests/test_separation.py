@@ -214,3 +214,15 @@ def test_internal_routes_are_documented_apart_from_the_public_ones(client: Clien
     assert {"subscription_tier", "status"} <= set(
         document["components"]["schemas"]["BillingStatusOutput"]["properties"]
     )
+
+
+def test_the_https_redirect_spares_the_private_network_calls(
+    client: Client, user: Any, session_token: str, settings: Any
+):
+    settings.SECURE_SSL_REDIRECT = True  # production's default
+    internal = client.get(
+        "/internal/billing/status", HTTP_X_SERVICE_KEY=MCP_SECRET, HTTP_X_USER_ID=str(user.pk)
+    )
+    assert internal.status_code == 200
+    public = client.get("/api/v1/keys", HTTP_AUTHORIZATION=f"Bearer {session_token}")
+    assert public.status_code == 301 and public["Location"].startswith("https://")
