@@ -374,8 +374,12 @@ def test_billing_status_follows_a_subscriber(
         active = wait_for(status="active", subscription_tier="explorer")
         assert active["monthly_credits"] == 50 and active["hd_access"] is False
         assert active["cancel_at_period_end"] is False and active["status_source"] == "stripe"
+        # Stripe moved the period onto the subscription's items (2025-03-31.basil).
+        period_end = (
+            first.get("current_period_end") or first["items"]["data"][0]["current_period_end"]
+        )
         assert active["current_period_end"].startswith(
-            time.strftime("%Y-%m-%d", time.gmtime(first["current_period_end"]))
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(period_end))
         )
         # The same answer whichever id the service knows the user by.
         assert mcp.get_status(user.auth0_sub) == mcp.get_status(user.flash_user_id) == active
