@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from accounts.models import GatewaySession, User
-from accounts.services import balance_lookup
+from accounts.services import balance_lookup, flash_account_ensure
 from apikeys.services import keys_set_tier_for_user
+from timepoint_billing.errors import ApiError
 
 
 class GatewaySessionInline(admin.TabularInline):
@@ -43,6 +44,20 @@ class UserAdmin(DjangoUserAdmin):
         ("Deletion", {"fields": ("deleted_at",)}),
     )
     inlines = [GatewaySessionInline]
+    actions = ["resolve_flash_account"]
+
+    @admin.action(description="Resolve the Flash account (users without a Flash id)")
+    def resolve_flash_account(self, request: HttpRequest, queryset: Any) -> None:
+        resolved, problems = 0, []
+        for user in queryset.filter(flash_user_id__in=["", None]):
+            try:
+                flash_account_ensure(user=user)
+                resolved += 1
+            except ApiError as exc:
+                problems.append(f"{user.username}: {exc.detail}")
+        self.message_user(request, f"{resolved} user(s) resolved in Flash.")
+        for problem in problems:
+            self.message_user(request, problem, level=messages.ERROR)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         # The username of an Auth0 user is its subject (`auth0|…`), which Django's username

@@ -164,6 +164,23 @@ def user_provision(*, sub: str, claims: dict[str, Any], access_token: str) -> Us
         return user
 
 
+def flash_account_ensure(*, user: User) -> str:
+    """The user's Flash id, resolving it now for a user who has none (made by staff, or whose
+    first resolve failed). Flash's resolve is idempotent on the external id, so two callers racing
+    here get the same id; the row keeps the first one stored. Transient trouble is
+    `FlashUnavailable` (503, retry); a refusal for good is `FlashAccountRefused` (409)."""
+    if user.flash_user_id:
+        return str(user.flash_user_id)
+    external_id = user.auth0_sub or f"gateway-user:{user.pk}"
+    flash_user_id = _resolve(external_id, _row_profile(user))
+    with transaction.atomic():
+        row = User.objects.select_for_update().get(pk=user.pk)
+        if not row.flash_user_id:
+            _store_flash_id(row, flash_user_id)
+    user.flash_user_id = row.flash_user_id
+    return str(row.flash_user_id)
+
+
 def _row_profile(user: User) -> dict[str, str]:
     return {"email": user.email, "name": user.get_full_name()}
 

@@ -140,7 +140,7 @@ async def _flash_json(response_awaitable: Awaitable[Any]) -> Any:
 @document("credits_balance")
 @relay_route(f"{PREFIX}/credits/balance", "flash", ("GET",))
 async def credits_balance(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
-    user_id = services.check_flash_user(call.caller)
+    user_id = await services.flash_user_ensure(call.caller)
     body = await _flash_json(flash.acall("GET", "/api/v1/credits/balance", user_id=user_id))
     return json_response(body)
 
@@ -152,7 +152,7 @@ async def credits_history(request: HttpRequest, call: services.RelayCall) -> Htt
         "limit": _int_param(request, "limit", 20, 1, 100),
         "offset": _int_param(request, "offset", 0, 0, 1_000_000),
     }
-    user_id = services.check_flash_user(call.caller)
+    user_id = await services.flash_user_ensure(call.caller)
     body = await _flash_json(
         flash.acall("GET", "/api/v1/credits/history", user_id=user_id, params=params)
     )

@@ -22,6 +22,7 @@ from relay.http import (
 )
 from timepoint_billing.errors import (
     ApiError,
+    FlashAccountRefused,
     FlashUnavailable,
     InsufficientCredits,
     UpstreamError,
@@ -243,8 +244,15 @@ def resolve_user(*, external_id: str, email: str = "", display_name: str = "") -
                 "display_name": display_name or None,
             },
         )
+        # A 4xx other than our credentials or a rate limit (a body Flash will never accept, such
+        # as an email it refuses) is final: retrying the same resolve gets the same answer.
+        if 400 <= response.status_code < 500 and response.status_code not in (401, 403, 408, 429):
+            logger.error("Flash refused to resolve %s: HTTP %s", external_id, response.status_code)
+            raise FlashAccountRefused()
         body = _ok_json(response)
         return str(body["user_id"])
+    except FlashAccountRefused:
+        raise
     except (ApiError, KeyError, TypeError) as exc:
         raise FlashUnavailable(
             "The credit service could not create your account; retry shortly."

@@ -33,6 +33,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from accounts.authentication import Caller
+from accounts.services import flash_account_ensure
 from relay import flash
 from relay.http import UpstreamStream
 from relay.sse import EventSplitter
@@ -40,7 +41,6 @@ from timepoint_billing.db import run_db
 from timepoint_billing.errors import (
     ApiError,
     BadRequest,
-    FlashUnavailable,
     Forbidden,
     InsufficientCredits,
     ServiceUnavailable,
@@ -243,10 +243,9 @@ async def generation_prepare(
 
 async def generation_admit(generation: Generation) -> None:
     """Balance pre-check and reservation (402 before anything reaches Flash)."""
-    flash_user_id = generation.flash_user_id
-    if not flash_user_id:
-        # Never relay a generation without X-User-Id: Flash would run it as a free system call.
-        raise FlashUnavailable("Your credit account is not ready yet; retry shortly.")
+    # Never relay a generation without X-User-Id (Flash would run it as a free system call): a
+    # user without a Flash id is resolved first.
+    flash_user_id = await flash_user_ensure(generation.caller)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + GRANT_WAIT_SECONDS
     while True:
@@ -387,11 +386,12 @@ def outbound_generation_body(generation: Generation) -> dict[str, Any]:
     return {key: value for key, value in generation.payload.items() if value is not None}
 
 
-def check_flash_user(caller: Caller) -> str:
+async def flash_user_ensure(caller: Caller) -> str:
+    """The caller's Flash id; a user without one is resolved in Flash at this first credit call."""
     flash_user_id = str(caller.user.flash_user_id or "")
-    if not flash_user_id:
-        raise FlashUnavailable("Your credit account is not ready yet; retry shortly.")
-    return flash_user_id
+    if flash_user_id:
+        return flash_user_id
+    return str(await run_db(flash_account_ensure, user=caller.user))
 
 
 def _no_constant(name: str) -> Any:

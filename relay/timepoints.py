@@ -33,7 +33,7 @@ from relay import async_generation, flash
 from relay.http import UpstreamResponse
 from relay.models import StreamedTimepoint, Visibility
 from relay.paths import FLASH_TIMEPOINT_ID
-from relay.services import check_flash_user, timepoint_public
+from relay.services import flash_user_ensure, timepoint_public
 from timepoint_billing.db import run_db
 from timepoint_billing.errors import ApiError, BadRequest, NotFound, UpstreamError
 
@@ -207,7 +207,7 @@ def _apply_record(body: dict[str, Any], record: StreamedTimepoint | None) -> dic
 
 
 async def _read(caller: Caller, flash_path: str, params: dict[str, Any]) -> dict[str, Any]:
-    user_id = check_flash_user(caller)
+    user_id = await flash_user_ensure(caller)
     body = _flash_ok(await flash.acall("GET", flash_path, user_id=user_id, params=params))
     if not isinstance(body, dict) or body.get("is_deleted"):
         # Flash still serves soft-deleted timepoints (pitfall 14).
@@ -246,7 +246,7 @@ async def timepoint_read_by_slug(*, caller: Caller, slug: str, full: bool) -> di
 async def timepoint_characters(*, caller: Caller, timepoint_id: str) -> dict[str, Any]:
     """The characters of a timepoint the caller may read. Flash's characters route serves
     soft-deleted timepoints, so the timepoint itself is read alongside (in parallel)."""
-    user_id = check_flash_user(caller)
+    user_id = await flash_user_ensure(caller)
     readable, characters = await asyncio.gather(
         timepoint_read(caller=caller, timepoint_id=timepoint_id, full=False, include_image=False),
         flash.acall("GET", f"/api/v1/timepoints/{timepoint_id}/characters", user_id=user_id),
@@ -354,7 +354,7 @@ async def timepoint_list_mine(
     Both lists are sorted newest first, so page `p` of the merge lies within the first
     `p * page_size` items of each; of Flash's list only the part that can land on the page is
     read: the items before position `offset - k` (k = streamed items read) all come before it."""
-    user_id = check_flash_user(caller)
+    user_id = await flash_user_ensure(caller)
     offset = (page - 1) * page_size
     end = offset + page_size
     if end > MINE_MAX_DEPTH:
@@ -419,7 +419,7 @@ async def _owned_streamed(caller: Caller, timepoint_id: str) -> StreamedTimepoin
 async def timepoint_delete(*, caller: Caller, timepoint_id: str, permanent: bool) -> dict[str, Any]:
     """Delete one of the caller's timepoints (soft by default). Never an anonymous call to Flash,
     except for a streamed timepoint the gateway recorded as the caller's (the module docstring)."""
-    user_id = check_flash_user(caller)
+    user_id = await flash_user_ensure(caller)
     path = f"/api/v1/timepoints/{timepoint_id}"
     params = {"permanent": str(permanent).lower()}
     record = await _owned_streamed(caller, timepoint_id)
@@ -454,7 +454,7 @@ async def timepoint_set_visibility(
 ) -> dict[str, Any]:
     """Publish or unpublish one of the caller's timepoints. A streamed one changes in the
     gateway's record only (Flash's copy stays public, see the module docstring)."""
-    user_id = check_flash_user(caller)
+    user_id = await flash_user_ensure(caller)
     record = await _owned_streamed(caller, timepoint_id)
     if record is None:
         # Always with the caller's X-User-Id: without it Flash skips the owner check (pitfall 5).

@@ -133,6 +133,17 @@ class FlashUnavailable(ServiceUnavailable):
     default_detail = "The credit service is temporarily unavailable."
 
 
+class FlashAccountRefused(ApiError):
+    """Flash answered the account resolve with a refusal that a retry will not change."""
+
+    status_code = 409
+    default_code = "credit_account_refused"
+    default_detail = (
+        "The credit service refused to open an account for this user; retrying will not help. "
+        "Contact support."
+    )
+
+
 class UpstreamUnavailable(ApiError):
     status_code = 502
     default_code = "upstream_unavailable"
