@@ -40,4 +40,5 @@ class APIKeyAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: APIKey, form: object, change: bool) -> None:
         super().save_model(request, obj, form, change)
-        services.key_cache_forget(digest=obj.key_digest)  # new tier or limits apply at once
+        # Revoked, deactivated or given an expiry here: every process honours it at once.
+        services.key_publish_lifetime(obj)

@@ -22,10 +22,23 @@ scored by its own expiry, so a lease held by a killed worker stops counting afte
 rules is used (one process only); its state lives as long as the default cache (`cache.clear()`
 resets it).
 
-Failure policy when Redis is unreachable or slower than REDIS_SOCKET_TIMEOUT (after BREAKER_FAILURES
-such failures in a row Redis is skipped for BREAKER_SECONDS, so an outage costs a few timeouts per
-process per second; a pool of REDIS_MAX_CONNECTIONS that stays full that long is load: this
-request gets the policy, the breaker stays shut):
+Revocation: a revoked key, a rolled key whose grace ended or an expired key stops on every process
+within a second, although each process trusts its key lookups for a few seconds
+(`apikeys.services`): `key_stops_at` writes the moment into Redis, and the same script that counts
+the request refuses a key past that moment (verdict 4 → 401 `invalid_api_key`). No extra round
+trip, no database query per request.
+
+Failure policy. Whether Redis is *down* is decided by evidence about Redis, never by the gateway's
+own clock on a busy event loop (issue 13: under a burst on 2 cores every reply looked late, the
+breaker opened and 198 of 200 reads were admitted unmetered):
+- a refused or reset connection is evidence; BREAKER_FAILURES of them in a row open the breaker;
+- a reply later than REDIS_SOCKET_TIMEOUT is *not*: a thread (whose socket timeouts the event
+  loop cannot delay) then PINGs Redis with REDIS_HEALTH_TIMEOUT. No answer → Redis is hanging:
+  the breaker opens and this request gets the policy. An answer → the gateway is merely busy: the
+  request keeps waiting for its own reply, up to LIMITER_WAIT_SECONDS, and is then shed with 503
+  `limiter_busy` + Retry-After (never admitted unmetered); so is a request that waited that long
+  for a pooled connection (REDIS_MAX_CONNECTIONS per event loop).
+While the breaker is open (BREAKER_SECONDS) Redis is skipped:
 
 | request                      | policy      | answer                                             |
 |------------------------------|-------------|----------------------------------------------------|
@@ -42,11 +55,13 @@ fewer requests remain today than this minute); Reset is a Unix timestamp (second
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
 import uuid
 import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,10 +69,12 @@ import redis
 import redis.asyncio as aredis
 from django.conf import settings
 from django.core.cache import cache
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from accounts.authentication import Caller
 from apikeys.models import APIKey
-from timepoint_billing.errors import RateLimited, ServiceUnavailable
+from timepoint_billing.errors import RateLimited, ServiceUnavailable, Unauthenticated
 
 logger = logging.getLogger("timepoint.limiter")
 
@@ -65,6 +82,8 @@ DEFAULT_LEASE_SECONDS = 60.0
 WINDOW_GRACE_SECONDS = 5
 BREAKER_SECONDS = 1.0
 BREAKER_FAILURES = 3
+# How long a stop marker outlives its moment: far longer than any process caches a key lookup.
+STOP_MARKER_MARGIN_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -107,15 +126,22 @@ def subject_for(caller: Caller) -> str:
     return f"k{caller.api_key.pk}" if caller.api_key is not None else f"u{caller.user.pk}"
 
 
+def stop_marker(subject: str) -> str:
+    """The Redis key holding the moment (Unix ms) a key stops working; never set for users."""
+    return f"rl:{{{subject}}}:stops"
+
+
 # --- The atomic step, in Lua and in Python (same rules, same results)
 
-# KEYS: minute window, day window, lease set.
+# KEYS: minute window, day window, lease set, the key's stop marker (`key_stops_at`).
 # ARGV: now_ms, minute limit, day limit, concurrency limit, minute ttl s, day ttl s, lease id,
 #       lease expiry ms.
 # Returns {verdict, minute count, day count, in flight}; verdict 0 admitted, 1 minute, 2 day,
-# 3 concurrency. Only an admitted request is counted.
+# 3 concurrency, 4 the key has stopped working. Only an admitted request is counted.
 ACQUIRE_LUA = """
 local now = tonumber(ARGV[1])
+local stops = redis.call('GET', KEYS[4])
+if stops and tonumber(stops) <= now then return {4, 0, 0, 0} end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 local inflight = redis.call('ZCARD', KEYS[3])
 local minute = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -172,7 +198,12 @@ class _Step:
     def keys(self) -> list[str]:
         # The hash tag keeps one subject's keys in one slot should Redis ever be a cluster.
         base = f"rl:{{{self.subject}}}"
-        return [f"{base}:m:{self.minute_index}", f"{base}:d:{self.day_index}", f"{base}:c"]
+        return [
+            f"{base}:m:{self.minute_index}",
+            f"{base}:d:{self.day_index}",
+            f"{base}:c",
+            stop_marker(self.subject),
+        ]
 
     def args(self) -> list[Any]:
         now_ms = int(self.now * 1000)
@@ -197,6 +228,7 @@ class _LocalLimiter:
         self.lock = threading.Lock()
         self.windows: dict[str, tuple[int, float]] = {}  # key -> (count, expires at)
         self.leases: dict[str, dict[str, float]] = {}  # lease-set key -> {lease id: expiry}
+        self.stops: dict[str, float] = {}  # stop marker -> moment the key stops (Unix s)
         self.generation: str | None = None
 
     def _follow_cache(self) -> None:
@@ -205,6 +237,7 @@ class _LocalLimiter:
         if marker is None or marker != self.generation:
             self.windows.clear()
             self.leases.clear()
+            self.stops.clear()
             self.generation = uuid.uuid4().hex
             cache.set(self.GENERATION_KEY, self.generation, None)
 
@@ -213,10 +246,12 @@ class _LocalLimiter:
         return count if expires > now else 0
 
     def acquire(self, step: _Step) -> list[int]:
-        minute_key, day_key, lease_key = step.keys()
+        minute_key, day_key, lease_key, stop_key = step.keys()
         now = step.now
         with self.lock:
             self._follow_cache()
+            if self.stops.get(stop_key, now + 1) <= now:
+                return [4, 0, 0, 0]
             if len(self.windows) > 50_000:
                 self.windows = {k: v for k, v in self.windows.items() if v[1] > now}
             held = {i: e for i, e in self.leases.get(lease_key, {}).items() if e > now}
@@ -244,6 +279,19 @@ class _LocalLimiter:
     def release(self, lease_key: str, lease_id: str) -> None:
         with self.lock:
             self.leases.get(lease_key, {}).pop(lease_id, None)
+
+    def stop_at(self, stop_key: str, moment: float | None) -> None:
+        with self.lock:
+            self._follow_cache()
+            if moment is None:
+                self.stops.pop(stop_key, None)
+            else:
+                self.stops[stop_key] = moment
+
+    def stopped(self, stop_key: str, now: float) -> bool:
+        with self.lock:
+            self._follow_cache()
+            return self.stops.get(stop_key, now + 1) <= now
 
 
 _local = _LocalLimiter()
@@ -303,25 +351,159 @@ def sync_redis() -> _SyncRedis:
 
 
 def async_redis() -> _AsyncRedis:
-    """This event loop's asyncio Redis client (its connections belong to the loop)."""
+    """This event loop's asyncio Redis client (its connections belong to the loop).
+
+    Its own timeouts are LIMITER_WAIT_SECONDS, not REDIS_SOCKET_TIMEOUT: measured on a busy event
+    loop they say more about the gateway than about Redis. A slow reply is judged by `_Watch`."""
     url = settings.REDIS_URL
     per_loop = _async_clients.setdefault(asyncio.get_running_loop(), {})
     found = per_loop.get(url)
     if found is None:
-        # A pool that waits (bounded like a reply) for a free connection: redis-py's default
-        # async pool raises as soon as its 100 connections are in use, which a burst of
-        # concurrent requests on one loop turned into "Redis is down".
+        patience = max(settings.LIMITER_WAIT_SECONDS, settings.REDIS_SOCKET_TIMEOUT)
+        # A pool that waits for a free connection: redis-py's default async pool raises as soon
+        # as its connections are in use, which a burst on one loop turned into "Redis is down".
         pool = aredis.BlockingConnectionPool.from_url(
             url,
             max_connections=settings.REDIS_MAX_CONNECTIONS,
-            timeout=settings.REDIS_SOCKET_TIMEOUT,
-            **_client_options(),
+            timeout=patience,
+            socket_timeout=patience,
+            socket_connect_timeout=patience,
+            health_check_interval=30,
         )
         client = aredis.Redis(connection_pool=pool)
         found = per_loop[url] = _AsyncRedis(
             client, client.register_script(ACQUIRE_LUA), client.register_script(RENEW_LUA)
         )
     return found
+
+
+class _HealthProbe:
+    """Whether Redis answers a PING, asked from a thread of its own.
+
+    A thread's socket timeout is kept by the kernel: a reply that arrives in time is seen in time
+    however busy the event loop is (the thread only waits for the GIL, which the loop yields every
+    few milliseconds). One probe at a time per process; a verdict is reused for PROBE_REUSE_SECONDS,
+    so a burst of slow replies costs one PING, not one per request."""
+
+    PROBE_REUSE_SECONDS = 0.25
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="redis-probe")
+        self.current: Future[bool] | None = None
+        self.finished = 0.0
+        self.clients: dict[str, redis.Redis] = {}
+
+    def ask(self) -> Future[bool]:
+        with self.lock:
+            current = self.current
+            stale = time.monotonic() - self.finished > self.PROBE_REUSE_SECONDS
+            if current is None or (current.done() and stale):
+                current = self.current = self.executor.submit(self._ping, settings.REDIS_URL)
+            return current
+
+    def _ping(self, url: str) -> bool:
+        try:
+            client = self.clients.get(url)
+            if client is None:
+                timeout = settings.REDIS_HEALTH_TIMEOUT
+                client = self.clients[url] = redis.Redis.from_url(
+                    url,
+                    socket_timeout=timeout,
+                    socket_connect_timeout=timeout,
+                    retry=Retry(NoBackoff(), 0),  # one PING, one verdict
+                )
+            return bool(client.ping())
+        except _REDIS_ERRORS as exc:
+            logger.warning({"event": "limiter_redis_probe_failed", "error": repr(exc)})
+            return False
+        finally:
+            self.finished = time.monotonic()
+
+
+_probe = _HealthProbe()
+
+
+class _Watch:
+    """Watches one limiter call on the event loop without a task or a timeout of its own: after
+    REDIS_SOCKET_TIMEOUT it asks `_probe`; a failed PING cancels the call ("down"), otherwise the
+    call may run until LIMITER_WAIT_SECONDS ("busy")."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, call: asyncio.Task[Any]) -> None:
+        self.loop = loop
+        self.call = call
+        self.reason: str | None = None
+        self.stopped = False
+        self.timers = [loop.call_later(settings.REDIS_SOCKET_TIMEOUT, self._slow)]
+
+    def _slow(self) -> None:
+        if self.stopped:
+            return
+        asyncio.wrap_future(_probe.ask(), loop=self.loop).add_done_callback(self._probed)
+        rest = max(0.0, settings.LIMITER_WAIT_SECONDS - settings.REDIS_SOCKET_TIMEOUT)
+        self.timers.append(self.loop.call_later(rest, self._give_up, "busy"))
+
+    def _probed(self, probe: asyncio.Future[bool]) -> None:
+        if not probe.cancelled() and probe.exception() is None and probe.result() is False:
+            self._give_up("down")
+
+    def _give_up(self, reason: str) -> None:
+        if not self.stopped and self.reason is None and not self.call.done():
+            self.reason = reason
+            self.call.cancel()
+
+    def stop(self) -> None:
+        self.stopped = True
+        for timer in self.timers:
+            timer.cancel()
+
+
+class _Shed(Exception):
+    """The limiter could not answer this request: `reason` "down" (Redis) or "busy" (us)."""
+
+    def __init__(self, reason: str, error: BaseException | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+
+
+_background: set[asyncio.Future[Any]] = set()
+
+
+def _release_if_admitted(step: _Step, call: asyncio.Task[Any]) -> None:
+    """The request was cancelled (the client left) while its script ran: if the script admitted
+    it, free the slot now rather than after the lease's TTL."""
+    if call.cancelled() or call.exception() is not None or int(call.result()[0]) != 0:
+        return
+    lease_key = step.keys()[2]
+    release: asyncio.Future[Any] = asyncio.ensure_future(
+        async_redis().client.zrem(lease_key, step.lease_id)
+    )
+    _background.add(release)
+    release.add_done_callback(_background.discard)
+
+
+async def _acquire_on_redis(step: _Step) -> list[Any]:
+    """Run the script; raise `_Shed` when the limiter cannot give this request an answer."""
+    loop = asyncio.get_running_loop()
+    call = loop.create_task(async_redis().acquire(keys=step.keys(), args=step.args()))
+    watch = _Watch(loop, call)
+    try:
+        # Shielded: a request cancelled here must not cut the script off mid-reply.
+        return list(await asyncio.shield(call))
+    except asyncio.CancelledError:
+        if watch.reason is None:
+            call.add_done_callback(functools.partial(_release_if_admitted, step))
+            raise
+        raise _Shed(watch.reason) from None
+    except (TimeoutError, redis.TimeoutError) as exc:
+        raise _Shed("busy", exc) from exc  # LIMITER_WAIT_SECONDS passed: no verdict on Redis
+    except redis.ConnectionError as exc:
+        if "No connection available" in str(exc):
+            raise _Shed("busy", exc) from exc  # waited that long for a pooled connection
+        raise
+    finally:
+        watch.stop()
 
 
 def _redis_available() -> bool:
@@ -332,22 +514,42 @@ def _redis_answered() -> None:
     _breaker["failures"] = 0.0
 
 
+def _open_breaker() -> None:
+    _breaker["open_until"] = time.monotonic() + BREAKER_SECONDS
+    _breaker["failures"] = 0.0
+
+
 def _redis_failed(exc: BaseException, step: _Step) -> None:
     """This request gets the failure policy. The breaker (Redis skipped for BREAKER_SECONDS)
-    opens only after BREAKER_FAILURES failures in a row: one slow reply under a burst is not an
-    outage, and a waiting pool that stayed full is load, never an outage."""
-    exhausted = isinstance(exc, redis.ConnectionError) and "No connection available" in str(exc)
-    if not exhausted:
-        _breaker["failures"] += 1
-        if _breaker["failures"] >= BREAKER_FAILURES:
-            _breaker["open_until"] = time.monotonic() + BREAKER_SECONDS
-            _breaker["failures"] = 0.0
+    opens only after BREAKER_FAILURES failures in a row: one reset connection is not an outage."""
+    _breaker["failures"] += 1
+    if _breaker["failures"] >= BREAKER_FAILURES:
+        _open_breaker()
+    logger.warning(
+        {"event": "limiter_redis_unavailable", "subject": step.subject, "error": repr(exc)}
+    )
+
+
+def _shed(shed: _Shed, step: _Step, route: str, spends_credits: bool) -> Lease:
+    if shed.reason == "down":
+        _open_breaker()  # the probe's failed PING is the evidence
+        logger.warning(
+            {"event": "limiter_redis_unavailable", "subject": step.subject, "error": "no PING"}
+        )
+        return _fail(step, route, spends_credits)
     logger.warning(
         {
-            "event": "limiter_redis_pool_full" if exhausted else "limiter_redis_unavailable",
+            "event": "limiter_busy",
             "subject": step.subject,
-            "error": repr(exc),
+            "route": route,
+            "error": repr(shed.error),
         }
+    )
+    raise ServiceUnavailable(
+        "The gateway is too busy to check this request's rate limit; nothing was charged. "
+        "Retry shortly.",
+        code="limiter_busy",
+        retry_after=1,
     )
 
 
@@ -404,10 +606,15 @@ class Lease:
         if self.backend == "local":
             _local.release(self._lease_key, self.lease_id)
         elif self.backend == "redis":
+            zrem = asyncio.ensure_future(async_redis().client.zrem(self._lease_key, self.lease_id))
             try:
                 # Shielded: a request cancelled here (the client left) still frees its slot
-                # instead of holding it until the lease's TTL.
-                await asyncio.shield(async_redis().client.zrem(self._lease_key, self.lease_id))
+                # instead of holding it until the lease's TTL. Bounded: past REDIS_SOCKET_TIMEOUT
+                # the response goes and the release finishes in the background.
+                await asyncio.wait_for(asyncio.shield(zrem), settings.REDIS_SOCKET_TIMEOUT)
+            except TimeoutError:
+                _background.add(zrem)
+                zrem.add_done_callback(_background.discard)
             except _REDIS_ERRORS as exc:
                 logger.warning({"event": "lease_release_failed", "error": repr(exc)})
 
@@ -435,8 +642,12 @@ class Lease:
         if self.backend == "local":
             return _local.renew(self._lease_key, self.lease_id, expiry)
         try:
-            held = await async_redis().renew(
-                keys=[self._lease_key], args=[int(now * 1000), self.lease_id, int(expiry * 1000)]
+            held = await asyncio.wait_for(
+                async_redis().renew(
+                    keys=[self._lease_key],
+                    args=[int(now * 1000), self.lease_id, int(expiry * 1000)],
+                ),
+                settings.LIMITER_WAIT_SECONDS,
             )
         except _REDIS_ERRORS as exc:
             logger.warning({"event": "lease_renew_failed", "error": repr(exc)})
@@ -471,6 +682,8 @@ def _step(caller: Caller, lease_seconds: float | None) -> _Step:
 
 def _decide(step: _Step, result: list[Any], route: str, backend: str) -> Lease:
     verdict, minute, day = int(result[0]), int(result[1]), int(result[2])
+    if verdict == 4:
+        raise Unauthenticated("The API key is invalid, expired or revoked.", code="invalid_api_key")
     headers = _headers(step, minute, day)
     if verdict:
         which = _VERDICTS[verdict]
@@ -539,7 +752,9 @@ async def acquire(
     if not _redis_available():
         return _fail(step, route, spends_credits)
     try:
-        result = await async_redis().acquire(keys=step.keys(), args=step.args())
+        result = await _acquire_on_redis(step)
+    except _Shed as shed:
+        return _shed(shed, step, route, spends_credits)
     except _REDIS_ERRORS as exc:
         _redis_failed(exc, step)
         return _fail(step, route, spends_credits)
@@ -621,3 +836,43 @@ def reset_breaker() -> None:
     """Forget a recent Redis failure (tests switch REDIS_URL between a dead and a live server)."""
     _breaker["open_until"] = 0.0
     _breaker["failures"] = 0.0
+
+
+# --- Keys that stop working: seen by every process within a request
+
+
+def key_stops_at(*, key_id: int, moment: float | None) -> None:
+    """Every gateway process refuses key `key_id` from `moment` (Unix seconds) on, although it may
+    hold the key in its lookup cache: the limiter script checks this marker on every request.
+    `moment=None` removes the marker (a key made to work again, without an end).
+
+    Kept past the moment for as long as any process may still trust a cached lookup of the key
+    (`apikeys.services.KEY_CACHE_SECONDS`, with a wide margin). If Redis is unreachable the
+    marker is lost and other processes notice within their cache's lifetime (logged)."""
+    marker = stop_marker(f"k{key_id}")
+    if not settings.REDIS_URL:
+        _local.stop_at(marker, moment)
+        return
+    try:
+        if moment is None:
+            sync_redis().client.delete(marker)
+            return
+        keep_ms = int((max(0.0, moment - time.time()) + STOP_MARKER_MARGIN_SECONDS) * 1000)
+        sync_redis().client.set(marker, int(moment * 1000), px=keep_ms)
+    except _REDIS_ERRORS as exc:
+        logger.warning({"event": "key_stop_marker_failed", "key_id": key_id, "error": repr(exc)})
+
+
+def key_has_stopped(*, key_id: int) -> bool:
+    """Whether `key_stops_at` said key `key_id` no longer works (one Redis read; False when Redis
+    cannot be asked, the database then being the authority)."""
+    marker = stop_marker(f"k{key_id}")
+    now = time.time()
+    if not settings.REDIS_URL:
+        return _local.stopped(marker, now)
+    try:
+        moment = sync_redis().client.get(marker)
+    except _REDIS_ERRORS as exc:
+        logger.warning({"event": "key_stop_marker_unreadable", "error": repr(exc)})
+        return False
+    return moment is not None and int(moment) <= int(now * 1000)

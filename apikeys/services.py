@@ -32,6 +32,7 @@ from django.utils import timezone
 
 from accounts.authentication import API_KEY_PREFIXES, Caller
 from accounts.models import Plan, Tier, User
+from apikeys import limits
 from apikeys.models import APIKey, KeyMode
 from timepoint_billing.errors import BadRequest, Conflict, NotFound, Unauthenticated
 
@@ -42,7 +43,9 @@ KEY_BODY_LENGTH = 40
 CHECKSUM_LENGTH = 6
 PREFIX_DISPLAY_LENGTH = 8  # random characters kept after "tp_live_" for display
 MAX_ROLL_GRACE_SECONDS = 7 * 24 * 3600
-# Positive lookups are trusted this long in-process: revocation elsewhere is honoured within it.
+# Positive lookups are trusted this long in-process. Revocation, expiry and the end of a roll's
+# grace do not wait for it: `key_publish_lifetime` tells every process through the limiter's
+# stop marker, checked in the same Redis round trip as the rate limit.
 KEY_CACHE_SECONDS = 5.0
 KEY_CACHE_MAX_ENTRIES = 10_000
 LAST_USED_WRITE_INTERVAL = timedelta(minutes=1)
@@ -154,7 +157,8 @@ def caller_from_api_key(raw: str) -> Caller:
     Malformed or bad-checksum strings fail offline. Known keys are looked up by their digest
     (unique index), compared in constant time, and rejected when revoked, inactive, expired, rolled
     past their grace, or when the owner is deleted/inactive. A positive answer is cached in-process
-    for KEY_CACHE_SECONDS (revocation through `key_revoke` also drops this process's entry)."""
+    for KEY_CACHE_SECONDS; a key that stopped working meanwhile is refused by the limiter (its
+    stop marker), on every process, from the moment it stopped."""
     cached = caller_from_api_key_cached(raw)
     if cached is not None:
         return cached
@@ -172,6 +176,34 @@ def caller_from_api_key(raw: str) -> Caller:
     caller = Caller(user=key.user, kind="api_key", tier=key.tier, api_key=key)
     _remember(digest, caller)
     return caller
+
+
+def key_validate(*, raw: str) -> Caller:
+    """Whether a raw key works *now*, on any process: the Caller, or Unauthenticated
+    (`invalid_api_key`). For callers that take no rate-limit lease (e.g. an internal key-verify
+    route): the lookup (cached like every request's) plus the stop marker that revocation, expiry
+    and the end of a roll's grace write (one Redis read), so a key revoked through another process
+    is refused at once. Sync: call it from async code through `run_db`."""
+    caller = caller_from_api_key(raw)
+    assert caller.api_key is not None
+    if caller.api_key.is_expired() or limits.key_has_stopped(key_id=caller.api_key.pk):
+        key_cache_forget(digest=caller.api_key.key_digest)
+        raise Unauthenticated(_INVALID, code="invalid_api_key")
+    return caller
+
+
+def key_publish_lifetime(key: APIKey) -> None:
+    """Tell every gateway process when `key` stops working, from its row as saved: revoked or
+    inactive → now; an expiry (a roll's grace ends with one) → that moment; neither → never.
+    Drops this process's cached lookup too. Call after the row's change is committed."""
+    if not key.is_active or key.revoked_at is not None:
+        moment: float | None = time.time()
+    elif key.expires_at is not None:
+        moment = key.expires_at.timestamp()
+    else:
+        moment = None
+    limits.key_stops_at(key_id=key.pk, moment=moment)
+    key_cache_forget(digest=key.key_digest)
 
 
 # --- Key lifecycle
@@ -248,7 +280,7 @@ def key_revoke(*, user: User, key_id: int) -> APIKey:
         key.revoked_at = timezone.now()
         key.is_active = False
         key.save(update_fields=["revoked_at", "is_active"])
-    key_cache_forget(digest=key.key_digest)
+    key_publish_lifetime(key)
     logger.info({"event": "api_key_revoked", "key": key.prefix, "user": user.pk})
     return key
 
@@ -293,7 +325,8 @@ def key_roll(*, user: User, key_id: int, grace_seconds: int) -> tuple[APIKey, st
         old.is_active = False
         fields += ["revoked_at", "is_active"]
     old.save(update_fields=fields)
-    key_cache_forget(digest=old.key_digest)
+    # After the commit: a roll that fails later must not stop the old key.
+    transaction.on_commit(lambda: key_publish_lifetime(old))
     return new, raw
 
 
@@ -321,9 +354,13 @@ def keys_set_tier_for_user(*, user: User) -> int:
 def keys_revoke_all_for_user(*, user: User) -> int:
     """Revoke every key of the user (account deletion). Returns the number revoked."""
     now = timezone.now()
-    revoked = APIKey.objects.filter(user=user, revoked_at__isnull=True).update(
+    keys = list(APIKey.objects.filter(user=user, revoked_at__isnull=True))
+    revoked = APIKey.objects.filter(pk__in=[k.pk for k in keys]).update(
         revoked_at=now, is_active=False
     )
+    for key in keys:
+        key.revoked_at, key.is_active = now, False
+        key_publish_lifetime(key)
     key_cache_forget()
     return revoked
 

@@ -174,6 +174,12 @@ REDIS_URL = env_str("REDIS_URL", "")
 REDIS_CONNECT_TIMEOUT = env_float("REDIS_CONNECT_TIMEOUT", 0.05)
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.25)
 REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 128)  # per event loop (limiter)
+# The limiter tells a Redis outage from the gateway's own saturation (apikeys/limits.py): a reply
+# later than REDIS_SOCKET_TIMEOUT makes a thread PING Redis with REDIS_HEALTH_TIMEOUT; only a
+# failed PING applies the failure policy. A request whose limiter reply takes longer than
+# LIMITER_WAIT_SECONDS while Redis answers is shed with 503 `limiter_busy` (never admitted).
+REDIS_HEALTH_TIMEOUT = env_float("REDIS_HEALTH_TIMEOUT", 0.5)
+LIMITER_WAIT_SECONDS = env_float("LIMITER_WAIT_SECONDS", 30.0)
 if REDIS_URL:
     CACHES = {
         "default": {

@@ -1,0 +1,137 @@
+"""Limits that hold in the conditions production brings (issue 13), on the production server:
+gunicorn + GatewayUvicornWorker, 2 workers, PostgreSQL and Redis, the production timeouts.
+
+- A burst does not switch the rate limit off: 200 and 1 000 parallel reads against a 50/minute key
+  admit exactly 50, the rest 429 with Retry-After. (It used to: on two busy cores every Redis reply
+  looked late by the event loop's clock, the limiter's breaker opened and reads failed open.)
+
+Needs PostgreSQL (the workers and the test share the database) and Redis (the limiter the workers
+share); skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+from django.conf import settings as django_settings
+from django.db import connection
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        connection.vendor != "postgresql" or not django_settings.REDIS_URL,
+        reason="needs DATABASE_URL (PostgreSQL: two gateway workers and the test share it) and "
+        "REDIS_URL (the limiter both workers share)",
+    ),
+]
+
+
+def _inside_one_minute(seconds_needed: float) -> None:
+    """The minute window is the calendar minute: start where the whole burst fits in one."""
+    into = time.time() % 60
+    if into > 60 - seconds_needed:
+        time.sleep(60 - into + 0.5)
+
+
+async def _burst(url: str, path: str, headers: dict[str, str], count: int) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits, trust_env=False) as c:
+        return list(await asyncio.gather(*(c.get(path, headers=headers) for _ in range(count))))
+
+
+@pytest.mark.parametrize("burst", [200, 1000])
+def test_a_burst_admits_exactly_the_limit(
+    production_gateway: Any, clockchain_peer: Any, user: Any, make_key: Any, burst: int
+) -> None:
+    _, raw = make_key(
+        user, rate_limit_per_minute=50, rate_limit_per_day=100_000, concurrency_limit=5_000
+    )
+    # The production defaults for every timeout: nothing here hides a busy loop.
+    gateway = production_gateway({"REDIS_URL": django_settings.REDIS_URL})
+    _inside_one_minute(30)
+    answers = asyncio.run(_burst(gateway.url, "/api/v1/moments", {"X-API-Key": raw}, burst))
+
+    statuses = Counter(response.status_code for response in answers)
+    assert statuses == {200: 50, 429: burst - 50}, (statuses, gateway.log_tail())
+    for response in answers:
+        if response.status_code == 429:
+            assert response.json()["code"] == "rate_limited"
+            assert int(response.headers["Retry-After"]) >= 1
+            assert response.headers["X-RateLimit-Remaining"] == "0"
+        else:
+            assert "X-RateLimit-Limit" in response.headers  # counted, never failed open
+    log = gateway.log.read_text(errors="replace")
+    assert '"limiter_fail_open"' not in log and '"limiter_redis_unavailable"' not in log
+    gateway.kill()
+
+
+# --- Revocation and the end of a roll's grace, on every worker
+
+
+def _fresh_connection_calls(url: str, raw: str, count: int) -> list[int]:
+    """`count` reads at once, each on its own connection (so both workers take some), with the
+    key; their statuses. The relay route and a DRF route: both paths check the key."""
+
+    async def calls() -> list[int]:
+        limits = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits, trust_env=False) as c:
+            paths = ["/api/v1/moments", "/api/v1/keys"] * (count // 2)
+            answers = await asyncio.gather(*(c.get(p, headers={"X-API-Key": raw}) for p in paths))
+        return [answer.status_code for answer in answers]
+
+    return asyncio.run(calls())
+
+
+def test_a_revoked_key_stops_on_every_worker_at_once(
+    production_gateway: Any, clockchain_peer: Any, user: Any, make_key: Any, session_token: str
+) -> None:
+    key, raw = make_key(user, rate_limit_per_minute=10_000, concurrency_limit=100)
+    gateway = production_gateway({"REDIS_URL": django_settings.REDIS_URL})
+    # Both workers verify the key and cache the lookup (trusted for 5 s in each process).
+    assert set(_fresh_connection_calls(gateway.url, raw, 40)) == {200}
+
+    revoked = httpx.delete(
+        f"{gateway.url}/api/v1/keys/{key.pk}",
+        headers={"Authorization": f"Bearer {session_token}"},
+        trust_env=False,
+    )
+    assert revoked.status_code == 204, revoked.text
+    # At once, whichever worker answers; before: the other worker served it for up to 5 s.
+    statuses = _fresh_connection_calls(gateway.url, raw, 40)
+    assert set(statuses) <= {401, 429}, statuses
+    gateway.kill()
+
+
+def test_a_rolled_key_stops_on_every_worker_when_its_grace_ends(
+    production_gateway: Any, clockchain_peer: Any, user: Any, make_key: Any, session_token: str
+) -> None:
+    key, raw = make_key(user, rate_limit_per_minute=10_000, concurrency_limit=100)
+    gateway = production_gateway({"REDIS_URL": django_settings.REDIS_URL})
+    assert set(_fresh_connection_calls(gateway.url, raw, 40)) == {200}
+
+    rolled = httpx.post(
+        f"{gateway.url}/api/v1/keys/{key.pk}/roll",
+        json={"grace_seconds": 2},
+        headers={"Authorization": f"Bearer {session_token}"},
+        trust_env=False,
+    )
+    assert rolled.status_code in (200, 201), rolled.text
+    rolled_at = time.monotonic()
+    new_raw = rolled.json()["key"]
+    # Inside the grace both keys work.
+    assert set(_fresh_connection_calls(gateway.url, raw, 10)) == {200}
+    assert set(_fresh_connection_calls(gateway.url, new_raw, 10)) == {200}
+    # From 1 s after the grace ended until well past the 5 s cache: the old key never works.
+    time.sleep(max(0.0, rolled_at + 3.0 - time.monotonic()))
+    while time.monotonic() < rolled_at + 7.0:
+        statuses = _fresh_connection_calls(gateway.url, raw, 20)
+        # 401, or 429 once the failed-authentication throttle slows this failing key down.
+        assert set(statuses) <= {401, 429}, (round(time.monotonic() - rolled_at, 2), statuses)
+    assert set(_fresh_connection_calls(gateway.url, new_raw, 10)) == {200}
+    gateway.kill()
