@@ -3,8 +3,7 @@
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    DJANGO_SETTINGS_MODULE=timepoint_billing.settings PORT=8000 WEB_CONCURRENCY=2 \
-    FORWARDED_ALLOW_IPS=127.0.0.1
+    DJANGO_SETTINGS_MODULE=timepoint_billing.settings PORT=8000 WEB_CONCURRENCY=2
 WORKDIR /app
 
 COPY requirements.txt .
@@ -24,4 +23,7 @@ ENV ENVIRONMENT=production
 EXPOSE 8000
 # The web process. The grant worker runs from the same image as a second service:
 #   python manage.py run_grants
+# The client address (the failed-authentication throttle's key) is taken from X-Forwarded-For
+# only for connections from FORWARDED_ALLOW_IPS, the proxy in front: set it where the image runs
+# (Railway: '*'; README, Behind a proxy). ENVIRONMENT=production refuses to start without it.
 CMD ["sh", "-c", "python manage.py migrate --noinput && exec gunicorn -c gunicorn.conf.py"]

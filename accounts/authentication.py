@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 CallerKind = Literal["jwt", "session", "api_key"]
 API_KEY_PREFIXES = ("tp_live_", "tp_test_")
 SESSION_PREFIX = "tps_"
+# A JWT from Auth0 is ~1 KB and our keys and session tokens far shorter: a longer credential is
+# refused (401) before any parsing or lookup work (SECURITY.md).
+MAX_CREDENTIAL_LENGTH = 8192
 
 
 @dataclass(frozen=True)
@@ -81,54 +85,75 @@ def authenticate_credentials(kind: CallerKind, raw: str) -> Caller:
     return services.caller_from_jwt(raw)
 
 
-def _failure_window(client: str) -> tuple[str, int]:
-    """The cache key counting this client's failures in the current minute, and seconds left."""
+# --- The failed-authentication throttle
+#
+# It slows what fails and nothing else: a valid credential is always checked and always served,
+# whatever other callers did from the same address (behind a proxy every client may share one).
+# Counted per minute, per client address and per failing credential (a digest of it):
+# - a credential that failed AUTH_FAILURE_LIMIT_PER_MINUTE times this minute is refused (429)
+#   before it is looked up again: retrying one bad token costs no database or JWKS work;
+# - once an address or a credential is over the limit, its further failures answer 429
+#   `too_many_auth_failures` with Retry-After instead of 401.
+
+
+def _failure_keys(client: str, raw: str) -> tuple[str, str, int]:
+    """Cache keys counting this address's and this credential's failures this minute, and the
+    seconds left in it."""
     now = time.time()
-    return f"auth-failures:{client}:{int(now // 60)}", 60 - int(now % 60)
+    minute = int(now // 60)
+    credential = hashlib.sha256(raw.encode()).hexdigest()[:32]
+    return (
+        f"auth-failures:a:{client}:{minute}",
+        f"auth-failures:c:{credential}:{minute}",
+        60 - int(now % 60),
+    )
 
 
-# Clients whose failure count was under the limit a moment ago (client -> monotonic deadline), so
-# the async hot path can skip the cache read on the event loop. A failure in this process drops
-# the entry at once; failures counted by other processes are seen within CLEAR_CLIENT_SECONDS.
-CLEAR_CLIENT_SECONDS = 1.0
-_clear_clients: dict[str, float] = {}
+def _too_many(seconds_left: int) -> RateLimited:
+    return RateLimited(
+        "Too many failed authentication attempts; retry later.",
+        code="too_many_auth_failures",
+        retry_after=max(1, seconds_left),
+    )
 
 
-def _recently_clear(client: str) -> bool:
-    return _clear_clients.get(client, 0.0) > time.monotonic()
-
-
-def auth_failures_check(client: str) -> None:
-    """429 before the credential is even looked at once a client failed too often this minute."""
-    key, seconds_left = _failure_window(client)
-    if (cache.get(key) or 0) >= settings.AUTH_FAILURE_LIMIT_PER_MINUTE:
-        _clear_clients.pop(client, None)
-        raise RateLimited(
-            "Too many failed authentication attempts; retry later.",
-            code="too_many_auth_failures",
-            retry_after=seconds_left,
-        )
-    if len(_clear_clients) >= 10_000:
-        _clear_clients.clear()  # bounded; a miss costs one cache read
-    _clear_clients[client] = time.monotonic() + CLEAR_CLIENT_SECONDS
-
-
-def auth_failure_record(client: str) -> None:
-    _clear_clients.pop(client, None)
-    key, _ = _failure_window(client)
+def _count(key: str) -> int:
     cache.add(key, 0, timeout=61)
     try:
-        cache.incr(key)
+        return int(cache.incr(key))
     except ValueError:  # expired between add and incr, or the cache is unreachable
         cache.add(key, 1, timeout=61)
+        return 1
+
+
+def auth_failures_check(client: str, raw: str) -> None:
+    """429 before any lookup for a credential that already failed too often this minute."""
+    _, credential_key, seconds_left = _failure_keys(client, raw)
+    if (cache.get(credential_key) or 0) >= settings.AUTH_FAILURE_LIMIT_PER_MINUTE:
+        raise _too_many(seconds_left)
+
+
+def auth_failure_record(client: str, raw: str) -> bool:
+    """Count a failure for the address and the credential; True when either is over the limit."""
+    address_key, credential_key, _ = _failure_keys(client, raw)
+    limit = settings.AUTH_FAILURE_LIMIT_PER_MINUTE
+    return _count(address_key) > limit or _count(credential_key) > limit
 
 
 def _authenticate_found(client: str, kind: CallerKind, raw: str) -> Caller:
-    auth_failures_check(client)
+    if len(raw) > MAX_CREDENTIAL_LENGTH:
+        # Before any parsing (a JWT's base64 and JSON) or lookup: no credential is this long.
+        auth_failure_record(client, raw[:MAX_CREDENTIAL_LENGTH])
+        raise Unauthenticated(
+            f"The credential is longer than {MAX_CREDENTIAL_LENGTH} bytes.",
+            code="credential_too_long",
+        )
+    auth_failures_check(client, raw)
     try:
         return authenticate_credentials(kind, raw)
     except Unauthenticated:
-        auth_failure_record(client)
+        if auth_failure_record(client, raw):
+            raise _too_many(_failure_keys(client, raw)[2]) from None
         raise
 
 
@@ -145,10 +170,10 @@ def authenticate(request: HttpRequest) -> Caller:
     return caller
 
 
-def _cached_api_key_caller(client: str, kind: CallerKind, raw: str) -> Caller | None:
-    """The no-I/O answer for an API key this process verified seconds ago, from a client not
-    blocked for failures a moment ago; None when the full check is needed."""
-    if kind != "api_key" or not _recently_clear(client):
+def _cached_api_key_caller(kind: CallerKind, raw: str) -> Caller | None:
+    """The no-I/O answer for an API key this process verified seconds ago (a valid credential
+    never waits for the failure throttle); None when the full check is needed."""
+    if kind != "api_key":
         return None
     from apikeys.services import caller_from_api_key_cached
 
@@ -164,10 +189,9 @@ async def aauthenticate(request: HttpRequest) -> Caller:
     found = credentials(request)
     if found is None:
         raise Unauthenticated()
-    client = _client(request)
-    caller = _cached_api_key_caller(client, *found)
+    caller = _cached_api_key_caller(*found)
     if caller is None:
-        caller = await run_db(_authenticate_found, client, *found)
+        caller = await run_db(_authenticate_found, _client(request), *found)
     request.caller_label = caller.label  # type: ignore[attr-defined]
     return caller
 

@@ -9,6 +9,7 @@ are allow-listed and validated, path parameters are checked against the raw path
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +41,9 @@ from timepoint_billing.errors import (
 AnyResponse = HttpResponse | StreamingHttpResponse
 Handler = Callable[..., Awaitable[AnyResponse]]
 PREFIX = "/api/v1"
+# nginx's status for "the client closed the connection before the answer": what the usage record
+# of a read abandoned by its client says.
+CLIENT_CLOSED_REQUEST = 499
 
 
 def json_response(body: Any, status: int = 200) -> HttpResponse:
@@ -78,13 +82,19 @@ def relay_route(
             response: AnyResponse | None = None
             try:
                 response = await handler(request, call, **kwargs)
+            except asyncio.CancelledError:
+                call.status = CLIENT_CLOSED_REQUEST  # the client left (asgi_handler)
+                raise
             except ApiError as exc:
                 response = api_error_response(exc)
             except Exception as exc:  # DRF validation errors and the unexpected: same JSON
                 response = exception_to_response(exc, request)
             finally:
                 if not isinstance(response, StreamingHttpResponse):
-                    call.status = response.status_code if response is not None else 500
+                    if response is not None:
+                        call.status = response.status_code
+                    elif not call.status:
+                        call.status = 500
                     await call.finish()
             for name, value in lease.headers.items():
                 response[name] = value

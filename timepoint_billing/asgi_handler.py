@@ -28,6 +28,29 @@ logger = logging.getLogger("timepoint.request")
 
 # Set in the scope when the body was cut short; RequestContextMiddleware answers it with 413.
 BODY_TOO_LARGE = "timepoint.body_too_large"
+# Put in the scope by the production server's protocol (server.py): a `DisconnectWatch`.
+DISCONNECT_WATCH = "timepoint.disconnect_watch"
+
+
+class DisconnectWatch:
+    """How the production server tells a request that its client left, without a task awaiting
+    `receive` for it (Django's disconnect listener: two tasks per request, which the relay's reads
+    gave up for speed). The handler registers the task serving the request; the protocol's
+    `connection_lost` cancels it, so the view's `finally` frees the rate-limit slot and the
+    upstream call is cancelled at once instead of running to its timeout."""
+
+    __slots__ = ("fired", "task")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[Any] | None = None
+        self.fired = False
+
+    def client_left(self) -> None:
+        task = self.task
+        if task is not None and not task.done() and not self.fired:
+            self.fired = True
+            task.cancel()
+
 
 # The relay's async routes (relay/urls.py) and the async health checks. A sync view added under
 # one of these prefixes would still work; it would share one thread with the others.
@@ -154,11 +177,11 @@ class GatewayASGIHandler(ASGIHandler):
                 pass  # the client disconnected during send_response
             return response
 
-        if scope["method"] in ("GET", "HEAD"):
-            # The relay's reads answer within the upstream timeouts and hold nothing a client
-            # could abandon (streams are POSTs): no disconnect listener, no two tasks per read.
-            response = await process_request(request, send)
-            _release(response)
+        watch = scope.get(DISCONNECT_WATCH)
+        if watch is not None and scope["method"] in ("GET", "HEAD"):
+            # The relay's reads (their body is empty): the server cancels this task when the
+            # client leaves, instead of a listener task per request.
+            await self.process_watched(request, send, watch)
             body_file.close()
             return
         tasks = [
@@ -188,6 +211,23 @@ class GatewayASGIHandler(ASGIHandler):
         else:
             _release(response)
         body_file.close()
+
+    async def process_watched(self, request: Any, send: Any, watch: DisconnectWatch) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        watch.task = task
+        response = None
+        try:
+            response = await self.run_get_response(request)
+            await self.send_response(response, send)
+        except asyncio.CancelledError:
+            if not watch.fired:
+                raise  # the worker is stopping: not ours to swallow
+            task.uncancel()  # the client left; the view's `finally` blocks have run
+        finally:
+            watch.task = None
+        if response is not None:
+            _release(response)
 
     async def lifespan(self, receive: Any, send: Any) -> None:
         """The ASGI lifespan protocol, which Django does not speak. At shutdown: write the usage

@@ -1,5 +1,6 @@
 """The production server's HTTP protocol: uvicorn's, with a bound on how long a client may take
-to send a request's headers, and JSON bodies on the errors uvicorn answers itself.
+to send a request's headers, JSON bodies on the errors uvicorn answers itself, and a way for a
+request to learn that its client left without a task listening for it (`DisconnectWatch`).
 
 uvicorn (0.54) has no header-read timeout: its keep-alive timer is armed only after a response
 and any byte cancels it, so a client that opens connections and trickles headers a byte at a
@@ -24,6 +25,8 @@ from typing import Any
 from django.conf import settings
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
+
+from timepoint_billing.asgi_handler import DISCONNECT_WATCH, DisconnectWatch
 
 
 def header_timeout_seconds() -> float:
@@ -76,6 +79,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            watch = cycle.scope.get(DISCONNECT_WATCH)  # type: ignore[typeddict-item]
+            if isinstance(watch, DisconnectWatch):
+                watch.client_left()
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
@@ -84,6 +92,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm_header_timer()
+        # Before the cycle starts: its scope is this dict (asgi_handler.DisconnectWatch).
+        self.scope[DISCONNECT_WATCH] = DisconnectWatch()  # type: ignore[literal-required]
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:

@@ -357,6 +357,14 @@ USER_CONCURRENCY_LIMIT = env_int("USER_CONCURRENCY_LIMIT", 5)
 API_KEY_DIGEST_SECRET = env_str("API_KEY_DIGEST_SECRET", SECRET_KEY)
 MAX_LIVE_KEYS_PER_USER = env_int("MAX_LIVE_KEYS_PER_USER", 20)
 AUTH_FAILURE_LIMIT_PER_MINUTE = env_int("AUTH_FAILURE_LIMIT_PER_MINUTE", 30)
+# Which proxies' X-Forwarded-For gunicorn/uvicorn believe (the start command passes it as
+# --forwarded-allow-ips). Read here only for the production check: behind Railway's proxy a
+# loopback-only value gives every client the proxy's address (README, "Behind a proxy").
+FORWARDED_ALLOW_IPS = env_str("FORWARDED_ALLOW_IPS", "")
+ON_RAILWAY = any(
+    os.environ.get(name)
+    for name in ("RAILWAY_ENVIRONMENT_NAME", "RAILWAY_ENVIRONMENT", "RAILWAY_PROJECT_ID")
+)
 METERING_FLUSH_INTERVAL_SECONDS = env_float("METERING_FLUSH_INTERVAL_SECONDS", 1.0)
 METERING_BUFFER_MAX = env_int("METERING_BUFFER_MAX", 10_000)
 METERING_ROLLUP_INTERVAL_SECONDS = env_float("METERING_ROLLUP_INTERVAL_SECONDS", 60.0)
@@ -575,6 +583,18 @@ def _check_production() -> None:
         for name, secret in INTERNAL_SERVICE_KEYS
         if len(secret) < 32
     ]
+    trusted = {ip.strip() for ip in FORWARDED_ALLOW_IPS.split(",") if ip.strip()}
+    if not trusted:
+        problems.append(
+            "FORWARDED_ALLOW_IPS is not set (the proxy whose X-Forwarded-For gives each client's "
+            "address; 127.0.0.1 when nothing is in front)"
+        )
+    elif ON_RAILWAY and trusted <= {"127.0.0.1", "::1", "localhost"}:
+        problems.append(
+            "FORWARDED_ALLOW_IPS trusts only loopback on Railway: every client would have the "
+            "address of Railway's proxy (and share one failed-authentication throttle); set it "
+            "to '*' (README, Behind a proxy)"
+        )
     if problems:
         raise ImproperlyConfigured(
             "Refusing to start with ENVIRONMENT=production: " + "; ".join(problems)

@@ -152,3 +152,17 @@ def test_the_hot_path_costs_one_query_and_no_jwks_fetch(
         caller = authenticate(request)
     assert caller.kind == "jwt" and caller.user.auth0_sub == "auth0|alice"
     assert auth0.jwks_requests == fetches
+
+
+@pytest.mark.django_db
+def test_a_validly_signed_token_over_8_kb_is_refused_unparsed(
+    client: Any, auth0: Any, flash_peer: Any, bearer: Any
+) -> None:
+    """No Auth0 token is that long; refusing it costs no base64, JSON or signature work."""
+    token = auth0.token("auth0|alice", email="alice@example.com", padding="x" * 16_000)
+    assert len(token) > 16_000
+    response = client.get(ME, **bearer(token))
+    assert response.status_code == 401, response.content
+    assert response.json()["code"] == "credential_too_long"
+    assert not User.objects.filter(auth0_sub="auth0|alice").exists()
+    assert auth0.jwks_requests == 0  # not even the signing key was fetched

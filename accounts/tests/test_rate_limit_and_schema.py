@@ -10,7 +10,7 @@ import yaml
 ME = "/api/v1/auth/me"
 
 
-def test_repeated_auth_failures_get_429_before_the_credential_is_checked(
+def test_repeated_auth_failures_slow_the_failing_caller_never_a_valid_credential(
     db: Any, client: Any, settings: Any, user: Any, session_token: str, bearer: Any
 ) -> None:
     settings.AUTH_FAILURE_LIMIT_PER_MINUTE = 5
@@ -21,11 +21,23 @@ def test_repeated_auth_failures_get_429_before_the_credential_is_checked(
     assert blocked.status_code == 429
     assert blocked.json()["code"] == "too_many_auth_failures"
     assert 1 <= int(blocked["Retry-After"]) <= 60
-    # even a valid credential waits: the attacker's address is blocked, not the token
-    assert client.get(ME, **bearer(session_token), REMOTE_ADDR="10.0.0.9").status_code == 429
-    # other addresses are unaffected, and successes never count
+    # The failing credential is refused from any address (without another lookup) ...
+    assert client.get(ME, **bearer("tps_wrong"), REMOTE_ADDR="10.0.0.77").status_code == 429
+    # ... and the failing address's further failures too, whatever the credential ...
+    assert client.get(ME, **bearer("tps_other"), REMOTE_ADDR="10.0.0.9").status_code == 429
+    # ... but a valid credential is never refused for other callers' failures, even from the
+    # same address (behind a proxy every client may share one).
     for _ in range(10):
+        assert client.get(ME, **bearer(session_token), REMOTE_ADDR="10.0.0.9").status_code == 200
         assert client.get(ME, **bearer(session_token), REMOTE_ADDR="10.0.0.10").status_code == 200
+
+
+def test_an_over_long_credential_is_refused_before_any_parsing(
+    db: Any, client: Any, bearer: Any
+) -> None:
+    response = client.get(ME, **bearer("e" + "x" * 16_384))
+    assert response.status_code == 401
+    assert response.json()["code"] == "credential_too_long"
 
 
 def test_api_key_failures_count_too(db: Any, client: Any, settings: Any) -> None:

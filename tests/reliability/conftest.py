@@ -208,7 +208,8 @@ def gunicorn_command(
     ]
 
 
-def wait_until_serving(url: str, process: subprocess.Popen[bytes], timeout: float = 40) -> None:
+def wait_until_serving(url: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    # Generous: on a loaded 2-core machine two workers importing Django took over 40 s.
     deadline = time.monotonic() + timeout
     while True:
         assert process.poll() is None, "the server exited during start-up"

@@ -59,8 +59,12 @@ def test_web_command_logs_no_access_line_and_trusts_only_the_configured_proxy(sc
     assert _gunicorn_config(script)["forwarded_allow_ips"] == "['127.0.0.1']"
 
 
-def test_dockerfile_defaults_forwarded_allow_ips_to_loopback() -> None:
-    assert "FORWARDED_ALLOW_IPS=127.0.0.1" in (ROOT / "Dockerfile").read_text()
+def test_the_image_leaves_forwarded_allow_ips_to_the_deploy() -> None:
+    """Which proxy to trust depends on where the image runs (Railway: its edge proxy); a default
+    baked into the image hid a loopback-only value from the production check (issue 13)."""
+    text = (ROOT / "Dockerfile").read_text()
+    env_block = text[text.index("\nENV ") : text.index("\nWORKDIR")]
+    assert "PORT=8000" in env_block and "FORWARDED_ALLOW_IPS" not in env_block
 
 
 def test_image_leaves_out_local_state_and_caches() -> None:

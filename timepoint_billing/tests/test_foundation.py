@@ -134,7 +134,8 @@ _PRODUCTION_VARIABLES = (
     "APPLE_",
     "API_KEY_DIGEST_SECRET",
     "ALLOWED_HOSTS",
-    "RAILWAY_HEALTHCHECK_HOST",
+    "RAILWAY_",
+    "FORWARDED_ALLOW_IPS",
 )
 
 
@@ -156,6 +157,7 @@ def _production_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         FLASH_GATEWAY_SIGNING_SECRET="prod-flash-signing",
         CLOCKCHAIN_URL="http://127.0.0.1:9",
         CLOCKCHAIN_SERVICE_KEY="prod-clockchain-service",
+        FORWARDED_ALLOW_IPS="127.0.0.1",
     )
     env.update(overrides)
     return {k: v for k, v in env.items() if v is not None}
@@ -257,3 +259,20 @@ def test_production_health_answers_railways_health_check_host(tmp_path: Path) ->
 
 def test_admin_login_page_renders(client: Client) -> None:
     assert client.get("/admin/login/").status_code == 200
+
+
+def test_production_refuses_a_proxy_setting_that_gives_every_client_one_address(
+    tmp_path: Path,
+) -> None:
+    """Behind Railway's proxy, trusting only loopback makes every client the proxy (issue 13):
+    one caller's failed logins would count against all. The check names the fix."""
+    unset = _manage_check(_production_env(tmp_path, FORWARDED_ALLOW_IPS=""))
+    assert unset.returncode != 0 and "FORWARDED_ALLOW_IPS is not set" in unset.stderr
+    railway = {"RAILWAY_ENVIRONMENT_NAME": "production", "RAILWAY_PROJECT_ID": "p-1"}
+    loopback = _manage_check(_production_env(tmp_path, **railway))
+    assert loopback.returncode != 0
+    assert "FORWARDED_ALLOW_IPS trusts only loopback on Railway" in loopback.stderr
+    trusted = _manage_check(_production_env(tmp_path, FORWARDED_ALLOW_IPS="*", **railway))
+    assert trusted.returncode == 0, trusted.stderr
+    # Off Railway a proxy on the same host (nginx in front) is a loopback proxy: accepted.
+    assert _manage_check(_production_env(tmp_path)).returncode == 0
