@@ -25,5 +25,5 @@ EXPOSE 8000
 #   python manage.py run_grants
 # The client address (the failed-authentication throttle's key) is taken from X-Forwarded-For
 # only for connections from FORWARDED_ALLOW_IPS, the proxy in front: set it where the image runs
-# (Railway: '*'; README, Behind a proxy). ENVIRONMENT=production refuses to start without it.
+# (Railway: its proxy's range; README, Deployment). Production refuses to start without it.
 CMD ["sh", "-c", "python manage.py migrate --noinput && exec gunicorn -c gunicorn.conf.py"]

@@ -7,6 +7,7 @@ so a misconfigured deploy fails loudly at boot instead of running with a known k
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -81,6 +82,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "mozilla_django_oidc",
+    "axes",
     "djstripe",
     "accounts",
     "apikeys",
@@ -107,6 +109,8 @@ MIDDLEWARE = [
     "timepoint_billing.middleware.MessageMiddleware",
     "timepoint_billing.middleware.XFrameOptionsMiddleware",
     "timepoint_billing.errors.ApiErrorMiddleware",
+    # Turns an admin login lockout into its answer (django-axes wants it last; async-capable).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "timepoint_billing.urls"
@@ -226,9 +230,22 @@ SESSION_TOKEN_TTL_SECONDS = env_int("SESSION_TOKEN_TTL_SECONDS", 7 * 24 * 3600)
 
 # Browser login for staff and the developer portal (mozilla-django-oidc against Auth0).
 AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out username+address before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
     "accounts.oidc.Auth0OIDCBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
+# The admin's password login is throttled by django-axes: ADMIN_LOGIN_FAILURE_LIMIT failures for
+# one username *from one address* lock that pair for ADMIN_LOGIN_COOLOFF_MINUTES. Keyed on the
+# pair, so someone else's failures (another address) never lock a staff member out, and one
+# address guessing many usernames is stopped per username. Only the admin site (the portal signs
+# in through Auth0). The address is the real client's behind a trusted proxy (FORWARDED_ALLOW_IPS).
+AXES_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("ADMIN_LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_ONLY_ADMIN_SITE = True
+AXES_HTTP_RESPONSE_CODE = 429
 OIDC_RP_CLIENT_ID = AUTH0_CLIENT_ID
 OIDC_RP_CLIENT_SECRET = AUTH0_CLIENT_SECRET
 OIDC_RP_SIGN_ALGO = "RS256"
@@ -593,7 +610,7 @@ def _check_production() -> None:
         problems.append(
             "FORWARDED_ALLOW_IPS trusts only loopback on Railway: every client would have the "
             "address of Railway's proxy (and share one failed-authentication throttle); set it "
-            "to '*' (README, Behind a proxy)"
+            "to the range Railway's proxy connects from (README, Deployment)"
         )
     if problems:
         raise ImproperlyConfigured(

@@ -101,7 +101,7 @@ def gateways(transactional_db: Any, tmp_path: Path, user: Any, make_key: Any) ->
         for port in ports
     ]
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # two Django imports on a loaded 2-core machine
         for port in ports:
             while True:
                 try:
