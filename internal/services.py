@@ -195,10 +195,11 @@ def service_authenticate(request: HttpRequest) -> ServiceCaller:
             "X-Service-Key is required.", code="service_key_required", headers=SERVICE_AUTH_HEADER
         )
     client = str(request.META.get("REMOTE_ADDR") or "unknown")
-    auth_failures_check(client)
+    auth_failures_check(client, raw)  # this very key failed too often: refused unlooked-up
     caller = service_caller_for(raw)
     if caller is None:
-        auth_failure_record(client)
+        if auth_failure_record(client, raw):
+            auth_failures_check(client, raw)  # over the limit now: 429 with Retry-After
         raise Unauthenticated(
             "The service key is invalid or revoked.",
             code="invalid_service_key",
