@@ -798,7 +798,7 @@ class WindowState:
 def peek_sync(caller: Caller) -> WindowState:
     """The caller's minute and day counts as the limiter sees them, counting nothing."""
     step = _step(caller, None)
-    minute_key, day_key, _ = step.keys()
+    minute_key, day_key = step.keys()[:2]
     used: list[int | None]
     if not settings.REDIS_URL:
         with _local.lock:
