@@ -687,7 +687,8 @@ class FlashPeer:
     ) -> _Charge | None:
         """Check the balance and deduct now, or (``defer``) only snapshot it for a later write-back.
 
-        None means insufficient balance or no credit account.
+        None means insufficient balance or no credit account. Descriptions as Flash writes them:
+        ``Generate (<preset>): <query[:60]>``, refunds ``Refund (<why>): <query[:60]>``.
         """
         desc = description or f"Timepoint generation ({preset})"
         with self.lock:
@@ -712,7 +713,7 @@ class FlashPeer:
         charge: _Charge,
         refunded: bool,
         refund_lost: bool = False,
-        refund_description: str = "Refund: generation failed",
+        refund_description: str | None = None,
     ) -> None:
         """Finish a charge; a deferred charge is written back only now, as absolute values.
 
@@ -721,7 +722,9 @@ class FlashPeer:
         keeps every row (pitfall 11). ``refund_lost``: the refund was committed by another
         session *before* that write-back (the stream case), so it is overwritten too.
         """
-        refund_desc = refund_description
+        # Flash's own words, ending with the query as the charge does.
+        query = charge.description.split("): ", 1)[-1]
+        refund_desc = refund_description or f"Refund (generation failed): {query}"
         with self.lock:
             acct = self.accounts.get(charge.user_id)
             if acct is None:
@@ -767,9 +770,16 @@ class FlashPeer:
         cost = self.cost_for(gen.preset)
         charge: _Charge | None = None
         if user is not None:
-            charge = self._take_charge(user, cost, gen.preset or "balanced", self.lost_updates)
+            preset = gen.preset or "balanced"
+            charge = self._take_charge(
+                user,
+                cost,
+                preset,
+                self.lost_updates,
+                description=f"Generate ({preset}): {gen.query[:60]}",
+            )
             if charge is None:
-                return self._sync_insufficient(user, cost)
+                return self._sync_insufficient(user, cost, gen.query)
         visibility = gen.visibility if gen.visibility in ("public", "private") else "public"
         tp = self._new_timepoint(gen, user.id if user else None, visibility)
         started = time.monotonic()
@@ -786,7 +796,7 @@ class FlashPeer:
             body = self._tp_dict(tp, full=True, viewer=user.id if user else None)
         return json_response(200, body)
 
-    def _sync_insufficient(self, user: User, cost: int) -> Response:
+    def _sync_insufficient(self, user: User, cost: int, query: str = "") -> Response:
         # Pitfall 7: the error handler "refunds" the cost it never took, and commits.
         with self.lock:
             acct = self.accounts.get(user.id)
@@ -794,7 +804,9 @@ class FlashPeer:
                 return _server_error()
             have = acct.balance
             acct.balance += cost
-            row = LedgerRow(cost, acct.balance, "refund", "Refund: generation failed")
+            row = LedgerRow(
+                cost, acct.balance, "refund", f"Refund (generation failed): {query[:60]}"
+            )
             self.ledger.setdefault(user.id, []).append(row)
         return _error(500, f"Insufficient credits: have {have}, need {cost}")
 
@@ -910,7 +922,14 @@ class FlashPeer:
         charge: _Charge | None = None
         if user is not None and not metered:
             cost = self.cost_for(gen.preset)
-            charge = self._take_charge(user, cost, gen.preset or "balanced", self.lost_updates)
+            preset = gen.preset or "balanced"
+            charge = self._take_charge(
+                user,
+                cost,
+                preset,
+                self.lost_updates,
+                description=f"Generate ({preset}): {gen.query[:60]}",
+            )
             if charge is None:
                 return _server_error()
         # Visibility is ignored and the timepoint is orphaned (pitfall 10).

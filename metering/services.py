@@ -151,6 +151,13 @@ def usage_write_batch(rows: list[dict[str, Any]]) -> None:
         cursor.executemany(sql, params)
 
 
+def usage_credits_set(*, request_id: str, credits: int) -> int:
+    """Correct what a call finally cost once its outcome is known (a generation whose answer was
+    lost, settled later by the worker). Returns the number of records changed (0 when the
+    record is not written yet: then it is written with the cost known at the time)."""
+    return UsageRecord.objects.filter(request_id=request_id).update(credits_spent=credits)
+
+
 def flush_usage() -> int:
     """Write everything queued so far, in batches; returns the number of records flushed.
 

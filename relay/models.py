@@ -78,3 +78,61 @@ class AsyncGeneration(models.Model):
 
     def __str__(self) -> str:
         return f"{self.timepoint_id} ({self.state})"
+
+
+class OutcomeState(models.TextChoices):
+    IN_FLIGHT = "in_flight", "In flight"  # committed before Flash was called; no answer yet
+    UNKNOWN = "unknown", "Outcome unknown"  # the answer was lost: the worker asks Flash
+    SETTLED = "settled", "Settled"  # charged or refunded, for good
+    NEEDS_ATTENTION = "needs_attention", "Needs attention"  # Flash never told; staff decide
+
+
+class Outcome(models.TextChoices):
+    COMPLETED = "completed", "Completed (charged)"
+    FAILED = "failed", "Failed (refunded)"
+    NOT_CHARGED = "not_charged", "Not charged by Flash"
+    ABANDONED = "abandoned", "Client left (charged)"
+
+
+class ForwardedGeneration(models.Model):
+    """One generation the gateway forwarded to Flash, committed *before* the call.
+
+    Flash charges when a generation starts and charges failed runs (upstreams.md A4, pitfall 9).
+    When the gateway loses Flash's answer (a cut connection, a timeout after the request was
+    sent, a truncated body, a stream cut before its final event, or a gateway worker killed
+    mid-call), this row is how the background worker finds out from Flash what happened and
+    refunds exactly once (`relay.refunds`). `flash_timepoint_id` is unique: one timepoint settles
+    one generation, and the refund is keyed on it (`refund:tp:<id>`)."""
+
+    request_id = models.CharField(max_length=128, unique=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="forwarded_generations"
+    )
+    flash_user_id = models.CharField(max_length=64)
+    route = models.CharField(max_length=16)  # sync | stream | async
+    query = models.TextField()
+    preset = models.CharField(max_length=32)
+    cost = models.PositiveIntegerField()
+    forwarded_at = models.DateTimeField(default=timezone.now)
+    state = models.CharField(
+        max_length=16,
+        choices=OutcomeState.choices,
+        default=OutcomeState.IN_FLIGHT,
+        db_index=True,
+    )
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, blank=True, default="")
+    flash_timepoint_id = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    credits_charged = models.IntegerField(null=True, blank=True)  # what the user finally paid
+    refund_key = models.CharField(max_length=255, blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    next_check_at = models.DateTimeField(default=timezone.now)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-forwarded_at"]
+        indexes = [models.Index(fields=["state", "next_check_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.route} {self.request_id} ({self.state})"

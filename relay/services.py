@@ -34,8 +34,9 @@ from django.core.cache import cache
 
 from accounts.authentication import Caller
 from accounts.services import flash_account_ensure
-from relay import flash
+from relay import flash, refunds
 from relay.http import UpstreamStream
+from relay.models import Outcome
 from relay.sse import EventSplitter
 from timepoint_billing.db import run_db
 from timepoint_billing.errors import (
@@ -45,6 +46,7 @@ from timepoint_billing.errors import (
     InsufficientCredits,
     ServiceUnavailable,
     UpstreamError,
+    UpstreamTimeout,
 )
 
 logger = logging.getLogger("timepoint.relay")
@@ -55,8 +57,6 @@ PRESETS = frozenset({"balanced", "hd", "hyper", "gemini3", "free_distillable", "
 # which Flash under-prices at 5; pitfall 8).
 HD_PRESETS = frozenset({"hd", "frontier"})
 COSTS_CACHE_KEY = "relay:flash-costs"
-# `CreditGrant.source` of the refunds the relay records in the payments outbox.
-REFUND_GRANT_SOURCE = "refund"
 
 
 def costs_cache_seconds() -> float:
@@ -288,32 +288,36 @@ def generation_release(generation: Generation, *, delay: float = 0.0) -> None:
         release(flash_user_id=generation.flash_user_id, cost=generation.cost)
 
 
-async def generation_refund(generation: Generation, *, reason: str) -> None:
-    """Give back what Flash charged for a generation it reported as failed.
-
-    Flash's grant is not idempotent (pitfall 12), so the refund is an outbox row keyed by the
-    gateway request id (`refund:<request id>`) that the payments grant worker delivers exactly
-    once, after the user's busy marker has cleared."""
-    from payments.services import grant_create
-
+async def generation_forwarded(generation: Generation, *, route: str) -> None:
+    """Commit the generation's record before Flash is called (`relay.refunds`)."""
     await run_db(
-        grant_create,
-        key=f"refund:{generation.request_id}",
+        refunds.forwarded_record,
+        request_id=generation.request_id,
         user=generation.caller.user,
-        amount=generation.cost,
-        transaction_type="refund",
-        label=f"refund: {reason} ({generation.preset})",
-        source=REFUND_GRANT_SOURCE,
-        reason=reason,
+        flash_user_id=generation.flash_user_id,
+        route=route,
+        query=str(generation.payload["query"]),
+        preset=generation.preset,
+        cost=generation.cost,
     )
-    logger.info(
-        {
-            "event": "generation_refund_recorded",
-            "request_id": generation.request_id,
-            "amount": generation.cost,
-            "reason": reason,
-        }
+
+
+async def generation_settled(
+    generation: Generation, outcome: str, *, timepoint_id: str | None = None, why: str = ""
+) -> None:
+    """Flash's answer arrived: record the outcome (a failed one records its refund)."""
+    await run_db(
+        refunds.forwarded_settle,
+        request_id=generation.request_id,
+        outcome=outcome,
+        timepoint_id=timepoint_id,
+        why=why,
     )
+
+
+async def generation_lost(generation: Generation, error: str) -> None:
+    """Flash's answer was lost after the request was sent: the worker will find out."""
+    await run_db(refunds.forwarded_unknown, request_id=generation.request_id, error=error)
 
 
 def simulated_timepoint(generation: Generation) -> dict[str, Any]:
@@ -471,29 +475,53 @@ class RelayCall:
 
 
 async def generation_run_sync(generation: Generation, call: RelayCall) -> dict[str, Any]:
-    """POST /generate/sync for the caller. A `status: "failed"` answer is charged by Flash and
-    not refunded (pitfall 9), so the gateway records a refund for it."""
+    """POST /generate/sync for the caller, recorded before the call (`relay.refunds`).
+
+    A `status: "failed"` answer is charged by Flash and not refunded (pitfall 9): the gateway
+    refunds it. Flash's own 4xx charged nothing and its 500/504 answers refunded themselves.
+    When the answer is lost after the request was sent (cut, timeout, truncated or unparseable
+    body, or a 5xx that is not Flash's), the client gets `upstream_outcome_unknown` and the
+    worker settles it from Flash's records."""
+    await generation_forwarded(generation, route="sync")
     try:
-        response = await flash.acall(
-            "POST",
-            "/api/v1/timepoints/generate/sync",
-            user_id=generation.flash_user_id,
-            json=outbound_generation_body(generation),
-            extra_headers={"X-Request-ID": generation.request_id},
-            read_timeout=settings.UPSTREAM_GENERATE_TIMEOUT,
-        )
-        if response.status_code != 200:
-            # Flash refunds its own 500/504 (and never charged a 4xx).
-            raise flash.error_from_flash(response)
+        try:
+            response = await flash.acall(
+                "POST",
+                "/api/v1/timepoints/generate/sync",
+                user_id=generation.flash_user_id,
+                json=outbound_generation_body(generation),
+                extra_headers={"X-Request-ID": generation.request_id},
+                read_timeout=settings.UPSTREAM_GENERATE_TIMEOUT,
+            )
+        except ApiError as exc:
+            if not refunds.request_was_sent(exc):
+                await generation_settled(generation, Outcome.NOT_CHARGED)
+                raise
+            await generation_lost(generation, exc.detail_text)
+            raise refunds.outcome_unknown_error(
+                generation.request_id, timed_out=isinstance(exc, UpstreamTimeout)
+            ) from exc
         try:
             body = response.json()
-        except ValueError as exc:
-            raise UpstreamError("Flash returned an invalid answer.") from exc
+        except ValueError:
+            body = None
+        if response.status_code != 200:
+            flash_answered = isinstance(body, dict) and "error" in body
+            if response.status_code >= 500 and not flash_answered:
+                # Not Flash's own error body (a proxy's page?): Flash may have run it.
+                await generation_lost(generation, f"answer {response.status_code} not Flash's")
+                raise refunds.outcome_unknown_error(generation.request_id, timed_out=False)
+            # Flash refunds its own 500/504 (and never charged a 4xx).
+            await generation_settled(generation, Outcome.NOT_CHARGED)
+            raise flash.error_from_flash(response)
         if not isinstance(body, dict):
-            raise UpstreamError("Flash returned an invalid answer.")
+            await generation_lost(generation, "unparseable answer")
+            raise refunds.outcome_unknown_error(generation.request_id, timed_out=False)
+        timepoint_id = str(body["id"]) if body.get("id") else None
         if body.get("status") == "failed":
-            await generation_refund(generation, reason="generation failed")
+            await generation_settled(generation, Outcome.FAILED, timepoint_id=timepoint_id)
         else:
+            await generation_settled(generation, Outcome.COMPLETED, timepoint_id=timepoint_id)
             call.credits_spent = generation.cost
         return timepoint_public(body)
     finally:
@@ -508,13 +536,24 @@ def timepoint_public(body: dict[str, Any]) -> dict[str, Any]:
 # --- Generations: the stream
 
 
-def _sse_event(name: str, error: str) -> bytes:
-    body = {"event": name, "step": None, "data": None, "progress": 0, "error": error}
+def _sse_event(name: str, error: str, data: dict[str, Any] | None = None) -> bytes:
+    body = {"event": name, "step": None, "data": data, "progress": 0, "error": error}
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-def _event_outcome(block: bytes) -> str | None:
-    """`completed`/`failed`/`error` for a terminal Flash event, None otherwise."""
+def _outcome_unknown_text(generation: Generation) -> str:
+    return (
+        "The gateway is checking the generation's outcome with Flash: a failed or unfinished "
+        f"generation is refunded automatically. Request id {generation.request_id}."
+    )
+
+
+def _outcome_unknown_data(generation: Generation) -> dict[str, Any]:
+    return {"code": refunds.OutcomeUnknown.default_code, "request_id": generation.request_id}
+
+
+def _event_outcome(block: bytes) -> tuple[str, str | None] | None:
+    """(`completed`/`failed`/`error`, Flash's timepoint id) for a terminal Flash event."""
     data = b"".join(line[5:].lstrip() for line in block.split(b"\n") if line.startswith(b"data:"))
     if not data:
         return None
@@ -525,35 +564,54 @@ def _event_outcome(block: bytes) -> str | None:
     if not isinstance(event, dict):
         return None
     name = event.get("event")
+    payload = event.get("data")
+    timepoint_id = payload.get("timepoint_id") if isinstance(payload, dict) else None
+    timepoint_id = str(timepoint_id) if timepoint_id else None
     if name == "error":
-        return "error"
+        return "error", timepoint_id
     if name == "done":
-        payload = event.get("data")
         status = payload.get("status") if isinstance(payload, dict) else None
-        return "failed" if status == "failed" else "completed"
+        return ("failed" if status == "failed" else "completed"), timepoint_id
     return None
 
 
 async def generation_open_stream(generation: Generation) -> UpstreamStream:
-    """Open Flash's SSE stream; errors before the first byte come back as our JSON errors."""
-    response = await flash.astream(
-        "POST",
-        "/api/v1/timepoints/generate/stream",
-        user_id=generation.flash_user_id,
-        # Flash ignores `visibility` here (pitfall 10); the gateway applies it (relay.timepoints).
-        json={k: v for k, v in outbound_generation_body(generation).items() if k != "visibility"},
-        extra_headers={
-            "Accept": "text/event-stream",
-            "Accept-Encoding": "identity",
-            "X-Request-ID": generation.request_id,
-        },
-        read_timeout=settings.UPSTREAM_GENERATE_TIMEOUT,
-    )
+    """Open Flash's SSE stream (recorded first); errors before the first byte come back as our
+    JSON errors. Flash charges a stream before its 200, never with an error answer."""
+    await generation_forwarded(generation, route="stream")
+    try:
+        response = await flash.astream(
+            "POST",
+            "/api/v1/timepoints/generate/stream",
+            user_id=generation.flash_user_id,
+            # Flash ignores `visibility` here (pitfall 10); the gateway applies it
+            # (relay.timepoints).
+            json={
+                k: v for k, v in outbound_generation_body(generation).items() if k != "visibility"
+            },
+            extra_headers={
+                "Accept": "text/event-stream",
+                "Accept-Encoding": "identity",
+                "X-Request-ID": generation.request_id,
+            },
+            read_timeout=settings.UPSTREAM_GENERATE_TIMEOUT,
+        )
+    except ApiError as exc:
+        if not refunds.request_was_sent(exc):
+            await generation_settled(generation, Outcome.NOT_CHARGED)
+            raise
+        await generation_lost(generation, exc.detail_text)
+        raise refunds.outcome_unknown_error(
+            generation.request_id, timed_out=isinstance(exc, UpstreamTimeout)
+        ) from exc
     if response.status_code != 200:
         try:
             await response.aread()
+        except ApiError:
+            pass  # the error status is what counts
         finally:
             await response.aclose()
+        await generation_settled(generation, Outcome.NOT_CHARGED)
         raise flash.error_from_flash(response)
     return response
 
@@ -570,9 +628,12 @@ async def generation_stream(
 
     Charging (pitfalls 6, 9, 11): Flash charges the stream itself (the gateway never sends
     `X-Gateway-Metered`). When the stream ends in `done` with `status: "failed"`, in an `error`
-    event (Flash's own refund is overwritten by its late charge write-back), cut short by Flash,
-    or stopped by the gateway's limit, the gateway records a refund. A client that goes away is
-    charged: Flash skips its refund then and the generation ran on the client's request.
+    event (Flash's own refund is overwritten by its late charge write-back), the gateway
+    records a refund (keyed on the timepoint id Flash sent). A stream that ends before its final
+    event (cut, closed by Flash, or stopped by the gateway's limit) has an unknown outcome: the
+    client's last event says so with the request id, and the worker finds out from Flash
+    (`relay.refunds`). A client that goes away is charged: Flash skips its refund then and the
+    generation ran on the client's request.
     """
     loop = asyncio.get_running_loop()
     heartbeat = settings.SSE_HEARTBEAT_SECONDS
@@ -583,7 +644,7 @@ async def generation_stream(
     chunks = upstream.aiter_raw()
     pending: asyncio.Future[bytes] | None = None
     events = EventSplitter()
-    outcome: str | None = None
+    outcome: tuple[str, str | None] | None = None
     ended = "client"  # until the loop says otherwise, an exit is the client going away
     try:
         # The view takes this empty chunk to start the generator before handing it to Django: a
@@ -596,7 +657,12 @@ async def generation_stream(
             now = loop.time()
             if now >= deadline:
                 ended = "max_duration"
-                yield _sse_event("error", "The stream exceeded the gateway's maximum duration.")
+                yield _sse_event(
+                    "error",
+                    "The stream exceeded the gateway's maximum duration. "
+                    + _outcome_unknown_text(generation),
+                    _outcome_unknown_data(generation),
+                )
                 break
             if lease is not None and now - last_renew >= renew_every:
                 last_renew = now
@@ -617,19 +683,37 @@ async def generation_stream(
                 # still its last word (often `done`), to pass on and settle by.
                 for block in events.close():
                     outcome = _event_outcome(block) or outcome
-                    if outcome in ("completed", "failed") and generation.on_done is not None:
+                    if (
+                        outcome is not None
+                        and outcome[0] in ("completed", "failed")
+                        and generation.on_done is not None
+                    ):
                         on_done, generation.on_done = generation.on_done, None
                         await on_done(block)
                     yield block + b"\n\n"
+                if outcome is None:
+                    yield _sse_event(
+                        "error",
+                        "Flash ended the stream early. " + _outcome_unknown_text(generation),
+                        _outcome_unknown_data(generation),
+                    )
                 break
             except ApiError:  # the upstream connection failed (UpstreamStream maps it)
                 ended = "upstream_failed"
                 if outcome is None:
-                    yield _sse_event("error", "Flash stopped answering.")
+                    yield _sse_event(
+                        "error",
+                        "Flash stopped answering. " + _outcome_unknown_text(generation),
+                        _outcome_unknown_data(generation),
+                    )
                 break
             for block in events.feed(chunk):
                 outcome = _event_outcome(block) or outcome
-                if outcome in ("completed", "failed") and generation.on_done is not None:
+                if (
+                    outcome is not None
+                    and outcome[0] in ("completed", "failed")
+                    and generation.on_done is not None
+                ):
                     on_done, generation.on_done = generation.on_done, None
                     await on_done(block)
                 yield block + b"\n\n"
@@ -671,22 +755,30 @@ def stream_guard(stream: AsyncGenerator[bytes, None], response: Any, call: Relay
 
 
 async def _stream_settle(
-    generation: Generation, call: RelayCall, *, outcome: str | None, ended: str
+    generation: Generation,
+    call: RelayCall,
+    *,
+    outcome: tuple[str, str | None] | None,
+    ended: str,
 ) -> None:
     call.status = 200
     call.partial = outcome is None
     try:
-        if outcome == "completed" or (outcome is None and ended == "client"):
+        if outcome is None and ended == "client":
             call.credits_spent = generation.cost
+            await generation_settled(generation, Outcome.ABANDONED)
+        elif outcome is None:
+            await generation_lost(generation, f"stream ended before its final event ({ended})")
+        elif outcome[0] == "completed":
+            call.credits_spent = generation.cost
+            await generation_settled(generation, Outcome.COMPLETED, timepoint_id=outcome[1])
         else:
-            reason = {
-                "failed": "generation failed",
-                "error": "generation failed",
-                None: "stream ended early" if ended != "max_duration" else "stream too long",
-            }[outcome]
-            await generation_refund(generation, reason=reason)
+            await generation_settled(
+                generation, Outcome.FAILED, timepoint_id=outcome[1], why="generation failed"
+            )
     except Exception:
-        logger.exception("refund not recorded", extra={"request_id": generation.request_id})
+        # The record stays in flight: the worker settles it once no generation can still run.
+        logger.exception("generation outcome not recorded", extra={"request_id": call.request_id})
     finally:
         # Flash writes a stream's charge back after the stream closed (pitfall 11): hold the
         # reservation and the busy marker a moment longer.

@@ -358,6 +358,13 @@ RECONCILE_CURSOR_SECONDS = env_int("RECONCILE_CURSOR_SECONDS", 3600)
 # How often a sleeping worker looks for a web process's nudge (a cache read; needs REDIS_URL).
 GRANT_WORKER_NUDGE_POLL_SECONDS = env_float("GRANT_WORKER_NUDGE_POLL_SECONDS", 0.2)
 
+# Generations whose answer was lost (relay.refunds): when the worker first asks Flash, how often
+# it asks again, and how long after forwarding a generation with no result counts as failed
+# (Flash's own limit is 300 s sync, 360 s stream).
+GENERATION_RECONCILE_DELAY_SECONDS = env_float("GENERATION_RECONCILE_DELAY_SECONDS", 5.0)
+GENERATION_RECONCILE_RETRY_SECONDS = env_float("GENERATION_RECONCILE_RETRY_SECONDS", 15.0)
+GENERATION_OUTCOME_DEADLINE_SECONDS = env_float("GENERATION_OUTCOME_DEADLINE_SECONDS", 420.0)
+
 # dj-stripe: the Stripe mirror. Keys come from the environment, never from the admin.
 STRIPE_LIVE_MODE = STRIPE_SECRET_KEY.startswith("sk_live_")
 STRIPE_TEST_SECRET_KEY = STRIPE_SECRET_KEY if not STRIPE_LIVE_MODE else ""

@@ -132,6 +132,7 @@ def test_failed_or_cut_streams_are_refunded(
     from payments.services import grant_deliver
 
     settings.RELAY_STREAM_SETTLE_SECONDS = 0.3
+    settings.GENERATION_RECONCILE_DELAY_SECONDS = 0
     setattr(flash_peer, knob, value)
     with gateway.stream("POST", STREAM, json={"query": "Apollo 11"}, headers=auth) as response:
         try:
@@ -139,6 +140,15 @@ def test_failed_or_cut_streams_are_refunded(
         except httpx.HTTPError:
             raw = b""
     assert response.status_code == 200
+    if knob == "stream_cut_after":
+        # Cut before its final event: the outcome is unknown until the worker asks Flash.
+        from relay.models import ForwardedGeneration
+        from relay.refunds import generations_reconcile_due
+
+        _wait_for(lambda: ForwardedGeneration.objects.filter(state="unknown").exists())
+        assert not CreditGrant.objects.exists()
+        _wait_for(lambda: generations_reconcile_due() == 1)
+        assert generations_reconcile_due() == 0  # settled once
     _wait_for(lambda: CreditGrant.objects.exists())
     (grant,) = CreditGrant.objects.all()
     assert (grant.amount, grant.transaction_type) == (5, "refund")

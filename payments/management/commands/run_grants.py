@@ -21,6 +21,7 @@ from django.db import close_old_connections
 from metering.services import usage_rollup_recent
 from payments.services import grants_deliver_due, stripe_events_process_due, worker_wait
 from relay.async_generation import async_generations_settle_due
+from relay.refunds import generations_reconcile_due
 
 
 class Command(BaseCommand):
@@ -56,6 +57,8 @@ class Command(BaseCommand):
         next_rollup = 0.0
         seen = worker_wait(seconds=0, seen=None)
         while True:
+            # Generations whose answer was lost first (relay.refunds): their refunds go out below.
+            generations_reconcile_due()
             grants = grants_deliver_due()
             events = stripe_events_process_due()
             settled = async_generations_settle_due()
