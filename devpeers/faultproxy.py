@@ -12,6 +12,11 @@ Modes (set `proxy.mode` at any time; new connections pick it up):
   the client's connection without passing the answer on.
 - ``hold_answer``: forward the request, let the upstream answer (it has acted), and keep the
   client waiting without the answer until it gives up (the moment to SIGKILL a caller).
+
+``arm_on`` (bytes): connections pass everything until a request containing these bytes has
+been forwarded, and only the answer to that request gets ``cut`` or ``drop_after_request``.
+This hits one call on a pooled keep-alive connection (the generation, not the balance check
+made just before it on the same connection).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ class FaultProxy:
         self.delay_seconds = 0.0
         self.cut_after_bytes = 0
         self.cut_after_marker: bytes | None = None
+        self.arm_on: bytes | None = None
+        self.answers_dropped = 0
         self.connections = 0
         self.answers_held = 0
         self._open: set[asyncio.StreamWriter] = set()
@@ -142,9 +149,16 @@ class FaultProxy:
             return
         if mode == "delay":
             await asyncio.sleep(self.delay_seconds)
-        to_upstream = asyncio.create_task(self._pipe(reader, up_writer))
+        armed = asyncio.Event()
+        arm_on = self.arm_on if mode in ("cut", "drop_after_request") else None
+        if arm_on:
+            to_upstream = asyncio.create_task(self._pipe_arming(reader, up_writer, arm_on, armed))
+        else:
+            to_upstream = asyncio.create_task(self._pipe(reader, up_writer))
         try:
-            if mode == "cut" and self.cut_after_marker:
+            if arm_on:
+                await self._answer_armed(up_reader, writer, mode, armed)
+            elif mode == "cut" and self.cut_after_marker:
                 await self._pipe_until(up_reader, writer, self.cut_after_marker)
             elif mode == "cut":
                 await self._pipe_limited(up_reader, writer, self.cut_after_bytes)
@@ -168,6 +182,46 @@ class FaultProxy:
             up_writer.close()
             self.upstream_closed_at.append(time.monotonic())
             writer.close()
+
+    @staticmethod
+    async def _pipe_arming(
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        marker: bytes,
+        armed: asyncio.Event,
+    ) -> None:
+        seen = b""
+        with suppress(Exception):
+            while data := await reader.read(65536):
+                if not armed.is_set():
+                    seen = (seen + data)[-(len(marker) + 65536) :]
+                    if marker in seen:
+                        armed.set()
+                writer.write(data)
+                await writer.drain()
+
+    async def _answer_armed(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        mode: str,
+        armed: asyncio.Event,
+    ) -> None:
+        """Pass answers until the armed request's answer starts, then cut or drop it."""
+        with suppress(Exception):
+            while data := await reader.read(65536):
+                if armed.is_set():
+                    if mode == "drop_after_request":
+                        self.answers_dropped += 1  # the upstream answered (it has acted)
+                        return
+                    marker = self.cut_after_marker or b""
+                    at = data.find(marker) if marker else 0
+                    if at >= 0:
+                        writer.write(data[: at + len(marker)] if marker else data[:0])
+                        await writer.drain()
+                        return
+                writer.write(data)
+                await writer.drain()
 
     @staticmethod
     async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -40,6 +40,13 @@ CHARGING = (
     "`insufficient_credits` with `balance`, `available` and `cost`."
 )
 
+LOST_ANSWER = (
+    "When Flash received the generation but its answer was lost (cut connection, timeout, "
+    "truncated answer) → 502 (504 for a timeout) `upstream_outcome_unknown` with `request_id`: "
+    "the gateway's worker finds out from Flash what became of it; a completed timepoint is in "
+    "your timepoints and charged, a failed or unfinished one is refunded exactly once."
+)
+
 
 PRIVACY = (
     "Someone else's private timepoint, and a deleted one, answer 404 exactly like an unknown one."
@@ -105,7 +112,7 @@ ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
             "description": (
                 f'{CHARGING} A run that Flash reports as `status: "failed"` is refunded by the '
                 "gateway (a `refund` grant in Flash's ledger, delivered by the grant worker). "
-                f"{TEST_MODE}"
+                f"{LOST_ANSWER} {TEST_MODE}"
             ),
             "request": s.GenerateInputSerializer,
             "responses": {
@@ -127,9 +134,12 @@ ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
                 "before the first event are JSON. The timepoint is yours and gets the requested "
                 "`visibility` (the gateway records both from the `done` event, before passing it "
                 f"on). {CHARGING} Flash charges the "
-                'stream; a stream that ends in `done` with `status: "failed"`, in an `error` '
-                "event, or cut short by Flash or the gateway is refunded. Closing the connection "
-                f"early is charged. {TEST_MODE}"
+                'stream; a stream that ends in `done` with `status: "failed"` or in an `error` '
+                "event is refunded. A stream cut short by Flash, the network or the gateway's "
+                "duration limit ends with an `error` event whose `data` is "
+                '`{"code": "upstream_outcome_unknown", "request_id": …}`: the gateway finds out '
+                "from Flash whether the generation completed and refunds it if not. Closing the "
+                f"connection early is charged. {TEST_MODE}"
             ),
             "request": s.GenerateInputSerializer,
             "responses": {
