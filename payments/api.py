@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 from accounts.models import User
 from apikeys.drf import LimitedMeteredApiView
 from payments import selectors, serializers, services
+from payments.apple_tokens import apple_account_token
 from timepoint_billing.openapi import error_responses
 
 TAGS = ["billing"]
@@ -118,6 +119,12 @@ class AppleReceiptVerifyApi(LimitedMeteredApiView):
             200: serializers.VerifyReceiptOutputSerializer,
             **error_responses(400, 401, 409, 429, 503),
         },
+        description=(
+            "409 `apple_account_mismatch`: the transaction's `appAccountToken` belongs to "
+            "another account (see `GET /billing/apple/account-token`). 409 "
+            "`transaction_already_claimed`: a transaction without a token was already credited "
+            "to another account (first come)."
+        ),
     )
     def post(self, request: Request) -> Response:
         payload = serializers.VerifyReceiptInputSerializer(data=request.data)
@@ -126,6 +133,26 @@ class AppleReceiptVerifyApi(LimitedMeteredApiView):
             user=_user(request), signed_transaction=payload.validated_data["signed_transaction"]
         )
         return Response(serializers.VerifyReceiptOutputSerializer(grant).data)
+
+
+class AppleAccountTokenApi(LimitedMeteredApiView):
+    @extend_schema(
+        tags=TAGS,
+        summary="Your appAccountToken for App Store purchases",
+        description=(
+            "A stable UUID for this account. The app sets it as `appAccountToken` on every "
+            "purchase; `verify-receipt` then credits a transaction carrying it to this account "
+            "only, and refuses it (409 `apple_account_mismatch`) for any other. A transaction "
+            "without a token is credited to the first account that presents it."
+        ),
+        responses={
+            200: serializers.AppleAccountTokenSerializer,
+            **error_responses(401, 429),
+        },
+    )
+    def get(self, request: Request) -> Response:
+        token = apple_account_token(user=_user(request))
+        return Response(serializers.AppleAccountTokenSerializer({"app_account_token": token}).data)
 
 
 class AppleWebhookApi(APIView):

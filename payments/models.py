@@ -6,6 +6,8 @@ hold what the gateway itself must remember to grant credits exactly once.
 
 from __future__ import annotations
 
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -184,3 +186,17 @@ class AppleNotification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.notification_uuid}"
+
+
+class AppleAccountToken(models.Model):
+    """The UUID the app sets as `appAccountToken` on each purchase this user makes: a
+    transaction carrying it can only be credited to this user (`payments.apple_tokens`)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="apple_account_token"
+    )
+    token = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.token}"

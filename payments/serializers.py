@@ -99,3 +99,10 @@ class AppleNotificationInputSerializer(serializers.Serializer):
 
 class ReceivedSerializer(serializers.Serializer):
     received = serializers.BooleanField()
+
+
+class AppleAccountTokenSerializer(serializers.Serializer):
+    app_account_token = serializers.UUIDField(
+        help_text="Set it as `appAccountToken` on every App Store purchase (StoreKit "
+        "`Product.PurchaseOption.appAccountToken`); stable for the account."
+    )

@@ -32,6 +32,7 @@ from django.utils.dateparse import parse_datetime
 
 from accounts.models import Plan, Tier, User
 from payments import catalogue, stripe_client, stripe_shapes
+from payments.apple_tokens import apple_token_check
 from payments.models import (
     AppleNotification,
     CreditGrant,
@@ -952,8 +953,9 @@ def _apple_decode(decode: Callable[[str], Any], signed: str) -> Any:
 
 
 def apple_transaction_verify(*, user: User, signed_transaction: str) -> CreditGrant:
-    """Verify an App Store signed transaction and grant its product's credits once, bound to the
-    first user who presents it (another user → 409)."""
+    """Verify an App Store signed transaction and grant its product's credits once, to the
+    account its `appAccountToken` names, or without one to the first user who presents it
+    (another user → 409; `payments.apple_tokens`)."""
     verifier = apple_verifier()
     transaction_info = _apple_decode(
         verifier.verify_and_decode_signed_transaction, signed_transaction
@@ -964,6 +966,11 @@ def apple_transaction_verify(*, user: User, signed_transaction: str) -> CreditGr
         raise BadRequest("The transaction has no id.", code="invalid_apple_transaction")
     if transaction_info.revocationDate:
         raise BadRequest("This purchase was refunded or revoked.", code="apple_revoked")
+    apple_token_check(
+        user=user,
+        app_account_token=transaction_info.appAccountToken,
+        transaction_id=transaction_id,
+    )
     credits = settings.APPLE_PRODUCT_CREDITS.get(product_id)
     if not credits:
         raise BadRequest(f"Unknown product {product_id!r}.", code="unknown_product")
@@ -1017,7 +1024,8 @@ def apple_notification_receive(*, signed_payload: str) -> bool:
                 "payload": {"signedPayload": signed_payload},
             },
         )
-        if created and kind == "REFUND" and transaction_id:
+        # REFUND: Apple refunded the buyer; REVOKE: Family Sharing access was taken back.
+        if created and kind in ("REFUND", "REVOKE") and transaction_id:
             payment = Payment.objects.filter(reference=f"apple:{transaction_id}").first()
             if payment is not None:
                 payment.amount_refunded_cents = payment.amount_cents

@@ -7,6 +7,11 @@ urlpatterns = [
     path("billing/checkout", api.CheckoutCreateApi.as_view(), name="billing-checkout"),
     path("billing/portal", api.BillingPortalCreateApi.as_view(), name="billing-portal"),
     path("billing/history", api.BillingHistoryApi.as_view(), name="billing-history"),
+    path(
+        "billing/apple/account-token",
+        api.AppleAccountTokenApi.as_view(),
+        name="billing-apple-account-token",
+    ),
     path("billing/verify-receipt", api.AppleReceiptVerifyApi.as_view(), name="billing-apple"),
     path("billing/webhooks/stripe", api.StripeWebhookApi.as_view(), name="webhook-stripe"),
     path("billing/webhooks/apple", api.AppleWebhookApi.as_view(), name="webhook-apple"),

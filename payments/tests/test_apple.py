@@ -197,3 +197,136 @@ def test_unreadable_root_certificate_is_503(
     settings.APPLE_ROOT_CERT_PATHS = [str(tmp_path / "missing.cer")]
     response = _verify(client, auth_headers, chain.transaction())
     assert response.status_code == 503 and response.json()["code"] == "apple_unconfigured"
+
+
+# --- appAccountToken: a purchase belongs to the account the app bound it to (issue 14)
+
+
+def _token(client: Client, headers: dict) -> str:
+    response = client.get("/api/v1/billing/apple/account-token", **headers)
+    assert response.status_code == 200, response.content
+    return str(response.json()["app_account_token"])
+
+
+def _someone_else(flash_peer: Any) -> tuple[Any, dict]:
+    sub = "auth0|someone-else"
+    other = User.objects.create_user(
+        username=sub, auth0_sub=sub, flash_user_id=flash_peer.add_user(sub)
+    )
+    _, token = session_create(user=other)
+    return other, {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+
+
+def test_account_token_is_stable_and_per_user(
+    client: Client, auth_headers: dict, user: Any, flash_peer: Any
+):
+    import uuid
+
+    mine = _token(client, auth_headers)
+    assert _token(client, auth_headers) == mine
+    assert uuid.UUID(mine).version == 4
+    _, other_headers = _someone_else(flash_peer)
+    assert _token(client, other_headers) != mine
+    assert client.get("/api/v1/billing/apple/account-token").status_code == 401
+
+
+def test_transaction_bound_to_the_presenting_user_is_credited(
+    client: Client, auth_headers: dict, user: Any, flash_peer: Any, chain: AppleChain
+):
+    signed = chain.transaction(appAccountToken=_token(client, auth_headers))
+    response = _verify(client, auth_headers, signed)
+    assert response.status_code == 200, response.content
+    assert CreditGrant.objects.get().user == user
+
+
+def test_transaction_bound_to_another_user_is_409_whoever_presents_it_first(
+    client: Client,
+    auth_headers: dict,
+    user: Any,
+    flash_peer: Any,
+    chain: AppleChain,
+):
+    """Bob's purchase, leaked to Ada: Ada presenting it first gets 409 and staff see a log
+    line; Bob is still credited when he presents it."""
+    bob, bob_headers = _someone_else(flash_peer)
+    signed = chain.transaction(appAccountToken=_token(client, bob_headers))
+
+    import logging
+
+    seen: list[Any] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.msg)
+
+    handler = Keep(logging.WARNING)
+    logging.getLogger("timepoint.payments").addHandler(handler)
+    try:
+        stolen = _verify(client, auth_headers, signed)
+    finally:
+        logging.getLogger("timepoint.payments").removeHandler(handler)
+
+    assert stolen.status_code == 409 and stolen.json()["code"] == "apple_account_mismatch"
+    assert CreditGrant.objects.count() == 0 and Payment.objects.count() == 0
+    (line,) = [m for m in seen if "apple_transaction_wrong_account" in str(m)]
+    assert line["presented_by"] == user.pk and line["token_owner"] == bob.pk
+
+    assert _verify(client, bob_headers, signed).status_code == 200
+    assert CreditGrant.objects.get().user == bob
+
+
+def test_transaction_with_an_unknown_token_is_409(
+    client: Client, auth_headers: dict, user: Any, chain: AppleChain
+):
+    import uuid
+
+    signed = chain.transaction(appAccountToken=str(uuid.uuid4()))
+    response = _verify(client, auth_headers, signed)
+    assert response.status_code == 409 and response.json()["code"] == "apple_account_mismatch"
+    assert CreditGrant.objects.count() == 0
+
+
+def test_duplicate_bound_transaction_is_credited_once(
+    client: Client, auth_headers: dict, user: Any, flash_peer: Any, chain: AppleChain
+):
+    signed = chain.transaction(appAccountToken=_token(client, auth_headers))
+    for _ in range(3):
+        assert _verify(client, auth_headers, signed).status_code == 200
+    call_command("run_grants", "--once")
+    call_command("run_grants", "--once")
+    rows = [r for r in flash_peer.ledger_for(user.flash_user_id) if r["type"] == "apple_iap"]
+    assert len(rows) == 1 and flash_peer.user_balance(user.flash_user_id) == 150
+
+
+@pytest.mark.parametrize("case", ["wrong_bundle", "wrong_environment"])
+def test_bound_transaction_for_another_app_or_environment_is_400(
+    client: Client, auth_headers: dict, user: Any, chain: AppleChain, case: str
+):
+    token = _token(client, auth_headers)
+    overrides = (
+        {"bundleId": "com.example.other"}
+        if case == "wrong_bundle"
+        else {"environment": "Production"}
+    )
+    response = _verify(client, auth_headers, chain.transaction(appAccountToken=token, **overrides))
+    assert response.status_code == 400 and response.json()["code"] == "invalid_apple_signature"
+    assert CreditGrant.objects.count() == 0
+
+
+def test_revoke_notification_is_recorded_for_staff_once(
+    client: Client, auth_headers: dict, user: Any, chain: AppleChain
+):
+    signed = chain.transaction(appAccountToken=_token(client, auth_headers))
+    assert _verify(client, auth_headers, signed).status_code == 200
+    notification = chain.notification("REVOKE", signed)
+    for _ in range(2):
+        response = client.post(
+            "/api/v1/billing/webhooks/apple",
+            {"signedPayload": notification},
+            content_type="application/json",
+        )
+        assert response.status_code == 200
+    assert AppleNotification.objects.get().type == "REVOKE"
+    payment = Payment.objects.get()
+    assert payment.needs_review and payment.status == "refunded"
+    assert CreditGrant.objects.get().amount == 100  # never clawed back silently
