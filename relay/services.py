@@ -57,6 +57,8 @@ PRESETS = frozenset({"balanced", "hd", "hyper", "gemini3", "free_distillable", "
 # which Flash under-prices at 5; pitfall 8).
 HD_PRESETS = frozenset({"hd", "frontier"})
 COSTS_CACHE_KEY = "relay:flash-costs"
+# `CreditGrant.source` of the refunds the relay records in the payments outbox.
+REFUND_GRANT_SOURCE = "refund"
 
 
 def costs_cache_seconds() -> float:
