@@ -24,3 +24,10 @@ class CheckoutForm(forms.Form):
     """What to buy, by catalogue name: the price always comes from the plan table and Stripe."""
 
     product = forms.CharField(max_length=64)
+
+
+class LocalSignInForm(forms.Form):
+    """The development sign-in: who to be. No password: the route only exists outside production."""
+
+    email = forms.EmailField(max_length=254)
+    name = forms.CharField(max_length=150, strip=True, label="Display name")

@@ -7,6 +7,7 @@ app_name = "portal"
 urlpatterns = [
     path("", views.HomePage.as_view(), name="home"),
     path("login/", views.login_page, name="login"),
+    path("login/local/", views.local_signin, name="local-signin"),
     path("docs/", views.docs_page, name="docs"),
     path("keys/", views.KeyListPage.as_view(), name="keys"),
     path("keys/<int:key_id>/roll/", views.KeyRollPage.as_view(), name="key-roll"),

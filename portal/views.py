@@ -9,6 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import login
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
@@ -26,7 +27,7 @@ from payments import services as billing_services
 from portal import forms
 from portal.charts import Series, bar_chart
 from relay import flash
-from timepoint_billing.errors import ApiError
+from timepoint_billing.errors import ApiError, error_response
 
 ROLL_GRACE_SECONDS = 24 * 3600  # the old key keeps working a day after a roll
 USAGE_PERIODS = (7, 30, 90)
@@ -47,12 +48,54 @@ def login_page(request: HttpRequest) -> HttpResponse:
         next_url = "/portal/"
     if request.user.is_authenticated:
         return redirect(next_url)
-    configured = bool(settings.OIDC_RP_CLIENT_ID and settings.OIDC_OP_AUTHORIZATION_ENDPOINT)
-    return render(
-        request,
-        "portal/login.html",
-        {"oidc_configured": configured, "next": next_url, "page_title": "Sign in"},
+    return _login_page(
+        request, next_url, forms.LocalSignInForm() if settings.LOCAL_SIGNIN else None
     )
+
+
+def _login_page(
+    request: HttpRequest,
+    next_url: str,
+    local_form: forms.LocalSignInForm | None,
+    status: int = 200,
+) -> HttpResponse:
+    configured = bool(settings.OIDC_RP_CLIENT_ID and settings.OIDC_OP_AUTHORIZATION_ENDPOINT)
+    context = {
+        "oidc_configured": configured,
+        "next": next_url,
+        "page_title": "Sign in",
+        "local_form": local_form,
+    }
+    return render(request, "portal/login.html", context, status=status)
+
+
+def local_signin(request: HttpRequest) -> HttpResponse:
+    """Development only (`LOCAL_SIGNIN`, refused in production): sign in as `local|<email>`, a
+    real user resolved in Flash like any Auth0 one, then on to the portal. POST, CSRF-checked."""
+    if not settings.LOCAL_SIGNIN:
+        return error_response(404, "Not found.", "not_found")
+    if request.method != "POST":
+        return error_response(
+            405, f'Method "{request.method}" not allowed.', "method_not_allowed", {"Allow": "POST"}
+        )
+    next_url = request.POST.get("next", "/portal/")
+    if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
+        next_url = "/portal/"
+    form = forms.LocalSignInForm(request.POST)
+    if not form.is_valid():
+        return _login_page(request, next_url, form, status=400)
+    email = form.cleaned_data["email"].lower()
+    claims = {"email": email, "name": form.cleaned_data["name"]}
+    try:
+        user = user_provision(sub=f"local|{email}", claims=claims, access_token="")
+    except ApiError as exc:
+        messages.error(request, str(exc.detail))
+        return _login_page(request, next_url, form, status=exc.status_code)
+    if user.deleted_at is not None or not user.is_active:
+        messages.error(request, "This account is disabled.")
+        return _login_page(request, next_url, form, status=403)
+    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    return redirect(next_url)
 
 
 def docs_page(request: HttpRequest) -> HttpResponse:

@@ -247,6 +247,10 @@ AXES_RESET_ON_SUCCESS = True
 AXES_ONLY_ADMIN_SITE = True
 AXES_HTTP_RESPONSE_CODE = 429
 OIDC_RP_CLIENT_ID = AUTH0_CLIENT_ID
+# The portal's "Local sign-in (development)": email + name, no password, no Auth0; it creates a
+# real user resolved in (local) Flash. On by default outside production; production refuses to
+# start with it on (_check_production), so anyone could otherwise sign in as anyone.
+LOCAL_SIGNIN = env_bool("LOCAL_SIGNIN", not IS_PRODUCTION)
 OIDC_RP_CLIENT_SECRET = AUTH0_CLIENT_SECRET
 OIDC_RP_SIGN_ALGO = "RS256"
 OIDC_RP_SCOPES = "openid email profile"
@@ -598,6 +602,8 @@ def _check_production() -> None:
             ]
             if not value
         ]
+    if LOCAL_SIGNIN:
+        problems.append("LOCAL_SIGNIN must be off in production (anyone could sign in as anyone)")
     if STRIPE_API_BASE:
         problems.append("STRIPE_API_BASE must not be set in production")
     if any(":" not in pair for pair in env_list("INTERNAL_SERVICE_KEYS", [])):
