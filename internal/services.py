@@ -25,7 +25,7 @@ from django.utils import timezone
 from accounts.authentication import Caller, auth_failure_record, auth_failures_check
 from accounts.models import User
 from apikeys import limits
-from apikeys.services import caller_from_api_key, key_digest, key_display_prefix, key_generate
+from apikeys.services import key_digest, key_display_prefix, key_generate, key_validate
 from internal import selectors
 from internal.models import ServiceCredential
 from relay import flash
@@ -241,13 +241,14 @@ def key_verify(
 ) -> dict[str, Any]:
     """Whether a developer key a sibling received is good for `scope`, and for whom.
 
-    The key goes through the very check the public routes use (`caller_from_api_key`), so a
-    revoked, expired or rolled-past-grace key is invalid here exactly when it is there. With
+    The key goes through `key_validate`: the lookup the public routes use plus the stop marker
+    that revocation, expiry and the end of a roll's grace publish to every process, so a key
+    revoked through another worker is invalid here at once. With
     `charge`, one request is counted against the key's own minute and day windows (the ones the
     gateway counts), so a key's limits hold across the gateway and the sibling; a key over its
     limit is then invalid with `rate_limited` and `retry_after`. The raw key is never logged."""
     try:
-        caller = caller_from_api_key(raw)
+        caller = key_validate(raw=raw)
     except Unauthenticated:
         return {"valid": False, "code": "invalid_api_key"}
     key = caller.api_key

@@ -497,11 +497,6 @@ def _one_connection_per_worker(server: Any) -> dict[int, http.client.HTTPConnect
     not django_settings.REDIS_URL,
     reason="needs REDIS_URL: workers learn of a revocation through the Redis they share",
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13 (not landed yet): each worker trusts its cached key for 5 s; its "
-    "key_validate makes a revocation reach every worker at once",
-)
 def test_a_revoked_key_is_invalid_within_a_second_on_both_workers(
     start_server: Any, user: Any, make_key: Any, session_token: str
 ) -> None:
