@@ -75,6 +75,7 @@ from redis.retry import Retry
 from accounts.authentication import Caller
 from apikeys.models import APIKey
 from timepoint_billing.errors import RateLimited, ServiceUnavailable, Unauthenticated
+from timepoint_billing.metrics import LIMITER_DECISIONS
 
 logger = logging.getLogger("timepoint.limiter")
 
@@ -537,6 +538,7 @@ def _shed(shed: _Shed, step: _Step, route: str, spends_credits: bool) -> Lease:
             {"event": "limiter_redis_unavailable", "subject": step.subject, "error": "no PING"}
         )
         return _fail(step, route, spends_credits)
+    _BUSY.inc()
     logger.warning(
         {
             "event": "limiter_busy",
@@ -680,8 +682,22 @@ def _step(caller: Caller, lease_seconds: float | None) -> _Step:
     )
 
 
+# Decision counters (timepoint_billing/metrics.py), bound once: the hot path only increments.
+_DECISION = {
+    0: LIMITER_DECISIONS.labels("admitted"),
+    1: LIMITER_DECISIONS.labels("refused"),
+    2: LIMITER_DECISIONS.labels("refused"),
+    3: LIMITER_DECISIONS.labels("refused"),
+    4: LIMITER_DECISIONS.labels("invalid_key"),
+}
+_FAILED_OPEN = LIMITER_DECISIONS.labels("failed_open")
+_FAILED_CLOSED = LIMITER_DECISIONS.labels("failed_closed")
+_BUSY = LIMITER_DECISIONS.labels("busy")
+
+
 def _decide(step: _Step, result: list[Any], route: str, backend: str) -> Lease:
     verdict, minute, day = int(result[0]), int(result[1]), int(result[2])
+    _DECISION[min(verdict, 4)].inc()
     if verdict == 4:
         raise Unauthenticated("The API key is invalid, expired or revoked.", code="invalid_api_key")
     headers = _headers(step, minute, day)
@@ -723,6 +739,7 @@ def _decide(step: _Step, result: list[Any], route: str, backend: str) -> Lease:
 
 
 def _fail(step: _Step, route: str, spends_credits: bool) -> Lease:
+    (_FAILED_CLOSED if spends_credits else _FAILED_OPEN).inc()
     if spends_credits:
         raise ServiceUnavailable(
             "Rate limiting is temporarily unavailable; nothing was charged. Retry shortly.",

@@ -38,6 +38,7 @@ from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from metering.models import UsageDaily, UsageMonthly, UsageRecord
+from timepoint_billing.metrics import USAGE_BUFFER, USAGE_FLUSH_LAG
 
 logger = logging.getLogger("timepoint.metering")
 
@@ -175,7 +176,10 @@ def flush_usage() -> int:
                 # Only flushes remove from the left and they are serialised: these are `batch`.
                 for _ in batch:
                     _buffer.popleft()
+                size = len(_buffer)
             flushed += len(batch)
+            USAGE_FLUSH_LAG.observe((timezone.now() - batch[0]["created_at"]).total_seconds())
+            USAGE_BUFFER.set(size)
 
 
 def _on_event_loop() -> bool:
@@ -190,6 +194,7 @@ def _flush_forever() -> None:
     while True:
         _wake.wait(settings.METERING_FLUSH_INTERVAL_SECONDS)
         _wake.clear()
+        USAGE_BUFFER.set(len(_buffer))  # here, not per record: the hot path stays a deque append
         if not settings.METERING_BACKGROUND_FLUSH or not _buffer:
             continue
         close_old_connections()

@@ -52,6 +52,7 @@ from timepoint_billing.errors import (
     ServiceUnavailable,
     UpstreamError,
 )
+from timepoint_billing.metrics import WEBHOOK_LAG
 
 logger = logging.getLogger("timepoint.payments")
 
@@ -810,6 +811,10 @@ def stripe_webhook_receive(*, payload: bytes, signature_header: str) -> tuple[in
         )
         if not created:
             return event.pk, False
+        if isinstance(data.get("created"), int | float):
+            WEBHOOK_LAG.labels("stripe", "received").observe(
+                max(0.0, time.time() - float(data["created"]))
+            )
         if not _stripe_event_record(event):
             return event.pk, True
         transaction.on_commit(worker_nudge)
@@ -863,8 +868,12 @@ def stripe_event_process(event_id: int) -> bool:
         )
         logger.warning({"event": "stripe_event_retry", "id": event.stripe_id, "error": str(exc)})
         return False
+    processed_at = timezone.now()
     StripeWebhookEvent.objects.filter(pk=event_id).update(
-        state=EventState.PROCESSED, processed_at=timezone.now(), last_error=""
+        state=EventState.PROCESSED, processed_at=processed_at, last_error=""
+    )
+    WEBHOOK_LAG.labels("stripe", "processed").observe(
+        max(0.0, (processed_at - event.received_at).total_seconds())
     )
     return True
 
@@ -1024,6 +1033,11 @@ def apple_notification_receive(*, signed_payload: str) -> bool:
                 "payload": {"signedPayload": signed_payload},
             },
         )
+        signed_ms = getattr(notification, "signedDate", None)
+        if created and isinstance(signed_ms, int | float):
+            WEBHOOK_LAG.labels("apple", "received").observe(
+                max(0.0, time.time() - float(signed_ms) / 1000)
+            )
         # REFUND: Apple refunded the buyer; REVOKE: Family Sharing access was taken back.
         if created and kind in ("REFUND", "REVOKE") and transaction_id:
             payment = Payment.objects.filter(reference=f"apple:{transaction_id}").first()

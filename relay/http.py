@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json as jsonlib
 import threading
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,6 +30,7 @@ from timepoint_billing.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from timepoint_billing.metrics import UPSTREAM_ERRORS, UPSTREAM_LATENCY
 
 # What a call to an upstream can raise when the connection fails. TimeoutError is
 # aiohttp's timeout; OSError a socket error it did not wrap; AttributeError: under uvloop a
@@ -168,6 +170,8 @@ class Upstream:
 
     def __init__(self, name: str, base_url_setting: str) -> None:
         self.name = name
+        self._latency = UPSTREAM_LATENCY.labels(name.lower())
+        self._server_errors = UPSTREAM_ERRORS.labels(name.lower(), "status_5xx")
         self.base_url_setting = base_url_setting
         self._pools: dict[asyncio.AbstractEventLoop, _Pool] = {}
         self._sync: httpx.Client | None = None
@@ -230,6 +234,7 @@ class Upstream:
             await self._slot(pool.slots)
         except PoolTimeout as exc:
             raise self.map_transport_error(exc) from exc
+        started = time.perf_counter()
         try:
             response = await pool.session.request(
                 method,
@@ -247,6 +252,9 @@ class Upstream:
         except BaseException:
             pool.slots.release()
             raise
+        self._latency.observe(time.perf_counter() - started)
+        if response.status >= 500:
+            self._server_errors.inc()
         return response, pool.slots
 
     async def arequest(
@@ -323,7 +331,16 @@ class Upstream:
             await pool.closer.aclose()
 
     def map_transport_error(self, exc: BaseException) -> ApiError:
-        """Transport failures, mapped once: refused/reset → 502, timeout → 504, pool full → 503."""
+        """Transport failures, mapped once: refused/reset → 502, timeout → 504, pool full → 503.
+        Every transport failure passes here once, so it is counted here."""
+        kind = (
+            "pool_timeout"
+            if isinstance(exc, (PoolTimeout, httpx.PoolTimeout))
+            else "timeout"
+            if isinstance(exc, (httpx.TimeoutException, TimeoutError))
+            else "transport"
+        )
+        UPSTREAM_ERRORS.labels(self.name.lower(), kind).inc()
         if isinstance(exc, (PoolTimeout, httpx.PoolTimeout)):
             return ServiceUnavailable(
                 f"Too many requests in flight to {self.name}; retry shortly.",

@@ -21,6 +21,7 @@ from whitenoise.middleware import WhiteNoiseMiddleware
 from timepoint_billing.asgi_handler import BODY_TOO_LARGE
 from timepoint_billing.errors import answers_json, error_response
 from timepoint_billing.logs import request_id_var
+from timepoint_billing.metrics import observe_request
 
 request_log = logging.getLogger("timepoint.request")
 
@@ -77,13 +78,15 @@ def _finish(
             response = replacement
     rid = getattr(request, "request_id", "")
     response["X-Request-ID"] = rid
+    seconds = time.perf_counter() - started
+    observe_request(request, response.status_code, seconds)
     request_log.info(
         {
             "event": "request",
             "method": request.method,
             "path": path,
             "status": response.status_code,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            "duration_ms": round(seconds * 1000, 2),
             "caller": getattr(request, "caller_label", None),
             "request_id": rid,
         }

@@ -492,6 +492,10 @@ CORS_EXPOSE_HEADERS = [
 
 # --- Static files, i18n, security
 STATIC_URL = "/static/"
+
+# Prometheus metrics (issue 15, timepoint_billing/metrics.py): `/metrics` answers only
+# `Authorization: Bearer <METRICS_TOKEN>`; unset, the endpoint answers 404 in every environment.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from timepoint_billing import admin_site, health
+from timepoint_billing import admin_site, health, metrics
 
 urlpatterns = [
     # The relay first: Django tries patterns in order, and every include that shares the
@@ -10,6 +10,7 @@ urlpatterns = [
     path("api/v1/", include("relay.urls")),
     path("health", health.health, name="health"),
     path("health/ready", health.health_ready, name="health-ready"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("admin/dashboard/", admin_site.dashboard, name="admin-dashboard"),
     path("admin/", admin.site.urls),
     path("portal/", include("portal.urls")),
