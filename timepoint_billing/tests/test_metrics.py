@@ -74,11 +74,11 @@ def test_every_family_is_exposed_and_promtool_accepts_it(
     before_flushes = _value("tpb_usage_flush_lag_seconds_count")
 
     _, raw = make_key(user, rate_limit_per_minute=2)
-    auth = {"HTTP_AUTHORIZATION": f"Bearer {raw}"}
+    auth = {"Authorization": f"Bearer {raw}"}
     for name in ("1969/07/20/moon-landing", "1989/11/09/berlin-wall"):
-        answer = client.get(f"/api/v1/moments/{name}", **auth)
+        answer = client.get(f"/api/v1/moments/{name}", headers=auth)
         assert answer.status_code in (200, 404), answer.content
-    assert client.get("/api/v1/moments/x", **auth).status_code == 429  # the third in a minute
+    assert client.get("/api/v1/moments/x", headers=auth).status_code == 429  # the third in a minute
     flush_usage()
 
     # Clockchain unreachable: a transport error, counted per upstream.
