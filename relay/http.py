@@ -172,6 +172,8 @@ class Upstream:
         self.name = name
         self._latency = UPSTREAM_LATENCY.labels(name.lower())
         self._server_errors = UPSTREAM_ERRORS.labels(name.lower(), "status_5xx")
+        for kind in ("timeout", "pool_timeout", "transport"):  # every series from the start
+            UPSTREAM_ERRORS.labels(name.lower(), kind)
         self.base_url_setting = base_url_setting
         self._pools: dict[asyncio.AbstractEventLoop, _Pool] = {}
         self._sync: httpx.Client | None = None

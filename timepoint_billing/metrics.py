@@ -100,6 +100,9 @@ WEBHOOK_LAG = Histogram(
     ["provider", "stage"],
     buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 21600, 86400),
 )
+# Series exist (at 0) before the first event, so `rate()` and alerts see them from the start.
+for _provider, _stage in (("stripe", "received"), ("stripe", "processed"), ("apple", "received")):
+    WEBHOOK_LAG.labels(_provider, _stage)
 
 
 class DatabaseCollector:

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.reliability.test_internal_api import _one_connection_per_worker
+from timepoint_billing.tests.test_metrics import FAMILIES
 
 TOKEN = "metrics-reliability-token-0123456789"
 PATH = "/api/v1/no-such-route-for-metrics"
@@ -60,7 +61,8 @@ def test_request_counts_are_summed_across_both_workers(production_gateway: Any) 
     seen_by_second = _scrape(second)
     assert _unmatched_404s(seen_by_first) == 12
     assert _unmatched_404s(seen_by_second) == 12
-    assert "tpb_grant_oldest_pending_age_seconds" in seen_by_first
+    for family in FAMILIES:  # every family, in multiprocess mode too
+        assert f"# TYPE {family} " in seen_by_first, family
     # Without the token: refused, on the production server too.
     first.request("GET", "/metrics")
     refused = first.getresponse()
