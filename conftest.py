@@ -154,11 +154,22 @@ def other_user(db: Any) -> Any:
 
 @pytest.fixture
 def make_key(db: Any) -> Any:
-    """`make_key(user, name=..., mode=..., **limits) -> (APIKey, raw key)`."""
+    """`make_key(user, name=..., mode=..., scopes=..., **fields) -> (APIKey, raw key)`.
+
+    Keys made here have every scope unless `scopes` says otherwise (the reach every key had
+    before scopes existed), so tests about other things can call any route with them; the
+    defaults of a key created through the API are tested in apikeys/tests/test_spend_controls.py."""
+    from accounts.scopes import ALL_SCOPES
     from apikeys.services import key_create
 
-    def make(user: Any, name: str = "test key", mode: str = "live", **limits: Any) -> Any:
-        key, raw = key_create(user=user, name=name, mode=mode)
+    def make(
+        user: Any,
+        name: str = "test key",
+        mode: str = "live",
+        scopes: Any = ALL_SCOPES,
+        **limits: Any,
+    ) -> Any:
+        key, raw = key_create(user=user, name=name, mode=mode, scopes=scopes)
         if limits:
             for field, value in limits.items():
                 setattr(key, field, value)

@@ -11,6 +11,7 @@ from rest_framework.response import Response
 
 from accounts import selectors, services
 from accounts.authentication import Caller
+from accounts.scopes import Scope
 from accounts.serializers import (
     ExportOutputSerializer,
     LoginOutputSerializer,
@@ -44,6 +45,8 @@ def _interactive(request: Request) -> Caller:
 
 
 class AuthLoginApi(LimitedMeteredApiView):
+    required_scope = None  # Auth0 tokens only
+
     @extend_schema(
         tags=["auth"],
         summary="Exchange an Auth0 access token for a gateway session",
@@ -62,6 +65,8 @@ class AuthLoginApi(LimitedMeteredApiView):
 
 
 class AuthMeApi(LimitedMeteredApiView):
+    required_scope = {"GET": Scope.READ, "DELETE": None}  # DELETE: the person only
+
     @extend_schema(
         tags=["auth"],
         summary="The caller's profile and credit balance",
@@ -100,6 +105,8 @@ class AuthMeApi(LimitedMeteredApiView):
 
 
 class AuthLogoutApi(LimitedMeteredApiView):
+    required_scope = Scope.KEYS
+
     @extend_schema(
         tags=["auth"],
         summary="Revoke the presented session, or all sessions with ?all=true",
@@ -121,6 +128,8 @@ class AuthLogoutApi(LimitedMeteredApiView):
 
 
 class UserExportApi(LimitedMeteredApiView):
+    required_scope = None  # the person only
+
     @extend_schema(
         tags=["auth"],
         summary="Everything stored about the caller, as JSON",

@@ -18,8 +18,9 @@ from django.http import HttpRequest
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
+from accounts.scopes import ALL_SCOPES
 from timepoint_billing.db import run_db
-from timepoint_billing.errors import RateLimited, Unauthenticated
+from timepoint_billing.errors import KeyNotAllowedHere, RateLimited, ScopeRequired, Unauthenticated
 
 if TYPE_CHECKING:
     from accounts.models import GatewaySession, User
@@ -47,6 +48,18 @@ class Caller:
     def is_test_mode(self) -> bool:
         """A `tp_test_` key authenticates, is limited and metered, and never spends real credits."""
         return self.api_key is not None and self.api_key.mode == "test"
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        """An API key's scopes; the person (session, Auth0 token) has every scope."""
+        if self.api_key is None:
+            return ALL_SCOPES
+        return tuple(self.api_key.scopes or ())
+
+    def require_scope(self, scope: str | None) -> None:
+        """403 `scope_required` naming `scope` unless the caller has it (None: no scope needed)."""
+        if scope is not None and self.api_key is not None and not self.api_key.has_scope(scope):
+            raise ScopeRequired(scope)
 
     @property
     def label(self) -> str:
@@ -158,7 +171,22 @@ def _authenticate_found(client: str, kind: CallerKind, raw: str) -> Caller:
 
 
 def _client(request: HttpRequest) -> str:
+    # REMOTE_ADDR is the address the server trusts: uvicorn's proxy-headers middleware replaces
+    # the peer address with X-Forwarded-For only on connections from FORWARDED_ALLOW_IPS.
     return str(request.META.get("REMOTE_ADDR") or "unknown")
+
+
+def check_key_here(caller: Caller, request: HttpRequest) -> None:
+    """403 `key_not_allowed_here` for an API key used from an `Origin` or a client address
+    outside its lists (a speed bump for publishable keys: an `Origin` header is easily forged
+    by anything that is not a browser)."""
+    key = caller.api_key
+    if key is None or (not key.allowed_origins and not key.allowed_cidrs):
+        return
+    if not key.allows_origin(request.headers.get("Origin")):
+        raise KeyNotAllowedHere("This API key may not be used from this origin.")
+    if not key.allows_address(request.META.get("REMOTE_ADDR")):
+        raise KeyNotAllowedHere("This API key may not be used from this address.")
 
 
 def authenticate(request: HttpRequest) -> Caller:
@@ -167,6 +195,7 @@ def authenticate(request: HttpRequest) -> Caller:
         raise Unauthenticated()
     caller = _authenticate_found(_client(request), *found)
     request.caller_label = caller.label  # type: ignore[attr-defined]
+    check_key_here(caller, request)
     return caller
 
 
@@ -193,6 +222,7 @@ async def aauthenticate(request: HttpRequest) -> Caller:
     if caller is None:
         caller = await run_db(_authenticate_found, _client(request), *found)
     request.caller_label = caller.label  # type: ignore[attr-defined]
+    check_key_here(caller, request)
     return caller
 
 

@@ -1,4 +1,5 @@
-"""Key endpoints: create, list, revoke, roll, per-key usage. Owner only; other ids → 404."""
+"""Key endpoints: create, list, read, edit, revoke, roll, per-key usage. Owner only; other ids →
+404. Every one needs the `keys` scope when called with an API key."""
 
 from __future__ import annotations
 
@@ -9,14 +10,18 @@ from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.scopes import Scope
 from apikeys import selectors, services
 from apikeys.drf import LimitedMeteredApiView
 from apikeys.serializers import (
     KeyCreatedOutputSerializer,
     KeyCreateInputSerializer,
+    KeyListQuerySerializer,
     KeyOutputSerializer,
     KeyRollInputSerializer,
+    KeyUpdateInputSerializer,
     KeyUsageOutputSerializer,
+    key_budget,
 )
 from metering.selectors import usage_for_key
 from metering.serializers import UsageQuerySerializer
@@ -31,14 +36,25 @@ USAGE_PARAMETERS = [
 
 
 class KeyListCreateApi(LimitedMeteredApiView):
+    required_scope = Scope.KEYS
+
     @extend_schema(
         operation_id="keys_list",
         tags=["keys"],
         summary="List your API keys",
+        description="Each key with its scopes, this month's spend against its budget "
+        "(`budget`), and `expires_soon` (usable, stops within 7 days: roll it). "
+        "`?expiring=soon` lists only those.",
+        parameters=[KeyListQuerySerializer],
         responses={200: KeyOutputSerializer(many=True), **error_responses(401, 429)},
     )
     def get(self, request: Request) -> Response:
-        keys = selectors.key_list(user=request.user)  # type: ignore[arg-type]
+        query = KeyListQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        keys = selectors.key_list(
+            user=request.user,  # type: ignore[arg-type]
+            expiring_soon=query.validated_data.get("expiring") == "soon",
+        )
         return Response(KeyOutputSerializer(keys, many=True).data)
 
     @extend_schema(
@@ -48,7 +64,10 @@ class KeyListCreateApi(LimitedMeteredApiView):
         description=(
             "The tier comes from your plan; `tier` or any other undeclared field is rejected. "
             "`mode: test` creates a `tp_test_` key: authenticated, limited and metered like a live "
-            "key, never spends real credits."
+            "key, never spends real credits. `scopes` default to read, generate and publish: "
+            "`keys` and `billing` only when asked for, so a leaked key cannot mint keys or open "
+            "billing. `monthly_credit_budget`, `expires_at`, `allowed_origins` and "
+            "`allowed_cidrs` are optional."
         ),
         request=KeyCreateInputSerializer,
         responses={201: KeyCreatedOutputSerializer, **error_responses(400, 401, 409, 429)},
@@ -61,7 +80,42 @@ class KeyListCreateApi(LimitedMeteredApiView):
         return Response(output.data, status=status.HTTP_201_CREATED)
 
 
-class KeyRevokeApi(LimitedMeteredApiView):
+class KeyDetailApi(LimitedMeteredApiView):
+    required_scope = Scope.KEYS
+
+    @extend_schema(
+        operation_id="keys_retrieve",
+        tags=["keys"],
+        summary="One of your API keys",
+        responses={200: KeyOutputSerializer, **error_responses(401, 404, 429)},
+    )
+    def get(self, request: Request, key_id: int) -> Response:
+        key = selectors.key_get(user=request.user, key_id=key_id)  # type: ignore[arg-type]
+        if key is None:
+            raise NotFound("No such API key.", code="key_not_found")
+        return Response(KeyOutputSerializer(key).data)
+
+    @extend_schema(
+        operation_id="keys_update",
+        tags=["keys"],
+        summary="Change a key's name, scopes, monthly budget, origins or networks",
+        description="Only the fields sent change. Takes effect on this server at once and on "
+        "every server within a few seconds. A budget lowered under this month's spend stops "
+        "further generations; nothing spent is undone.",
+        request=KeyUpdateInputSerializer,
+        responses={200: KeyOutputSerializer, **error_responses(400, 401, 404, 429)},
+    )
+    def patch(self, request: Request, key_id: int) -> Response:
+        serializer = KeyUpdateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.key_update(
+            user=request.user,  # type: ignore[arg-type]
+            key_id=key_id,
+            **serializer.validated_data,
+        )
+        key = selectors.key_get(user=request.user, key_id=key_id)  # type: ignore[arg-type]
+        return Response(KeyOutputSerializer(key).data)
+
     @extend_schema(
         operation_id="keys_revoke",
         tags=["keys"],
@@ -75,6 +129,8 @@ class KeyRevokeApi(LimitedMeteredApiView):
 
 
 class KeyRollApi(LimitedMeteredApiView):
+    required_scope = Scope.KEYS
+
     @extend_schema(
         operation_id="keys_roll",
         tags=["keys"],
@@ -95,6 +151,8 @@ class KeyRollApi(LimitedMeteredApiView):
 
 
 class KeyUsageApi(LimitedMeteredApiView):
+    required_scope = Scope.KEYS
+
     @extend_schema(
         operation_id="keys_usage",
         tags=["keys"],
@@ -115,6 +173,5 @@ class KeyUsageApi(LimitedMeteredApiView):
             end=params["to"],
             granularity=params["granularity"],
         )
-        return Response(
-            KeyUsageOutputSerializer({"key_id": key.pk, "prefix": key.prefix, **usage}).data
-        )
+        body = {"key_id": key.pk, "prefix": key.prefix, "budget": key_budget(key), **usage}
+        return Response(KeyUsageOutputSerializer(body).data)

@@ -1,6 +1,12 @@
 """Rate limiting and metering for DRF views (keys, usage, billing): one base view.
 
-    class KeyListApi(LimitedMeteredApiView): ...
+    class KeyListApi(LimitedMeteredApiView):
+        required_scope = Scope.KEYS
+
+Every subclass declares `required_scope`: the scope (`accounts.scopes.Scope`) an API key needs,
+a mapping of HTTP method to scope, or None for a route API keys cannot use anyway (it is checked
+when the class is defined, so a new view cannot forget it). A key without the scope gets 403
+`scope_required` after authentication and before the limiter; the OpenAPI document names it.
 
 For an authenticated caller the view takes a limiter lease after authentication and permission
 checks (`spends_credits` on the view picks the failure policy, default False), adds the limit
@@ -21,6 +27,7 @@ from rest_framework.views import APIView
 from accounts.authentication import Caller
 from apikeys import limits
 from metering.services import record_usage, usage_record_id
+from timepoint_billing.openapi import required_scope
 
 
 def route_pattern(request: Any) -> str:
@@ -30,8 +37,20 @@ def route_pattern(request: Any) -> str:
     return "/" + route if route else request.path
 
 
+_UNDECLARED = object()
+_HANDLERS = ("get", "post", "put", "patch", "delete")
+
+
 class LimitedMeteredApiView(APIView):
     spends_credits = False
+    required_scope: Any = _UNDECLARED
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.required_scope is _UNDECLARED and any(hasattr(cls, name) for name in _HANDLERS):
+            raise TypeError(
+                f"{cls.__name__} must declare required_scope (a Scope, a mapping or None)"
+            )
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         self._started = time.perf_counter()
@@ -39,6 +58,7 @@ class LimitedMeteredApiView(APIView):
         super().initial(request, *args, **kwargs)
         caller = request.auth
         if isinstance(caller, Caller):
+            caller.require_scope(required_scope(self, request.method or ""))
             self._lease = limits.acquire_sync(
                 caller, route=route_pattern(request._request), spends_credits=self.spends_credits
             )

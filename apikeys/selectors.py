@@ -2,24 +2,65 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, QuerySet
+from datetime import date
+
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from accounts.models import User
-from apikeys.models import APIKey
+from apikeys.models import EXPIRY_REMINDER, APIKey, KeySpend, month_start
 
 
-def key_list(*, user: User) -> QuerySet[APIKey]:
-    """The user's keys, newest first, each with `request_count` (usage records written so far)."""
-    return (
-        APIKey.objects.filter(user=user)
-        .annotate(request_count=Count("usage_records"))
-        .order_by("-created_at", "-id")
+def _month_spent(month: date) -> Subquery:
+    """Credits the key (the outer row) spent in `month`: holds and settled charges, not refunds."""
+    return Subquery(
+        KeySpend.objects.filter(api_key=OuterRef("pk"), month=month, refunded_at__isnull=True)
+        .values("api_key")
+        .annotate(total=Sum("amount"))
+        .values("total")[:1],
+        output_field=IntegerField(),
+    )
+
+
+def _with_month_spent(queryset: QuerySet[APIKey]) -> QuerySet[APIKey]:
+    month = month_start()
+    return queryset.annotate(
+        month_spent=Coalesce(_month_spent(month), Value(0)), budget_month=Value(month)
+    )
+
+
+def key_list(*, user: User, expiring_soon: bool = False) -> QuerySet[APIKey]:
+    """The user's keys, newest first, each with `request_count` (usage records written so far)
+    and `month_spent` (credits spent this UTC month). `expiring_soon`: only usable keys that
+    stop working within the next 7 days (the rotation reminder)."""
+    keys = APIKey.objects.filter(user=user)
+    if expiring_soon:
+        now = timezone.now()
+        keys = keys.filter(
+            revoked_at__isnull=True,
+            is_active=True,
+            expires_at__gt=now,
+            expires_at__lte=now + EXPIRY_REMINDER,
+        )
+    # A subquery, not a join: a second aggregate over a join would multiply the usage count.
+    return _with_month_spent(keys.annotate(request_count=Count("usage_records"))).order_by(
+        "-created_at", "-id"
     )
 
 
 def key_get(*, user: User, key_id: int) -> APIKey | None:
-    """The user's key, or None (also for another user's key: callers answer 404 either way)."""
-    return APIKey.objects.filter(pk=key_id, user=user).first()
+    """The user's key with `month_spent`, or None (also for another user's key: callers answer
+    404 either way)."""
+    return _with_month_spent(APIKey.objects.filter(pk=key_id, user=user)).first()
+
+
+def key_month_spent(*, key_id: int, month: date | None = None) -> int:
+    """Credits the key spent (held or charged, less refunds) in the UTC month (default: now)."""
+    total = KeySpend.objects.filter(
+        api_key_id=key_id, month=month or month_start(), refunded_at__isnull=True
+    ).aggregate(total=Sum("amount"))["total"]
+    return int(total or 0)
 
 
 def key_export(sender: object, *, user: User, **kwargs: object) -> dict[str, object]:
@@ -36,6 +77,10 @@ def key_export(sender: object, *, user: User, **kwargs: object) -> dict[str, obj
                 "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
                 "expires_at": key.expires_at.isoformat() if key.expires_at else None,
                 "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+                "scopes": key.scopes,
+                "monthly_credit_budget": key.monthly_credit_budget,
+                "allowed_origins": key.allowed_origins,
+                "allowed_cidrs": key.allowed_cidrs,
             }
             for key in APIKey.objects.filter(user=user).order_by("created_at", "id")
         ]

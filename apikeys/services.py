@@ -17,13 +17,17 @@ Test keys do not count toward the live-key cap.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import secrets
 import threading
 import time
 import zlib
-from datetime import timedelta
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 from hashlib import sha256
+from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import transaction
@@ -32,6 +36,7 @@ from django.utils import timezone
 
 from accounts.authentication import API_KEY_PREFIXES, Caller
 from accounts.models import Plan, Tier, User
+from accounts.scopes import ALL_SCOPES, DEFAULT_KEY_SCOPES
 from apikeys import limits
 from apikeys.models import APIKey, KeyMode
 from timepoint_billing.errors import BadRequest, Conflict, NotFound, Unauthenticated
@@ -241,14 +246,97 @@ def _check_live_key_cap(user: User) -> None:
         )
 
 
+# --- What the owner controls: scopes, budget, origins and addresses
+
+MAX_ALLOWED_ENTRIES = 20  # origins, and CIDRs, per key
+
+
+def clean_scopes(scopes: Iterable[str]) -> list[str]:
+    """Known scopes, each once, in the canonical order; at least one."""
+    chosen = set(scopes)
+    unknown = sorted(chosen - set(ALL_SCOPES))
+    if unknown:
+        raise BadRequest(
+            f"Unknown scope(s): {', '.join(unknown)}. Known: {', '.join(ALL_SCOPES)}.",
+            code="invalid_request",
+        )
+    if not chosen:
+        raise BadRequest("A key needs at least one scope.", code="invalid_request")
+    return [scope for scope in ALL_SCOPES if scope in chosen]
+
+
+def clean_origins(origins: Iterable[str]) -> list[str]:
+    """`scheme://host[:port]` browser origins (http or https), lower-cased, each once."""
+    cleaned: list[str] = []
+    for raw in origins:
+        text = str(raw).strip().rstrip("/").lower()
+        parts = urlsplit(text)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path
+            or parts.query
+            or parts.fragment
+            or parts.username is not None
+            or f"{parts.scheme}://{parts.netloc}" != text
+        ):
+            raise BadRequest(
+                f"{raw!r} is not an origin like https://app.example.com.", code="invalid_request"
+            )
+        if text not in cleaned:
+            cleaned.append(text)
+    if len(cleaned) > MAX_ALLOWED_ENTRIES:
+        raise BadRequest(f"At most {MAX_ALLOWED_ENTRIES} origins.", code="invalid_request")
+    return cleaned
+
+
+def clean_cidrs(cidrs: Iterable[str]) -> list[str]:
+    """IPv4/IPv6 networks (`203.0.113.0/24`, a bare address means just it), normalised."""
+    cleaned: list[str] = []
+    for raw in cidrs:
+        try:
+            network = str(ipaddress.ip_network(str(raw).strip(), strict=False))
+        except ValueError:
+            raise BadRequest(f"{raw!r} is not an IP network (CIDR).", code="invalid_request")
+        if network not in cleaned:
+            cleaned.append(network)
+    if len(cleaned) > MAX_ALLOWED_ENTRIES:
+        raise BadRequest(f"At most {MAX_ALLOWED_ENTRIES} networks.", code="invalid_request")
+    return cleaned
+
+
+def _clean_expiry(expires_at: datetime | None) -> datetime | None:
+    if expires_at is not None and expires_at <= timezone.now():
+        raise BadRequest("expires_at must be in the future.", code="invalid_request")
+    return expires_at
+
+
 @transaction.atomic
-def key_create(*, user: User, name: str, mode: str = KeyMode.LIVE) -> tuple[APIKey, str]:
+def key_create(
+    *,
+    user: User,
+    name: str,
+    mode: str = KeyMode.LIVE,
+    scopes: Iterable[str] = DEFAULT_KEY_SCOPES,
+    monthly_credit_budget: int | None = None,
+    expires_at: datetime | None = None,
+    allowed_origins: Iterable[str] = (),
+    allowed_cidrs: Iterable[str] = (),
+) -> tuple[APIKey, str]:
     """A new key for `user`; the raw key is returned once and never stored.
 
     The tier comes from the user's plan, never from the caller. Live keys are capped at
-    MAX_LIVE_KEYS_PER_USER (409 `key_limit_reached`)."""
+    MAX_LIVE_KEYS_PER_USER (409 `key_limit_reached`). Scopes default to read, generate and
+    publish (`keys` and `billing` only when asked for)."""
     if mode not in KeyMode.values:
         raise BadRequest("mode must be 'live' or 'test'.", code="invalid_request")
+    controls = {
+        "scopes": clean_scopes(scopes),
+        "monthly_credit_budget": monthly_credit_budget,
+        "expires_at": _clean_expiry(expires_at),
+        "allowed_origins": clean_origins(allowed_origins),
+        "allowed_cidrs": clean_cidrs(allowed_cidrs),
+    }
     # Lock the user row so two parallel creates can't both pass the cap.
     User.objects.select_for_update().filter(pk=user.pk).first()
     if mode == KeyMode.LIVE:
@@ -261,8 +349,39 @@ def key_create(*, user: User, name: str, mode: str = KeyMode.LIVE) -> tuple[APIK
         key_digest=key_digest(raw),
         prefix=key_display_prefix(raw),
         tier=tier_for_user(user),
+        **controls,
     )
     return key, raw
+
+
+# The owner-editable fields of `key_update`, each with its cleaner.
+_EDITABLE: dict[str, Any] = {
+    "name": lambda value: str(value),
+    "scopes": clean_scopes,
+    "monthly_credit_budget": lambda value: value,
+    "allowed_origins": clean_origins,
+    "allowed_cidrs": clean_cidrs,
+}
+
+
+def key_update(*, user: User, key_id: int, **changes: Any) -> APIKey:
+    """Change the owner-editable settings of the user's key (name, scopes, monthly budget,
+    origins, CIDRs); fields not given stay. This process forgets the cached key at once, the
+    other workers when their cache entry ends. A budget lowered under this month's spend stops
+    further generations; nothing spent is undone."""
+    unknown = sorted(set(changes) - set(_EDITABLE))
+    if unknown:
+        raise BadRequest(f"Not editable: {', '.join(unknown)}.", code="invalid_request")
+    key = _owned_key(user, key_id)
+    for field, value in changes.items():
+        setattr(key, field, _EDITABLE[field](value))
+    if changes:
+        key.save(update_fields=list(changes))
+    key_cache_forget(digest=key.key_digest)
+    logger.info(
+        {"event": "api_key_updated", "key": key.prefix, "user": user.pk, "fields": sorted(changes)}
+    )
+    return key
 
 
 def _owned_key(user: User, key_id: int) -> APIKey:
@@ -287,7 +406,8 @@ def key_revoke(*, user: User, key_id: int) -> APIKey:
 
 @transaction.atomic
 def key_roll(*, user: User, key_id: int, grace_seconds: int) -> tuple[APIKey, str]:
-    """Replace a key: a new key with the same name, mode and limits; the old one keeps working
+    """Replace a key: a new key with the same name, mode, limits, scopes, budget and origin/address
+    lists (not its expiry); the old one keeps working
     for `grace_seconds` (0 … 7 days), then stops. Rolling a revoked or expired key is refused.
 
     A live key in its grace period still counts toward MAX_LIVE_KEYS_PER_USER (otherwise rolling
@@ -314,6 +434,11 @@ def key_roll(*, user: User, key_id: int, grace_seconds: int) -> tuple[APIKey, st
         rate_limit_per_minute=old.rate_limit_per_minute,
         rate_limit_per_day=old.rate_limit_per_day,
         concurrency_limit=old.concurrency_limit,
+        # The owner's controls go with the key; a new expiry is the owner's to set again.
+        scopes=old.scopes,
+        monthly_credit_budget=old.monthly_credit_budget,
+        allowed_origins=old.allowed_origins,
+        allowed_cidrs=old.allowed_cidrs,
     )
     now = timezone.now()
     deadline = now + timedelta(seconds=grace_seconds)

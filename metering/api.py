@@ -8,6 +8,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.scopes import Scope
 from apikeys.drf import LimitedMeteredApiView
 from metering.selectors import usage_summary
 from metering.serializers import UsageOutputSerializer, UsageQuerySerializer
@@ -15,6 +16,8 @@ from timepoint_billing.openapi import error_responses
 
 
 class UsageApi(LimitedMeteredApiView):
+    required_scope = Scope.READ
+
     @extend_schema(
         operation_id="usage",
         tags=["usage"],

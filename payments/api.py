@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import User
+from accounts.scopes import Scope
 from apikeys.drf import LimitedMeteredApiView
 from payments import selectors, serializers, services
 from payments.apple_tokens import apple_account_token
@@ -43,6 +44,8 @@ class PlanListApi(APIView):
 
 
 class CheckoutCreateApi(LimitedMeteredApiView):
+    required_scope = Scope.BILLING
+
     @extend_schema(
         tags=TAGS,
         summary="Start a Stripe Checkout for a credit pack or a plan",
@@ -64,6 +67,8 @@ class CheckoutCreateApi(LimitedMeteredApiView):
 
 
 class BillingPortalCreateApi(LimitedMeteredApiView):
+    required_scope = Scope.BILLING
+
     @extend_schema(
         tags=TAGS,
         summary="A Stripe billing-portal link to change or cancel a plan",
@@ -76,6 +81,8 @@ class BillingPortalCreateApi(LimitedMeteredApiView):
 
 
 class BillingHistoryApi(LimitedMeteredApiView):
+    required_scope = Scope.READ
+
     @extend_schema(
         tags=TAGS,
         summary="The caller's payments, subscriptions and credit grants with their states",
@@ -111,6 +118,8 @@ class StripeWebhookApi(APIView):
 
 
 class AppleReceiptVerifyApi(LimitedMeteredApiView):
+    required_scope = Scope.BILLING
+
     @extend_schema(
         tags=TAGS,
         summary="Verify an App Store signed transaction and grant its credits once",

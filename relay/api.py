@@ -24,6 +24,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import aauthenticate
+from accounts.scopes import Scope
 from apikeys import limits
 from metering.services import usage_record_id
 from relay import flash, paths, selectors, services, timepoints
@@ -53,10 +54,20 @@ def json_response(body: Any, status: int = 200) -> HttpResponse:
 
 
 def relay_route(
-    endpoint: str, upstream: str, methods: tuple[str, ...], *, spends_credits: bool = False
+    endpoint: str,
+    upstream: str,
+    methods: tuple[str, ...],
+    *,
+    scope: str | dict[str, str],
+    spends_credits: bool = False,
 ) -> Callable[[Handler], Any]:
-    """Authentication, the rate-limit lease, error JSON and the usage record around a handler.
+    """Authentication, the scope check, the rate-limit lease, error JSON and the usage record
+    around a handler.
 
+    `scope` (an `accounts.scopes.Scope`, or a mapping of HTTP method to scope) is what an API
+    key needs for the route; a key without it
+    gets 403 `scope_required` before the limiter, any credit hold or upstream call. It is also
+    what the OpenAPI document names (`relay.openapi.document` reads `view.required_scope`).
     A streaming handler takes over the lease and the record (`call.finish()` at stream end)."""
 
     def decorator(handler: Handler) -> Any:
@@ -69,6 +80,7 @@ def relay_route(
                 return refused
             started = time.perf_counter()
             caller = await aauthenticate(request)
+            caller.require_scope(scope if isinstance(scope, str) else scope[request.method])
             lease = await limits.acquire(caller, route=endpoint, spends_credits=spends_credits)
             call = services.RelayCall(
                 request_id=usage_record_id(request),
@@ -100,6 +112,7 @@ def relay_route(
                 response[name] = value
             return response
 
+        view.required_scope = scope  # type: ignore[attr-defined]
         return view
 
     return decorator
@@ -148,7 +161,7 @@ async def _flash_json(response_awaitable: Awaitable[Any]) -> Any:
 
 
 @document("credits_balance")
-@relay_route(f"{PREFIX}/credits/balance", "flash", ("GET",))
+@relay_route(f"{PREFIX}/credits/balance", "flash", ("GET",), scope=Scope.READ)
 async def credits_balance(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
     user_id = await services.flash_user_ensure(call.caller)
     body = await _flash_json(flash.acall("GET", "/api/v1/credits/balance", user_id=user_id))
@@ -156,7 +169,7 @@ async def credits_balance(request: HttpRequest, call: services.RelayCall) -> Htt
 
 
 @document("credits_history")
-@relay_route(f"{PREFIX}/credits/history", "flash", ("GET",))
+@relay_route(f"{PREFIX}/credits/history", "flash", ("GET",), scope=Scope.READ)
 async def credits_history(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
     params = {
         "limit": _int_param(request, "limit", 20, 1, 100),
@@ -170,7 +183,7 @@ async def credits_history(request: HttpRequest, call: services.RelayCall) -> Htt
 
 
 @document("credits_costs")
-@relay_route(f"{PREFIX}/credits/costs", "flash", ("GET",))
+@relay_route(f"{PREFIX}/credits/costs", "flash", ("GET",), scope=Scope.READ)
 async def credits_costs(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
     response = json_response({"costs": await services.flash_costs()})
     response["Cache-Control"] = "private, max-age=60"
@@ -207,7 +220,7 @@ async def _prepared_generation(
 
 
 @document("generate")
-@relay_route(f"{PREFIX}/generate", "flash", ("POST",), spends_credits=True)
+@relay_route(f"{PREFIX}/generate", "flash", ("POST",), scope=Scope.GENERATE, spends_credits=True)
 async def generate(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
     generation = await _prepared_generation(request, call, stream=False)
     if call.caller.is_test_mode:
@@ -219,7 +232,9 @@ async def generate(request: HttpRequest, call: services.RelayCall) -> HttpRespon
 
 
 @document("generate_stream")
-@relay_route(f"{PREFIX}/generate/stream", "flash", ("POST",), spends_credits=True)
+@relay_route(
+    f"{PREFIX}/generate/stream", "flash", ("POST",), scope=Scope.GENERATE, spends_credits=True
+)
 async def generate_stream(request: HttpRequest, call: services.RelayCall) -> AnyResponse:
     generation = await _prepared_generation(request, call, stream=True)
     content_type = "text/event-stream; charset=utf-8"
@@ -254,7 +269,7 @@ async def generate_stream(request: HttpRequest, call: services.RelayCall) -> Any
 
 
 @document("timepoint_visibility")
-@relay_route(f"{PREFIX}/timepoints/{{id}}/visibility", "flash", ("PATCH",))
+@relay_route(f"{PREFIX}/timepoints/{{id}}/visibility", "flash", ("PATCH",), scope=Scope.PUBLISH)
 async def timepoint_visibility(
     request: HttpRequest, call: services.RelayCall, **_: Any
 ) -> HttpResponse:
@@ -308,13 +323,13 @@ def _moment_list_params(request: HttpRequest) -> dict[str, Any]:
 
 
 @document("moment_list")
-@relay_route(f"{PREFIX}/moments", "clockchain", ("GET",))
+@relay_route(f"{PREFIX}/moments", "clockchain", ("GET",), scope=Scope.READ)
 async def moment_list(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
     return json_response(await selectors.moment_list(_moment_list_params(request)))
 
 
 @document("moment_detail")
-@relay_route(f"{PREFIX}/moments/{{path}}", "clockchain", ("GET",))
+@relay_route(f"{PREFIX}/moments/{{path}}", "clockchain", ("GET",), scope=Scope.READ)
 async def moment_detail(request: HttpRequest, call: services.RelayCall, **_: Any) -> HttpResponse:
     path = paths.clockchain_path(request, f"{PREFIX}/moments/")
     flash_user_id = str(call.caller.user.flash_user_id or "")
@@ -322,32 +337,32 @@ async def moment_detail(request: HttpRequest, call: services.RelayCall, **_: Any
 
 
 @document("browse_root")
-@relay_route(f"{PREFIX}/browse", "clockchain", ("GET",))
+@relay_route(f"{PREFIX}/browse", "clockchain", ("GET",), scope=Scope.READ)
 async def browse_root(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
     return json_response(await selectors.browse(""))
 
 
 @document("browse_path")
-@relay_route(f"{PREFIX}/browse/{{path}}", "clockchain", ("GET",))
+@relay_route(f"{PREFIX}/browse/{{path}}", "clockchain", ("GET",), scope=Scope.READ)
 async def browse_path(request: HttpRequest, call: services.RelayCall, **_: Any) -> HttpResponse:
     path = paths.clockchain_path(request, f"{PREFIX}/browse/")
     return json_response(await selectors.browse(path))
 
 
 @document("today")
-@relay_route(f"{PREFIX}/today", "clockchain", ("GET",))
+@relay_route(f"{PREFIX}/today", "clockchain", ("GET",), scope=Scope.READ)
 async def today(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
     return json_response(await selectors.today())
 
 
 @document("random")
-@relay_route(f"{PREFIX}/random", "clockchain", ("GET",))
+@relay_route(f"{PREFIX}/random", "clockchain", ("GET",), scope=Scope.READ)
 async def random_moment(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
     return json_response(await selectors.random_moment())
 
 
 @document("search")
-@relay_route(f"{PREFIX}/search", "clockchain", ("GET",))
+@relay_route(f"{PREFIX}/search", "clockchain", ("GET",), scope=Scope.READ)
 async def search(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
     q = _str_param(request, "q")
     if not q or not q.strip():
@@ -356,7 +371,7 @@ async def search(request: HttpRequest, call: services.RelayCall) -> HttpResponse
 
 
 @document("neighbors")
-@relay_route(f"{PREFIX}/graph/neighbors/{{path}}", "clockchain", ("GET",))
+@relay_route(f"{PREFIX}/graph/neighbors/{{path}}", "clockchain", ("GET",), scope=Scope.READ)
 async def neighbors(request: HttpRequest, call: services.RelayCall, **_: Any) -> HttpResponse:
     path = paths.clockchain_path(request, f"{PREFIX}/graph/neighbors/")
     flash_user_id = str(call.caller.user.flash_user_id or "")
@@ -364,7 +379,7 @@ async def neighbors(request: HttpRequest, call: services.RelayCall, **_: Any) ->
 
 
 @document("stats")
-@relay_route(f"{PREFIX}/stats", "clockchain", ("GET",))
+@relay_route(f"{PREFIX}/stats", "clockchain", ("GET",), scope=Scope.READ)
 async def stats(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
     return json_response(await selectors.stats())
 

@@ -393,6 +393,8 @@ def document(*names: str) -> Callable[[Any], Any]:
 
     def decorator(view: Any) -> Any:
         view.cls = _schema_view(*names)
+        # The scope `relay_route` declared, for `timepoint_billing.openapi.GatewayAutoSchema`.
+        view.cls.required_scope = getattr(view, "required_scope", None)
         view.initkwargs = {}
         return view
 

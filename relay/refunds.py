@@ -45,6 +45,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from accounts.models import User
+from apikeys import budgets
 from metering.services import usage_credits_set
 from payments.models import GrantSource
 from payments.services import grant_create
@@ -184,6 +185,12 @@ def _settle(
     record.refund_key = (
         _refund(record, amount=refund, timepoint_id=timepoint_id, why=why) if refund > 0 else ""
     )
+    # The key's monthly budget (`apikeys.budgets`), in the same transaction: its hold becomes
+    # what Flash kept, and a refund paid here gives the credits back to the key's month. Both the
+    # answer path and the reconcile path settle through here, once per record.
+    budgets.budget_settle(request_id=record.request_id, charged=charged)
+    if refund > 0:
+        budgets.budget_refund(request_id=record.request_id)
     record.state = OutcomeState.SETTLED
     record.outcome = outcome
     record.flash_timepoint_id = timepoint_id or None

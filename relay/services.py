@@ -34,6 +34,7 @@ from django.core.cache import cache
 
 from accounts.authentication import Caller
 from accounts.services import flash_account_ensure
+from apikeys import budgets
 from relay import flash, refunds
 from relay.http import UpstreamStream
 from relay.models import Outcome
@@ -211,6 +212,7 @@ class Generation:
     cost: int
     request_id: str
     reserved: bool = False
+    budget_held: bool = False  # a KeySpend row counts this generation against its key's month
     extra: dict[str, Any] = field(default_factory=dict)
     # Streams: awaited with Flash's final `done` event before it is passed on (the owner record
     # of the streamed timepoint, `relay.timepoints`).
@@ -219,6 +221,12 @@ class Generation:
     @property
     def flash_user_id(self) -> str:
         return str(self.caller.user.flash_user_id or "")
+
+    @property
+    def budget_key_id(self) -> int | None:
+        """The live API key whose monthly budget this generation counts against, if any."""
+        key = self.caller.api_key
+        return key.pk if key is not None and not self.caller.is_test_mode else None
 
 
 async def generation_prepare(
@@ -244,10 +252,31 @@ async def generation_prepare(
 
 
 async def generation_admit(generation: Generation) -> None:
-    """Balance pre-check and reservation (402 before anything reaches Flash)."""
+    """The key's budget hold, the balance pre-check and the credit reservation (402 before
+    anything reaches Flash, not even the balance read for a key past its budget). The budget
+    hold is dropped again when the rest refuses: both holds stand or fall together."""
     # Never relay a generation without X-User-Id (Flash would run it as a free system call): a
     # user without a Flash id is resolved first.
     flash_user_id = await flash_user_ensure(generation.caller)
+    key_id = generation.budget_key_id
+    if key_id is not None:
+        await run_db(
+            budgets.budget_hold,
+            key_id=key_id,
+            request_id=generation.request_id,
+            amount=generation.cost,
+        )
+        generation.budget_held = True
+    try:
+        await _admit_credits(generation, flash_user_id)
+    except BaseException:
+        if generation.budget_held:
+            generation.budget_held = False
+            await run_db(budgets.budget_drop, request_id=generation.request_id)
+        raise
+
+
+async def _admit_credits(generation: Generation, flash_user_id: str) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + GRANT_WAIT_SECONDS
     while True:

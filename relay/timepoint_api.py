@@ -11,6 +11,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 
+from accounts.scopes import Scope
 from relay import async_generation, paths, services, timepoints
 from relay.api import (
     PREFIX,
@@ -30,7 +31,7 @@ SLUG = re.compile(r"[a-z0-9_-]{1,100}")
 
 
 @document("timepoint_list_mine")
-@relay_route(f"{PREFIX}/timepoints/mine", "flash", ("GET",))
+@relay_route(f"{PREFIX}/timepoints/mine", "flash", ("GET",), scope=Scope.READ)
 async def timepoint_list_mine(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
     status = request.GET.get("status")
     if status is not None and status not in timepoints.STATUSES:
@@ -47,7 +48,7 @@ async def timepoint_list_mine(request: HttpRequest, call: services.RelayCall) ->
 
 
 @document("timepoint_by_slug")
-@relay_route(f"{PREFIX}/timepoints/slug/{{slug}}", "flash", ("GET",))
+@relay_route(f"{PREFIX}/timepoints/slug/{{slug}}", "flash", ("GET",), scope=Scope.READ)
 async def timepoint_by_slug(
     request: HttpRequest, call: services.RelayCall, **_: Any
 ) -> HttpResponse:
@@ -61,7 +62,7 @@ async def timepoint_by_slug(
 
 
 @document("timepoint_characters")
-@relay_route(f"{PREFIX}/timepoints/{{id}}/characters", "flash", ("GET",))
+@relay_route(f"{PREFIX}/timepoints/{{id}}/characters", "flash", ("GET",), scope=Scope.READ)
 async def timepoint_characters(
     request: HttpRequest, call: services.RelayCall, **_: Any
 ) -> HttpResponse:
@@ -71,7 +72,12 @@ async def timepoint_characters(
 
 
 @document("timepoint_detail", "timepoint_delete")
-@relay_route(f"{PREFIX}/timepoints/{{id}}", "flash", ("GET", "DELETE"))
+@relay_route(
+    f"{PREFIX}/timepoints/{{id}}",
+    "flash",
+    ("GET", "DELETE"),
+    scope={"GET": Scope.READ, "DELETE": Scope.PUBLISH},  # deleting changes what is published
+)
 async def timepoint_detail(
     request: HttpRequest, call: services.RelayCall, **_: Any
 ) -> HttpResponse:
@@ -94,7 +100,9 @@ async def timepoint_detail(
 
 
 @document("generate_async")
-@relay_route(f"{PREFIX}/generate/async", "flash", ("POST",), spends_credits=True)
+@relay_route(
+    f"{PREFIX}/generate/async", "flash", ("POST",), scope=Scope.GENERATE, spends_credits=True
+)
 async def generate_async(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
     generation = await _prepared_generation(request, call, stream=False)
     if call.caller.is_test_mode:

@@ -88,6 +88,31 @@ class Forbidden(ApiError):
     default_detail = "You do not have permission to perform this action."
 
 
+class ScopeRequired(Forbidden):
+    """An API key called a route outside its scopes (refused before any upstream call, limiter
+    charge or credit hold)."""
+
+    default_code = "scope_required"
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(
+            f"This API key does not have the `{scope}` scope this call needs; its owner can add it "
+            "in the portal or with PATCH /api/v1/keys/{id}.",
+            extra={"scope": scope},
+        )
+
+
+class KeyNotAllowedHere(Forbidden):
+    default_code = "key_not_allowed_here"
+    default_detail = "This API key may not be used from this origin or address."
+
+
+class BudgetExhausted(ApiError):
+    status_code = 402
+    default_code = "budget_exhausted"
+    default_detail = "This API key's monthly credit budget does not cover this generation."
+
+
 class NotFound(ApiError):
     status_code = 404
     default_code = "not_found"

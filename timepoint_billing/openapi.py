@@ -10,8 +10,10 @@ Usage in any app::
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import serializers
 
@@ -45,6 +47,44 @@ def error_responses(*statuses: int) -> dict[int, Any]:
         )
         for status in statuses
     }
+
+
+# --- Scopes: each operation names the scope an API key needs
+
+
+def required_scope(view: Any, method: str) -> str | None:
+    """The scope `view` declares for `method`: its `required_scope`, a scope or a mapping of
+    HTTP method to scope (None: no scope, e.g. a route API keys cannot use at all)."""
+    declared = getattr(view, "required_scope", None)
+    if isinstance(declared, Mapping):
+        return declared.get(method.upper())
+    return declared
+
+
+class GatewayAutoSchema(AutoSchema):
+    """drf-spectacular's schema plus the route's scope: `x-required-scope`, a line in the
+    description, and the 403 `scope_required` answer."""
+
+    def get_operation(self, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        operation = super().get_operation(*args, **kwargs)
+        scope = required_scope(self.view, self.method)
+        if operation is None or scope is None:
+            return operation
+        operation["x-required-scope"] = scope
+        note = (
+            f"**Scope:** an API key needs `{scope}` (else 403 `scope_required`); sessions and "
+            "Auth0 tokens have every scope."
+        )
+        operation["description"] = f"{operation.get('description', '')}\n\n{note}".strip()
+        responses = operation.setdefault("responses", {})
+        if "403" not in responses and "401" in responses:
+            forbidden = copy.deepcopy(responses["401"])
+            forbidden["description"] = (
+                "The caller may not do this: `scope_required` (the key lacks the scope, named in "
+                "`scope`) or `key_not_allowed_here` (an origin or address outside the key's lists)."
+            )
+            responses["403"] = forbidden
+        return operation
 
 
 # --- Response headers (a drf-spectacular postprocessing hook)

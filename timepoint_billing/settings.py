@@ -425,7 +425,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
     + (["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "timepoint_billing.openapi.GatewayAutoSchema",
     "EXCEPTION_HANDLER": "timepoint_billing.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }

@@ -83,9 +83,9 @@ def test_a_new_key_is_shown_once_and_authenticates(portal_client: Client, user: 
     key = APIKey.objects.get(user=user)
     assert key.prefix.encode() in listing.content
 
-    # The key works on the API (an authenticated route; the relay's balance is covered in the
-    # browser test).
-    answer = Client().get("/api/v1/keys", HTTP_AUTHORIZATION=f"Bearer {raw}")
+    # The key works on the API (an authenticated route its default `read` scope covers; the
+    # relay's balance is covered in the browser test).
+    answer = Client().get("/api/v1/usage", HTTP_AUTHORIZATION=f"Bearer {raw}")
     assert answer.status_code == 200
 
 
