@@ -12,9 +12,6 @@ from apikeys.services import tier_for_user
 from payments import catalogue
 from payments.selectors import subscription_list_for_user
 
-# What a key may do until keys carry their own scopes (issue 18): everything its owner may do.
-KEY_SCOPES_TODAY = ("read", "generate", "publish", "keys")
-
 # Stripe's subscription statuses → the MCP server's contract
 # (`active | trialing | past_due | canceled | none`). `unpaid` is a renewal whose retries ran out
 # while Stripe keeps the subscription: past due. `paused` (a trial ended without a payment method)
@@ -100,9 +97,8 @@ def billing_status(*, user: User) -> dict[str, Any]:
 
 
 def key_scopes(key: APIKey) -> list[str]:
-    """The key's own scopes once keys carry them (issue 18), else what every key may do today."""
-    own = getattr(key, "scopes", None)
-    return list(own) if own is not None else list(KEY_SCOPES_TODAY)
+    """What the key may do: its own scopes (`accounts.scopes.Scope`)."""
+    return list(key.scopes)
 
 
 def key_summary(key: APIKey) -> dict[str, Any]:

@@ -145,6 +145,9 @@ class AppleReceiptVerifyApi(LimitedMeteredApiView):
 
 
 class AppleAccountTokenApi(LimitedMeteredApiView):
+    # Billing: the token binds App Store purchases to this account (as verify-receipt does).
+    required_scope = Scope.BILLING
+
     @extend_schema(
         tags=TAGS,
         summary="Your appAccountToken for App Store purchases",

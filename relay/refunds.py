@@ -186,9 +186,10 @@ def _settle(
         _refund(record, amount=refund, timepoint_id=timepoint_id, why=why) if refund > 0 else ""
     )
     # The key's monthly budget (`apikeys.budgets`), in the same transaction: its hold becomes
-    # what Flash kept, and a refund paid here gives the credits back to the key's month. Both the
-    # answer path and the reconcile path settle through here, once per record.
-    budgets.budget_settle(request_id=record.request_id, charged=charged)
+    # what Flash charged (what it kept plus what this refund gives back), and a refund paid here
+    # gives those credits back to the key's month. Both the answer path and the reconcile path
+    # settle through here, once per record.
+    budgets.budget_settle(request_id=record.request_id, charged=charged + refund)
     if refund > 0:
         budgets.budget_refund(request_id=record.request_id)
     record.state = OutcomeState.SETTLED
