@@ -132,6 +132,9 @@ class CostsSerializer(serializers.Serializer):
     costs = serializers.DictField(child=serializers.IntegerField())
 
 
+_FULL = "Only with `full=true`; null until the generation has completed."
+
+
 class TimepointSerializer(serializers.Serializer):
     id = serializers.CharField()
     query = serializers.CharField()
@@ -167,6 +170,24 @@ class TimepointSerializer(serializers.Serializer):
     test_mode = serializers.BooleanField(
         required=False, help_text="Present (true) only on a `tp_test_` key's simulated answer."
     )
+    # Flash adds these to a read with `full=true` (and `image_base64` with `include_image=true`);
+    # they are null until the generation has completed.
+    image_prompt = serializers.CharField(required=False, allow_null=True, help_text=_FULL)
+    image_base64 = serializers.CharField(
+        required=False, allow_null=True, help_text="Only with `include_image=true`."
+    )
+    metadata = serializers.DictField(
+        required=False,
+        allow_null=True,
+        help_text=f"`graph`, `camera`, `image_prompt_data`. {_FULL}",
+    )
+    characters = serializers.DictField(required=False, allow_null=True, help_text=_FULL)
+    scene = serializers.DictField(required=False, allow_null=True, help_text=_FULL)
+    dialog = serializers.ListField(
+        child=serializers.DictField(), required=False, allow_null=True, help_text=_FULL
+    )
+    grounding = serializers.DictField(required=False, allow_null=True, help_text=_FULL)
+    moment = serializers.DictField(required=False, allow_null=True, help_text=_FULL)
 
 
 class MomentItemSerializer(serializers.Serializer):

@@ -103,6 +103,21 @@ def test_clockchain_headers_are_built_from_scratch(
     assert "x-user-id" not in sent.headers and "authorization" not in sent.headers
 
 
+def test_every_field_of_a_full_timepoint_is_documented(
+    gateway: Any, auth: Any, flash_peer: Any, user: Any
+) -> None:
+    """Generated clients see the whole answer: each field a completed generation carries (full
+    mode, image included) is a property of the Timepoint schema."""
+    mine = flash_peer.add_timepoint(user.flash_user_id, "private")
+    response = gateway.get(f"/api/v1/timepoints/{mine}?full=true&include_image=true", headers=auth)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["characters"] is not None and body["scene"] is not None
+    schema = gateway.get("/api/schema", headers={"Accept": "application/json"}).json()
+    documented = set(schema["components"]["schemas"]["Timepoint"]["properties"])
+    assert set(body) - documented == set()
+
+
 def test_timepoint_get_and_visibility(gateway: Any, auth: Any, flash_peer: Any, user: Any) -> None:
     mine = flash_peer.add_timepoint(user.flash_user_id, "private")
     response = gateway.get(f"/api/v1/timepoints/{mine}?full=true", headers=auth)
