@@ -72,7 +72,8 @@ def test_hs256_signed_with_the_public_key_is_rejected(client: Any, auth0: Any, b
     ("claims", "code"),
     [
         ({"exp": int(time.time()) - 60}, "token_expired"),
-        ({"nbf": int(time.time()) + 600}, "token_not_yet_valid"),
+        # Far ahead: the claims are built at collection, and a long run must not reach them.
+        ({"nbf": int(time.time()) + 10 * 365 * 86400}, "token_not_yet_valid"),
         ({"aud": "https://someone-else.example"}, "invalid_audience"),
         ({"iss": "https://evil.example/"}, "invalid_issuer"),
         ({"exp": None}, "missing_claim"),
