@@ -27,7 +27,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from django.conf import settings
 from django.core.cache import cache
@@ -525,13 +525,7 @@ async def generation_run_sync(generation: Generation, call: RelayCall) -> dict[s
                 read_timeout=settings.UPSTREAM_GENERATE_TIMEOUT,
             )
         except ApiError as exc:
-            if not refunds.request_was_sent(exc):
-                await generation_settled(generation, Outcome.NOT_CHARGED)
-                raise
-            await generation_lost(generation, exc.detail_text)
-            raise refunds.outcome_unknown_error(
-                generation.request_id, timed_out=isinstance(exc, UpstreamTimeout)
-            ) from exc
+            await _forwarding_failed(generation, exc)
         try:
             body = response.json()
         except ValueError:
@@ -557,6 +551,19 @@ async def generation_run_sync(generation: Generation, call: RelayCall) -> dict[s
         return timepoint_public(body)
     finally:
         generation_release(generation)
+
+
+async def _forwarding_failed(generation: Generation, exc: ApiError) -> NoReturn:
+    """Record a failed forward of `generation` and raise what the client is told (sync and
+    stream alike): never sent → settled as not charged, the error itself; sent → lost, its
+    outcome left to the reconcile worker, and `upstream_outcome_unknown`."""
+    if not refunds.request_was_sent(exc):
+        await generation_settled(generation, Outcome.NOT_CHARGED)
+        raise exc
+    await generation_lost(generation, exc.detail_text)
+    raise refunds.outcome_unknown_error(
+        generation.request_id, timed_out=isinstance(exc, UpstreamTimeout)
+    ) from exc
 
 
 def timepoint_public(body: dict[str, Any]) -> dict[str, Any]:
@@ -628,13 +635,7 @@ async def generation_open_stream(generation: Generation) -> UpstreamStream:
             read_timeout=settings.UPSTREAM_GENERATE_TIMEOUT,
         )
     except ApiError as exc:
-        if not refunds.request_was_sent(exc):
-            await generation_settled(generation, Outcome.NOT_CHARGED)
-            raise
-        await generation_lost(generation, exc.detail_text)
-        raise refunds.outcome_unknown_error(
-            generation.request_id, timed_out=isinstance(exc, UpstreamTimeout)
-        ) from exc
+        await _forwarding_failed(generation, exc)
     if response.status_code != 200:
         try:
             await response.aread()
