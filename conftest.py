@@ -197,10 +197,10 @@ def oidc_provider(settings: Any) -> Iterator[Any]:
 def stripe_api(settings: Any) -> Iterator[Any]:
     """payments' Stripe-compatible test server on loopback, with its test price ids."""
     from devpeers.server import start_peer
+    from devpeers.stripe_api import StripePeer
     from payments.tests.factories import PRICE_IDS
-    from payments.tests.fakestripe import FakeStripe
 
-    fake = FakeStripe()
+    fake = StripePeer()
     running = start_peer(fake)
     settings.STRIPE_API_BASE = running.url
     settings.STRIPE_SECRET_KEY = "sk_test_portal"

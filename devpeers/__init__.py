@@ -1,4 +1,5 @@
-"""Local HTTP contract peers for the Flash and Clockchain upstreams (tests, benchmarks, dev).
+"""Local HTTP contract peers for the Flash and Clockchain upstreams, and a Stripe-compatible API
+(tests, benchmarks, dev).
 
 The gateway never imports this package. See /work/shared/upstreams.md for the contract.
 """
@@ -6,11 +7,13 @@ The gateway never imports this package. See /work/shared/upstreams.md for the co
 from devpeers.clockchain import ClockchainPeer
 from devpeers.flash import FlashPeer, gateway_headers, sign_gateway_request
 from devpeers.server import RunningPeer, start_peer
+from devpeers.stripe_api import StripePeer
 
 __all__ = [
     "ClockchainPeer",
     "FlashPeer",
     "RunningPeer",
+    "StripePeer",
     "gateway_headers",
     "sign_gateway_request",
     "start_peer",

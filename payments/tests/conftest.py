@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from devpeers.server import SwitchApp, start_switch
+from devpeers.stripe_api import StripePeer
 from payments.tests import factories
 from payments.tests.factories import (
     OLD_WEBHOOK_SECRET,
@@ -16,7 +17,6 @@ from payments.tests.factories import (
     price,
     product,
 )
-from payments.tests.fakestripe import FakeStripe
 
 
 @pytest.fixture(autouse=True, params=factories.SHAPES, ids=["current_shape", "2024_shape"])
@@ -36,10 +36,10 @@ def _stripe_server() -> Iterator[tuple[SwitchApp, Any]]:
 
 
 @pytest.fixture(autouse=True)
-def stripe_api(_stripe_server: tuple[SwitchApp, Any], settings: Any) -> FakeStripe:
+def stripe_api(_stripe_server: tuple[SwitchApp, Any], settings: Any) -> StripePeer:
     """A fresh fake Stripe for every payments test; the SDK (and dj-stripe) talk only to it."""
     switch, running = _stripe_server
-    fake = FakeStripe()
+    fake = StripePeer()
     for name, price_id in PRICE_IDS.items():  # the account's catalogue, as the Dashboard made it
         fake.put(product(name))
         fake.put(price(name, price_id))
@@ -59,7 +59,7 @@ def stripe_api(_stripe_server: tuple[SwitchApp, Any], settings: Any) -> FakeStri
 
 
 @pytest.fixture
-def customer_id(user: Any, stripe_api: FakeStripe) -> str:
+def customer_id(user: Any, stripe_api: StripePeer) -> str:
     """The user's Stripe customer, created through the gateway (dj-stripe links the user)."""
     from payments import stripe_client
 

@@ -13,10 +13,10 @@ from django.core.management import call_command
 from django.test import Client
 
 from accounts.models import User
+from devpeers.stripe_api import StripePeer
 from payments.admin import StripeActionsGuard
 from payments.models import CreditGrant, StripeWebhookEvent
 from payments.tests import factories as f
-from payments.tests.fakestripe import FakeStripe
 
 EVENTS = "/admin/payments/stripewebhookevent/"
 SUBSCRIPTIONS = "/admin/djstripe/subscription/"
@@ -90,7 +90,7 @@ def test_billing_retries_a_webhook_event_once_and_it_is_logged(
     assert entries.count() == 2 and "Retried" in entries[0].get_change_message()
 
 
-def _mirrored_subscription(customer_id: str, stripe_api: FakeStripe) -> Any:
+def _mirrored_subscription(customer_id: str, stripe_api: StripePeer) -> Any:
     from djstripe.models import Subscription
 
     sub = f.subscription(customer_id, "historian")
@@ -110,7 +110,7 @@ def _confirm_cancel(client: Client, subscription: Any, mounted_under: str = SUBS
     )
 
 
-def test_support_cannot_cancel_subscriptions(user: Any, customer_id: str, stripe_api: FakeStripe):
+def test_support_cannot_cancel_subscriptions(user: Any, customer_id: str, stripe_api: StripePeer):
     subscription = _mirrored_subscription(customer_id, stripe_api)
     _, support = _staff_client("support")
 
@@ -133,7 +133,7 @@ def test_support_cannot_cancel_subscriptions(user: Any, customer_id: str, stripe
 
 
 def test_cancelling_needs_the_change_permission_on_subscriptions_and_is_logged(
-    user: Any, customer_id: str, stripe_api: FakeStripe
+    user: Any, customer_id: str, stripe_api: StripePeer
 ):
     subscription = _mirrored_subscription(customer_id, stripe_api)
     staff, billing = _staff_client("billing")

@@ -13,12 +13,12 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts.services import session_create
+from devpeers.stripe_api import StripePeer
 from metering.models import UsageRecord
 from metering.services import flush_usage, usage_rollup, usage_write_batch
 from payments import stripe_client
 from payments.tests import factories as f
 from payments.tests.apple import AppleChain
-from payments.tests.fakestripe import FakeStripe
 
 EXPORT = "/api/v1/users/me/export"
 PRODUCT = "com.timepointai.credits100"
@@ -41,7 +41,7 @@ def apple_settings(settings: Any, tmp_path: Path, chain: AppleChain) -> None:
 
 
 def _billing_history(
-    client: Client, stripe_api: FakeStripe, chain: AppleChain, user: Any, headers: dict[str, Any]
+    client: Client, stripe_api: StripePeer, chain: AppleChain, user: Any, headers: dict[str, Any]
 ) -> dict[str, Any]:
     """A pack, a subscription with its first invoice, and an App Store purchase that Apple later
     refunds, all through the gateway's own endpoints; returns the ids Stripe and Apple used."""
@@ -103,7 +103,7 @@ def test_export_has_every_section_with_only_the_callers_rows(
     user: Any,
     auth_headers: dict[str, Any],
     other_user: Any,
-    stripe_api: FakeStripe,
+    stripe_api: StripePeer,
     chain: AppleChain,
 ) -> None:
     other_user.flash_user_id = "flash-other"

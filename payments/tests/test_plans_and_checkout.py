@@ -10,12 +10,12 @@ from django.test import Client
 from accounts.models import Plan, Tier
 from apikeys.models import APIKey
 from apikeys.services import key_create
+from devpeers.stripe_api import StripePeer
 from payments.models import EventState, StripeWebhookEvent
 from payments.tests import factories as f
-from payments.tests.fakestripe import FakeStripe
 
 
-def _subscription_event(client: Client, stripe_api: FakeStripe, kind: str, sub: dict) -> None:
+def _subscription_event(client: Client, stripe_api: StripePeer, kind: str, sub: dict) -> None:
     stripe_api.put(sub)  # what dj-stripe's re-fetch will find
     assert f.post_webhook(client, f.event(kind, sub)).status_code == 200
     call_command("run_grants", "--once")
@@ -35,7 +35,7 @@ def test_plans_are_public_and_come_from_the_catalogue(client: Client, db: Any):
 
 
 def test_subscription_moves_plan_hd_access_and_key_tier(
-    client: Client, user: Any, customer_id: str, stripe_api: FakeStripe
+    client: Client, user: Any, customer_id: str, stripe_api: StripePeer
 ):
     key, _ = key_create(user=user, name="ci")
     assert key.tier == Tier.FREE and not user.has_hd_access
@@ -59,7 +59,7 @@ def test_subscription_moves_plan_hd_access_and_key_tier(
 
 
 def test_cancellation_takes_effect_at_period_end(
-    client: Client, user: Any, customer_id: str, stripe_api: FakeStripe
+    client: Client, user: Any, customer_id: str, stripe_api: StripePeer
 ):
     sub = f.subscription(customer_id, "historian")
     _subscription_event(client, stripe_api, "customer.subscription.created", sub)
@@ -77,7 +77,7 @@ def test_cancellation_takes_effect_at_period_end(
 
 
 def test_stripe_api_outage_never_loses_the_event(
-    client: Client, user: Any, customer_id: str, stripe_api: FakeStripe
+    client: Client, user: Any, customer_id: str, stripe_api: StripePeer
 ):
     sub = f.subscription(customer_id, "historian")
     stripe_api.put(sub)
@@ -98,7 +98,7 @@ def test_stripe_api_outage_never_loses_the_event(
     assert user.plan == Plan.HISTORIAN
 
 
-def test_checkout_for_a_pack(client: Client, user: Any, auth_headers: dict, stripe_api: FakeStripe):
+def test_checkout_for_a_pack(client: Client, user: Any, auth_headers: dict, stripe_api: StripePeer):
     response = client.post(
         "/api/v1/billing/checkout",
         {"package": "100_credits"},
@@ -118,7 +118,7 @@ def test_checkout_for_a_pack(client: Client, user: Any, auth_headers: dict, stri
 
 
 def test_checkout_creates_the_customer_once(
-    client: Client, user: Any, auth_headers: dict, stripe_api: FakeStripe
+    client: Client, user: Any, auth_headers: dict, stripe_api: StripePeer
 ):
     for plan in ("historian", "historian"):
         response = client.post(
@@ -135,7 +135,7 @@ def test_checkout_creates_the_customer_once(
 
 
 def test_checkout_rejects_unknown_items_and_client_amounts(
-    client: Client, user: Any, auth_headers: dict, stripe_api: FakeStripe
+    client: Client, user: Any, auth_headers: dict, stripe_api: StripePeer
 ):
     for payload in ({"package": "1_000_000_credits"}, {"plan": "emperor"}, {"plan": "free"}, {}):
         response = client.post(
@@ -154,7 +154,7 @@ def test_checkout_needs_authentication(client: Client, db: Any):
 
 
 def test_billing_portal_link(
-    client: Client, user: Any, auth_headers: dict, customer_id: str, stripe_api: FakeStripe
+    client: Client, user: Any, auth_headers: dict, customer_id: str, stripe_api: StripePeer
 ):
     response = client.post("/api/v1/billing/portal", **auth_headers)
 
@@ -164,7 +164,7 @@ def test_billing_portal_link(
 
 
 def test_history_lists_payments_subscriptions_and_grants(
-    client: Client, user: Any, auth_headers: dict, customer_id: str, stripe_api: FakeStripe
+    client: Client, user: Any, auth_headers: dict, customer_id: str, stripe_api: StripePeer
 ):
     f.post_webhook(
         client, f.event("checkout.session.completed", f.pack_session(customer_id, user.pk))
@@ -181,7 +181,7 @@ def test_history_lists_payments_subscriptions_and_grants(
 
 
 def test_deleting_the_account_cancels_the_subscription_and_exports_billing(
-    client: Client, user: Any, customer_id: str, stripe_api: FakeStripe, auth_headers: dict
+    client: Client, user: Any, customer_id: str, stripe_api: StripePeer, auth_headers: dict
 ):
     sub = f.subscription(customer_id, "historian")
     _subscription_event(client, stripe_api, "customer.subscription.created", sub)
@@ -199,7 +199,7 @@ def test_deleting_the_account_cancels_the_subscription_and_exports_billing(
 
 
 def test_account_is_not_deleted_while_stripe_cannot_cancel_the_subscription(
-    client: Client, user: Any, customer_id: str, stripe_api: FakeStripe, auth_headers: dict
+    client: Client, user: Any, customer_id: str, stripe_api: StripePeer, auth_headers: dict
 ):
     sub = f.subscription(customer_id, "historian")
     _subscription_event(client, stripe_api, "customer.subscription.created", sub)

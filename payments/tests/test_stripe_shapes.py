@@ -16,16 +16,16 @@ from django.core.management.base import CommandError
 from django.test import Client
 
 from accounts.models import User
+from devpeers.stripe_api import StripePeer
 from payments.models import CreditGrant, GrantState, Payment, StripeWebhookEvent
 from payments.tests import factories as f
-from payments.tests.fakestripe import FakeStripe
 
 
 def _flash_grants(flash_peer: Any, user: Any) -> list[dict[str, Any]]:
     return [row for row in flash_peer.ledger_for(user.flash_user_id) if row["amount"] > 0]
 
 
-def _paid(client: Client, stripe_api: FakeStripe, customer: str, inv: dict[str, Any]) -> Any:
+def _paid(client: Client, stripe_api: StripePeer, customer: str, inv: dict[str, Any]) -> Any:
     """Stripe holds the invoice, its charge and its InvoicePayment; `invoice.paid` is delivered.
     Returns the charge."""
     paid = f.invoice_charge(customer, inv)
@@ -36,7 +36,7 @@ def _paid(client: Client, stripe_api: FakeStripe, customer: str, inv: dict[str, 
 
 
 def _subscribed_and_renewed(
-    client: Client, user: Any, customer: str, stripe_api: FakeStripe
+    client: Client, user: Any, customer: str, stripe_api: StripePeer
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Historian bought through Checkout, then renewed: (first invoice, renewal, renewal charge)."""
     sub = f.subscription(customer, "historian")
@@ -53,7 +53,7 @@ def _subscribed_and_renewed(
 
 
 def test_refund_and_dispute_on_a_renewal_charge_mark_the_renewal_payment(
-    client: Client, user: Any, customer_id: str, stripe_api: FakeStripe, flash_peer: Any
+    client: Client, user: Any, customer_id: str, stripe_api: StripePeer, flash_peer: Any
 ):
     first, renewal, paid = _subscribed_and_renewed(client, user, customer_id, stripe_api)
 
@@ -84,7 +84,7 @@ def test_refund_and_dispute_on_a_renewal_charge_mark_the_renewal_payment(
 
 
 def test_dispute_without_a_refund_first_is_recorded_with_its_user(
-    client: Client, user: Any, customer_id: str, stripe_api: FakeStripe
+    client: Client, user: Any, customer_id: str, stripe_api: StripePeer
 ):
     _, renewal, paid = _subscribed_and_renewed(client, user, customer_id, stripe_api)
 
@@ -99,7 +99,7 @@ def test_dispute_without_a_refund_first_is_recorded_with_its_user(
 
 
 def test_refund_of_the_first_invoice_marks_the_checkout_payment(
-    client: Client, user: Any, customer_id: str, stripe_api: FakeStripe
+    client: Client, user: Any, customer_id: str, stripe_api: StripePeer
 ):
     first, _, _ = _subscribed_and_renewed(client, user, customer_id, stripe_api)
 
@@ -115,7 +115,7 @@ def test_refund_of_the_first_invoice_marks_the_checkout_payment(
 
 
 def test_dispute_before_its_invoice_event_is_one_record_with_user_and_product(
-    client: Client, user: Any, customer_id: str, stripe_api: FakeStripe, flash_peer: Any
+    client: Client, user: Any, customer_id: str, stripe_api: StripePeer, flash_peer: Any
 ):
     """Out of order: the dispute arrives before `invoice.paid`. The dispute names no customer,
     so the charge is fetched; the record is keyed as the invoice's, which fills it in later."""
@@ -144,7 +144,7 @@ def test_dispute_before_its_invoice_event_is_one_record_with_user_and_product(
 
 
 def test_upgrade_then_renewal_grants_the_new_plans_credits_once(
-    client: Client, user: Any, customer_id: str, stripe_api: FakeStripe, flash_peer: Any
+    client: Client, user: Any, customer_id: str, stripe_api: StripePeer, flash_peer: Any
 ):
     sub = f.subscription(customer_id, "historian")
     stripe_api.put(sub)
@@ -187,7 +187,7 @@ def test_upgrade_then_renewal_grants_the_new_plans_credits_once(
 
 
 def test_renewal_carrying_prorations_grants_the_plan_of_its_period(
-    client: Client, user: Any, customer_id: str, stripe_api: FakeStripe
+    client: Client, user: Any, customer_id: str, stripe_api: StripePeer
 ):
     """Prorations of a mid-cycle change land on the next renewal, the old plan's credit line
     first; the period itself is billed at the new price."""
@@ -205,7 +205,7 @@ def test_renewal_carrying_prorations_grants_the_plan_of_its_period(
 
 
 def test_renewal_while_stripe_cannot_say_what_was_billed_is_not_lost(
-    client: Client, user: Any, customer_id: str, stripe_api: FakeStripe, flash_peer: Any
+    client: Client, user: Any, customer_id: str, stripe_api: StripePeer, flash_peer: Any
 ):
     """The lines must be fetched and Stripe is down: the webhook fails with JSON and stores
     nothing, so Stripe delivers it again; that delivery grants once."""
@@ -227,7 +227,7 @@ def test_renewal_while_stripe_cannot_say_what_was_billed_is_not_lost(
 
 
 def test_every_stripe_call_asks_for_the_pinned_api_version(
-    client: Client, user: Any, customer_id: str, auth_headers: dict, stripe_api: FakeStripe
+    client: Client, user: Any, customer_id: str, auth_headers: dict, stripe_api: StripePeer
 ):
     """The SDK's own default and the account's default version never decide the shapes the
     gateway reads: the gateway's calls and dj-stripe's re-fetches all send the pin."""
@@ -275,7 +275,7 @@ def test_factories_build_each_shape_as_stripe_publishes_it(stripe_shape: str, cu
 
 
 def test_staff_retry_while_stripe_is_down_says_so_and_grants_later(
-    user: Any, customer_id: str, stripe_api: FakeStripe, flash_peer: Any
+    user: Any, customer_id: str, stripe_api: StripePeer, flash_peer: Any
 ):
     """A renewal kept for attention (its customer was not linked yet) whose lines must be fetched:
     a staff retry while Stripe is down answers with a message, not an error page, and changes
@@ -320,7 +320,7 @@ def _endpoint_command() -> tuple[str, str]:
     return out.getvalue(), err.getvalue()
 
 
-def test_webhook_endpoint_is_created_pinned_to_the_code_version(db: Any, stripe_api: FakeStripe):
+def test_webhook_endpoint_is_created_pinned_to_the_code_version(db: Any, stripe_api: StripePeer):
     """Payloads follow the endpoint's version: one left on the account's default would change
     shape when someone upgrades the account in the Dashboard. The command creates it pinned."""
     stripe_api.put(
@@ -351,7 +351,7 @@ def test_webhook_endpoint_is_created_pinned_to_the_code_version(db: Any, stripe_
     assert len(stripe_api.calls("POST", "/v1/webhook_endpoints")) == 1
 
 
-def test_webhook_endpoint_command_reports_stripe_failures(db: Any, stripe_api: FakeStripe):
+def test_webhook_endpoint_command_reports_stripe_failures(db: Any, stripe_api: StripePeer):
     stripe_api.down = True
     with pytest.raises(CommandError, match="Stripe"):
         _endpoint_command()

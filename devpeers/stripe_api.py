@@ -48,7 +48,7 @@ def _unflatten(pairs: list[tuple[str, str]]) -> dict[str, Any]:
     return result
 
 
-class FakeStripe:
+class StripePeer:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.objects: dict[str, dict[str, Any]] = {}
