@@ -11,6 +11,7 @@ from django.db.models.functions import TruncDate
 from accounts.models import User
 from payments import catalogue
 from payments.models import AppleNotification, CreditGrant, GrantState, Payment, PaymentProvider
+from payments.plans import subscription_plan
 
 
 def plan_list() -> list[dict[str, Any]]:
@@ -62,18 +63,12 @@ def subscription_list_for_user(*, user: User) -> list[dict[str, Any]]:
             {
                 "id": subscription.id,
                 "status": data.get("status", ""),
-                "plan": _plan_of(data),
+                "plan": subscription_plan(data),
                 "cancel_at_period_end": bool(data.get("cancel_at_period_end")),
                 "current_period_end": data.get("current_period_end") or _item_period_end(data),
             }
         )
     return result
-
-
-def _plan_of(data: dict[str, Any]) -> str:
-    from payments.services import _subscription_plan
-
-    return _subscription_plan(data)
 
 
 def _item_period_end(data: dict[str, Any]) -> Any:
@@ -115,7 +110,7 @@ def active_subscriptions_by_plan() -> list[tuple[str, int]]:
         data = subscription.stripe_data or {}
         if data.get("status") not in ("active", "trialing", "past_due"):
             continue
-        offer = catalogue.PLANS.get(_plan_of(data))
+        offer = catalogue.PLANS.get(subscription_plan(data))
         label = offer.label if offer else "Unknown plan"
         counts[label] = counts.get(label, 0) + 1
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
@@ -164,7 +159,7 @@ def stripe_export(*, user: User) -> dict[str, Any]:
                 "id": str(subscription.id),
                 "customer_id": str(subscription.customer_id),
                 "status": (subscription.stripe_data or {}).get("status", ""),
-                "plan": _plan_of(subscription.stripe_data or {}),
+                "plan": subscription_plan(subscription.stripe_data or {}),
                 "cancel_at_period_end": bool(
                     (subscription.stripe_data or {}).get("cancel_at_period_end")
                 ),

@@ -92,7 +92,7 @@ USAGE_FLUSH_LAG = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
 )
 
-# --- Webhooks (payments/services.py)
+# --- Webhooks (payments/stripe_events.py, payments/apple.py)
 WEBHOOK_LAG = Histogram(
     "tpb_webhook_lag_seconds",
     "Webhook delay by provider and stage: received = from the provider creating the event to "

@@ -1,0 +1,235 @@
+"""What a verified Stripe event means in our records: the grant and payment of a paid checkout or
+subscription invoice, and the refunds and disputes staff must review. Every recorder is
+idempotent by its grant/payment key (`stripe:<payment intent or invoice>`); `stripe_events` runs
+them in the transaction that stores the event."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from django.utils import timezone
+
+from accounts.models import User
+from payments import catalogue, stripe_shapes
+from payments.grants import grant_create
+from payments.models import GrantSource, Payment, PaymentProvider, StripeWebhookEvent
+from payments.stripe_shapes import object_id
+
+logger = logging.getLogger("timepoint.payments")
+
+
+def _stripe_user(customer_id: str, metadata: dict[str, Any] | None) -> User | None:
+    """The user a Stripe object belongs to: the dj-stripe customer's subscriber, else our
+    `user_id` metadata (set by checkout_create, so it arrives signed)."""
+    from djstripe.models import Customer
+
+    if customer_id:
+        customer = Customer.objects.filter(id=customer_id).select_related("subscriber").first()
+        if customer is not None and customer.subscriber is not None:
+            return customer.subscriber
+    user_id = str((metadata or {}).get("user_id") or "")
+    if user_id.isdigit():
+        return User.objects.filter(pk=int(user_id)).first()
+    return None
+
+
+class NeedsAttention(Exception):
+    """The event is stored but the gateway cannot act on it alone; staff must look."""
+
+
+def _payment_record(*, reference: str, user: User | None, **fields: Any) -> Payment:
+    payment, created = Payment.objects.get_or_create(
+        reference=reference,
+        defaults={"provider": PaymentProvider.STRIPE, "user": user, **fields},
+    )
+    if not created:
+        # An earlier refund/dispute event may have created a bare record: fill it in.
+        _payment_fill_in(payment, user=user, **fields)
+    return payment
+
+
+def _payment_fill_in(payment: Payment, *, user: User | None, **fields: Any) -> None:
+    """Set what the record does not say yet (never overwrite what it does)."""
+    missing = {k: v for k, v in fields.items() if v and not getattr(payment, k)}
+    if user is not None and payment.user_id is None:
+        missing["user"] = user
+    if missing:
+        for name, value in missing.items():
+            setattr(payment, name, value)
+        payment.save(update_fields=[*missing, "updated_at"])
+
+
+def _record_checkout(event: StripeWebhookEvent, session: dict[str, Any]) -> None:
+    if session.get("payment_status") not in ("paid", "no_payment_required"):
+        return  # an async payment: checkout.session.async_payment_succeeded will follow
+    metadata = session.get("metadata") or {}
+    user = _stripe_user(object_id(session.get("customer")), metadata)
+    if user is None:
+        raise NeedsAttention("No user for this checkout session.")
+    if session.get("mode") == "subscription":
+        invoice_id = object_id(session.get("invoice"))
+        offer = catalogue.PLANS.get(str(metadata.get("plan") or ""))
+        if not invoice_id or offer is None:
+            return  # invoice.paid grants it
+        _subscription_grant(event, user, offer, invoice_id, session)
+        return
+    pack = catalogue.PACKS.get(str(metadata.get("package") or ""))
+    if pack is None:
+        raise NeedsAttention("The checkout session names no known credit pack.")
+    intent = object_id(session.get("payment_intent"))
+    purchase = (pack.name, pack.label, pack.credits, "stripe_purchase")
+    paid_by = intent or str(session["id"])
+    _purchase_record(event, user, session, purchase, paid_by, stripe_payment_intent=intent)
+
+
+def _subscription_grant(
+    event: StripeWebhookEvent,
+    user: User,
+    offer: catalogue.PlanOffer,
+    invoice_id: str,
+    source: dict[str, Any],
+) -> None:
+    payment_intent, charge = stripe_shapes.invoice_payment_refs(source)
+    purchase = (offer.name, offer.label, offer.monthly_credits, "subscription_grant")
+    _purchase_record(
+        event,
+        user,
+        source,
+        purchase,
+        invoice_id,
+        stripe_invoice=invoice_id,
+        stripe_payment_intent=payment_intent,
+        stripe_charge=charge,
+    )
+
+
+def _purchase_record(
+    event: StripeWebhookEvent,
+    user: User,
+    source: dict[str, Any],
+    purchase: tuple[str, str, int, str],
+    paid_by: str,
+    **stripe_refs: str,
+) -> None:
+    """A paid purchase's grant and its payment record, both keyed `stripe:<paid_by>` (the payment
+    intent of a pack, the invoice of a plan). `purchase`: (product, label, credits, Flash
+    transaction type); `source`: the checkout session or invoice that was paid."""
+    product, label, credits, transaction_type = purchase
+    key = f"stripe:{paid_by}"
+    grant, _ = grant_create(
+        key=key,
+        user=user,
+        amount=credits,
+        transaction_type=transaction_type,
+        label=label,
+        source=GrantSource.STRIPE,
+        stripe_event_id=event.stripe_id,
+    )
+    _payment_record(
+        reference=key,
+        user=user,
+        product=product,
+        # A checkout session has only `amount_total`; an invoice says what was paid.
+        amount_cents=int(source.get("amount_paid") or source.get("amount_total") or 0),
+        currency=str(source.get("currency") or ""),
+        grant=grant,
+        **stripe_refs,
+    )
+
+
+def _record_invoice_paid(event: StripeWebhookEvent, invoice: dict[str, Any]) -> None:
+    subscription_id, metadata = stripe_shapes.invoice_subscription(invoice)
+    if not subscription_id:
+        return  # not a subscription invoice: nothing to grant
+    if invoice.get("billing_reason") not in (None, "subscription_create", "subscription_cycle"):
+        return  # prorations and manual invoices grant nothing; dj-stripe mirrors them
+    user = _stripe_user(object_id(invoice.get("customer")), metadata)
+    # What Stripe billed, never metadata.plan: a portal plan change leaves that on the old plan.
+    offer = stripe_shapes.invoice_plan_billed(invoice)
+    if user is None or offer is None or offer.monthly_credits <= 0:
+        raise NeedsAttention("Paid subscription invoice with no known user or plan.")
+    _subscription_grant(event, user, offer, str(invoice["id"]), invoice)
+
+
+def _payment_for_refs(refs: stripe_shapes.ChargeRefs) -> Payment | None:
+    lookups = [
+        ("stripe_charge", refs.charge),
+        ("stripe_payment_intent", refs.payment_intent),
+        ("stripe_invoice", refs.invoice),
+    ]
+    for field, value in lookups:
+        if value:
+            found = Payment.objects.filter(**{field: value}).first()
+            if found is not None:
+                return found
+    return None
+
+
+def _payment_for_adjustment(obj: dict[str, Any]) -> Payment:
+    """The one payment record of the purchase a charge, refund or dispute belongs to (a pack, a
+    subscription's first invoice or a renewal), locked; made (keyed as the purchase's own record
+    will be) when the purchase's event has not arrived yet, so that event fills it in.
+
+    Stripe is asked only for what the event and our records leave open: the charge (a dispute's
+    customer) and the InvoicePayment that links a payment intent to its invoice."""
+    refs = stripe_shapes.charge_refs(obj)
+    payment = _payment_for_refs(refs)
+    if payment is None or payment.user_id is None:
+        if not refs.customer or not refs.payment_intent:
+            refs = stripe_shapes.charge_refs_fetched(refs)
+        if payment is None:
+            refs = replace(refs, invoice=stripe_shapes.charge_invoice(refs))
+            payment = _payment_for_refs(refs)
+    if payment is None:
+        payment = _payment_record(
+            reference=f"stripe:{refs.invoice or refs.payment_intent or refs.charge}",
+            user=_stripe_user(refs.customer, refs.metadata),
+            stripe_payment_intent=refs.payment_intent,
+            stripe_invoice=refs.invoice,
+            amount_cents=refs.amount,
+            currency=refs.currency,
+        )
+    payment = Payment.objects.select_for_update().get(pk=payment.pk)
+    _payment_fill_in(
+        payment,
+        user=_stripe_user(refs.customer, refs.metadata) if payment.user_id is None else None,
+        stripe_charge=refs.charge,
+        stripe_payment_intent=refs.payment_intent,
+        stripe_invoice=refs.invoice,
+    )
+    return payment
+
+
+def _record_refund(charge: dict[str, Any]) -> None:
+    payment = _payment_for_adjustment(charge)
+    # `amount_refunded` is cumulative on the charge; events may arrive out of order.
+    refunded = max(payment.amount_refunded_cents, int(charge.get("amount_refunded") or 0))
+    payment.amount_refunded_cents = refunded
+    payment.refunded_at = timezone.now()
+    payment.needs_review = True  # credits are never taken back silently: staff decide
+    payment.save(
+        update_fields=["amount_refunded_cents", "refunded_at", "needs_review", "updated_at"]
+    )
+    logger.warning({"event": "payment_refunded", "payment": payment.reference, "cents": refunded})
+
+
+def _record_dispute(dispute: dict[str, Any]) -> None:
+    payment = _payment_for_adjustment(dispute)
+    payment.disputed = True
+    payment.dispute_reason = str(dispute.get("reason") or "")[:128]
+    payment.needs_review = True
+    payment.save(update_fields=["disputed", "dispute_reason", "needs_review", "updated_at"])
+    logger.warning({"event": "payment_disputed", "payment": payment.reference})
+
+
+# What each recorded event type means; `stripe_events` stores the other types and mirrors them.
+RECORDERS: dict[str, Callable[[StripeWebhookEvent, dict[str, Any]], None]] = {
+    "checkout.session.completed": _record_checkout,
+    "checkout.session.async_payment_succeeded": _record_checkout,
+    "invoice.paid": _record_invoice_paid,
+    "charge.refunded": lambda event, obj: _record_refund(obj),
+    "charge.dispute.created": lambda event, obj: _record_dispute(obj),
+}
