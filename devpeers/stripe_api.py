@@ -1,19 +1,109 @@
-"""A Stripe-compatible server for tests: a tiny ASGI app served on loopback.
+"""A Stripe-compatible server (tests and `make run`): a tiny ASGI app served on loopback.
 
-It speaks just enough of Stripe's REST API for the gateway and dj-stripe: form-encoded POSTs that
-create customers, checkout and billing-portal sessions, and GETs that retrieve stored objects by id
-(404 `resource_missing` in Stripe's error shape otherwise). Tests seed it with the objects that a
-webhook names, exactly as Stripe would return them when dj-stripe re-fetches them.
+It speaks the part of Stripe's REST API that the gateway and dj-stripe use, with Stripe's own
+rules where the gateway depends on them:
+
+- products and prices: create, update (metadata is merged, `""` deletes a key; a price's amount
+  cannot change), retrieve, list (newest first; `active`, `product`, `limit`, `starting_after`);
+- customers, billing-portal sessions, Checkout sessions (`checkout_complete`, or the pay page at
+  `/checkout/<id>` that `make run` links to, completes one as the customer paying would);
+- subscriptions: retrieve, update (a price change with `proration_behavior` `always_invoice`,
+  `create_prorations` or `none`, prorated by the second as Stripe does; `cancel_at_period_end`),
+  cancel; a declined card (`decline`) refuses an `error_if_incomplete` update with a 402;
+- invoices with their lines, InvoicePayments and charges;
+- a clock (`clock_set`, `advance`), as Stripe's test clocks: a subscription whose period ends
+  renews with a paid `subscription_cycle` invoice, or ends when cancelled at period end;
+- events: every change is recorded as a Stripe event (`events`, `GET /v1/events`) and delivered,
+  signed with Stripe's scheme, to the webhook receivers given to `deliver_to` (a background
+  thread, retried as Stripe retries).
+
+It starts with the design memo's plans and credit packs (`MEMO_CATALOGUE`), their gateway terms
+in metadata (`tp_*`, read by `payments.catalogue`). Events carry their objects in the API version
+of the receiver: the current one, or the 2024 shape (`event_version = LEGACY`) that an endpoint
+not yet moved still receives. Tests may also seed any object with `put` (what a re-fetch finds).
 """
 
 from __future__ import annotations
 
+import calendar
+import copy
+import hashlib
+import hmac
+import html
 import itertools
 import json
+import queue
 import threading
 import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from fractions import Fraction
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
+
+CURRENT = "2026-05-27.dahlia"  # the gateway's STRIPE_API_VERSION
+LEGACY = "2024-06-20"
+# Stripe's published example objects (github.com/stripe/openapi fixtures3.json): the shape of
+# everything this server makes, with our fields put over them.
+PUBLISHED: dict[str, dict[str, Any]] = json.loads(
+    Path(__file__).with_name("stripe_fixtures.json").read_text()
+)["resources"]
+
+# The design memo's catalogue: (product id, name, product metadata, price id, cents, price
+# metadata). Plans are monthly prices; packs are one-time prices.
+MEMO_CATALOGUE: tuple[tuple[str, str, dict[str, str], str, int, dict[str, str]], ...] = (
+    (
+        "prod_explorer",
+        "Explorer",
+        {"tp_plan": "explorer", "tp_hd_access": "false", "tp_key_tier": "free", "tp_order": "10"},
+        "price_plan_explorer",
+        499,
+        {"tp_monthly_credits": "50"},
+    ),
+    (
+        "prod_historian",
+        "Historian",
+        {"tp_plan": "historian", "tp_hd_access": "true", "tp_key_tier": "free", "tp_order": "20"},
+        "price_plan_historian",
+        1499,
+        {"tp_monthly_credits": "200"},
+    ),
+    (
+        "prod_api_pro",
+        "API Pro",
+        {"tp_plan": "api_pro", "tp_hd_access": "true", "tp_key_tier": "pro", "tp_order": "30"},
+        "price_plan_api_pro",
+        4999,
+        {"tp_monthly_credits": "1000"},
+    ),
+    (
+        "prod_100_credits",
+        "100 credits",
+        {"tp_pack": "100_credits", "tp_order": "10"},
+        "price_pack_100",
+        499,
+        {"tp_credits": "100"},
+    ),
+    (
+        "prod_500_credits",
+        "500 credits",
+        {"tp_pack": "500_credits", "tp_order": "20"},
+        "price_pack_500",
+        1999,
+        {"tp_credits": "500"},
+    ),
+    (
+        "prod_1000_credits",
+        "1 000 credits",
+        {"tp_pack": "1000_credits", "tp_order": "30"},
+        "price_pack_1000",
+        3499,
+        {"tp_credits": "1000"},
+    ),
+)
 
 # Stripe's URL collection → object type, for the GETs dj-stripe makes.
 COLLECTIONS = {
@@ -34,6 +124,17 @@ COLLECTIONS = {
     "events": "event",
     "webhook_endpoints": "webhook_endpoint",
 }
+LISTABLE = frozenset({"product", "price", "invoice_payment", "webhook_endpoint", "event"})
+DELIVERY_ATTEMPTS = 5
+
+
+class StripeError(Exception):
+    """An API error in Stripe's shape: `{"error": {"type", "message", "code"?, "param"?}}`."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", **more: str):
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"type": kind, "message": message, **more}}
 
 
 def _unflatten(pairs: list[tuple[str, str]]) -> dict[str, Any]:
@@ -48,15 +149,305 @@ def _unflatten(pairs: list[tuple[str, str]]) -> dict[str, Any]:
     return result
 
 
+def _listed(value: Any) -> list[Any]:
+    """A form-encoded list (`items[0][...]`, index-keyed) or a real list, in index order."""
+    if isinstance(value, dict):
+        return [value[k] for k in sorted(value, key=lambda k: int(k) if k.isdigit() else 0)]
+    return list(value or [])
+
+
+def _flag(value: Any) -> bool:
+    return str(value).lower() == "true"
+
+
+def _published(kind: str, **fields: Any) -> dict[str, Any]:
+    obj = copy.deepcopy(PUBLISHED[kind])
+    obj.update(fields)
+    return obj
+
+
+def add_months(moment: int, months: int, anchor_day: int) -> int:
+    """`moment` moved by whole calendar months onto the anchor's day of the month (the last day
+    when the month is shorter), as Stripe's monthly billing periods move."""
+    day = datetime.fromtimestamp(moment, tz=UTC)
+    month_index = day.month - 1 + months
+    year, month = day.year + month_index // 12, month_index % 12 + 1
+    last = calendar.monthrange(year, month)[1]
+    return int(day.replace(year=year, month=month, day=min(anchor_day, last)).timestamp())
+
+
+def prorated(amount: int, part: Fraction) -> int:
+    """`amount` times `part` in whole cents, half up (Stripe's rounding of proration amounts)."""
+    exact = Decimal(part.numerator) * amount / Decimal(part.denominator)
+    return int(exact.to_integral_value(rounding=ROUND_HALF_UP))
+
+
+def signature(body: bytes, secret: str, timestamp: int) -> str:
+    """`Stripe-Signature`: t=<unix>,v1=HMAC-SHA256(secret, "<t>.<body>")."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+# --- Stripe objects in the current shape (the server's, and the test factories' too)
+
+
+def item_plan(price: dict[str, Any]) -> dict[str, Any]:
+    """The legacy `plan` a subscription item still carries beside its price."""
+    return {
+        **copy.deepcopy(PUBLISHED["subscription"]["items"]["data"][0]["plan"]),
+        "id": price["id"],
+        "product": price["product"],
+        "amount": price["unit_amount"],
+        "amount_decimal": str(price["unit_amount"]),
+        "billing_scheme": "per_unit",
+        "currency": price.get("currency") or "usd",
+        "interval": (price.get("recurring") or {}).get("interval", "month"),
+        "interval_count": (price.get("recurring") or {}).get("interval_count", 1),
+        "livemode": False,
+        "metadata": {},
+        "transform_usage": None,
+    }
+
+
+def subscription_object(
+    *,
+    sub_id: str,
+    item_id: str,
+    customer: str,
+    price: dict[str, Any],
+    metadata: dict[str, Any],
+    period: tuple[int, int],
+    status: str = "active",
+    quantity: int = 1,
+) -> dict[str, Any]:
+    """A subscription to one price, in its first period (which lives on the item since
+    2025-03-31.basil)."""
+    start, end = period
+    item = {
+        **copy.deepcopy(PUBLISHED["subscription"]["items"]["data"][0]),
+        "id": item_id,
+        "object": "subscription_item",
+        "price": copy.deepcopy(price),
+        "plan": item_plan(price),
+        "quantity": quantity,
+        "subscription": sub_id,
+        "created": start,
+        "metadata": {},
+        "billing_thresholds": None,
+        "current_period_start": start,
+        "current_period_end": end,
+    }
+    return _published(
+        "subscription",
+        id=sub_id,
+        customer=customer,
+        status=status,
+        cancel_at_period_end=False,
+        cancel_at=None,
+        canceled_at=None,
+        ended_at=None,
+        trial_start=None,
+        trial_end=None,
+        start_date=start,
+        created=start,
+        billing_cycle_anchor=start,
+        billing_cycle_anchor_config=None,
+        currency=price.get("currency") or "usd",
+        latest_invoice=None,
+        metadata=metadata,
+        pending_update=None,
+        pending_invoice_item_interval=None,
+        next_pending_invoice_item_invoice=None,
+        pause_collection=None,
+        transfer_data=None,
+        billing_thresholds=None,
+        billing_schedules=[],
+        cancellation_details={"comment": None, "feedback": None, "reason": None},
+        items={
+            "object": "list",
+            "has_more": False,
+            "data": [item],
+            "url": f"/v1/subscription_items?subscription={sub_id}",
+        },
+    )
+
+
+def line_object(
+    *,
+    line_id: str,
+    invoice_id: str,
+    amount: int,
+    period: tuple[int, int],
+    subscription_id: str,
+    item_id: str,
+    proration: bool,
+    price_id: str,
+    product_id: str,
+    description: str,
+    quantity: int = 1,
+) -> dict[str, Any]:
+    """An invoice line billing a subscription item at a price (a proration when said)."""
+    return _published(
+        "line_item",
+        id=line_id,
+        invoice=invoice_id,
+        amount=amount,
+        currency="usd",
+        description=description,
+        period={"start": period[0], "end": period[1]},
+        parent={
+            "type": "subscription_item_details",
+            "invoice_item_details": None,
+            "subscription_item_details": {
+                "invoice_item": None,
+                "proration": proration,
+                "proration_details": {"credited_items": None},
+                "subscription": subscription_id,
+                "subscription_item": item_id,
+            },
+        },
+        pricing={
+            "type": "price_details",
+            "price_details": {"price": price_id, "product": product_id},
+            "unit_amount_decimal": str(abs(amount)),
+        },
+        quantity=quantity,
+        subtotal=amount,
+    )
+
+
+def invoice_object(
+    *,
+    invoice_id: str,
+    customer: str,
+    subscription_id: str,
+    metadata: dict[str, Any],
+    reason: str,
+    lines: list[dict[str, Any]],
+    now: int,
+    amount_paid: int | None = None,
+) -> dict[str, Any]:
+    """A paid subscription invoice; what it totals is what its lines say (a credit, when less
+    than nothing, is not paid: Stripe puts it on the customer's balance)."""
+    total = sum(int(line["amount"]) for line in lines)
+    paid = max(0, total) if amount_paid is None else amount_paid
+    return _published(
+        "invoice",
+        id=invoice_id,
+        customer=customer,
+        billing_reason=reason,
+        status="paid",
+        amount_due=paid,
+        amount_paid=paid,
+        amount_remaining=0,
+        amount_overpaid=0,
+        attempted=True,
+        attempt_count=1 if paid else 0,
+        auto_advance=False,
+        currency="usd",
+        created=now,
+        effective_at=now,
+        period_start=now,
+        period_end=now,
+        due_date=None,
+        next_payment_attempt=None,
+        automatically_finalizes_at=None,
+        from_invoice=None,
+        last_finalization_error=None,
+        latest_revision=None,
+        shipping_cost=None,
+        shipping_details=None,
+        test_clock=None,
+        number=f"TP-{invoice_id[-6:]}",
+        status_transitions={
+            "finalized_at": now,
+            "marked_uncollectible_at": None,
+            "paid_at": now,
+            "voided_at": None,
+        },
+        parent={
+            "type": "subscription_details",
+            "quote_details": None,
+            "subscription_details": {"subscription": subscription_id, "metadata": metadata},
+        },
+        lines={
+            "object": "list",
+            "has_more": False,
+            "data": lines,
+            "url": f"/v1/invoices/{invoice_id}/lines",
+        },
+        total=paid if amount_paid is not None else total,
+        subtotal=paid if amount_paid is not None else total,
+    )
+
+
+def invoice_payment_object(
+    *, payment_id: str, invoice_id: str, payment_intent: str, amount: int, now: int
+) -> dict[str, Any]:
+    """The InvoicePayment linking an invoice to the payment intent that paid it."""
+    return _published(
+        "invoice_payment",
+        id=payment_id,
+        invoice=invoice_id,
+        amount_paid=amount,
+        amount_requested=amount,
+        currency="usd",
+        created=now,
+        is_default=True,
+        livemode=False,
+        payment={"type": "payment_intent", "payment_intent": payment_intent},
+        status="paid",
+        status_transitions={"canceled_at": None, "paid_at": now},
+    )
+
+
+def charge_object(
+    *, charge_id: str, customer: str, payment_intent: str, amount: int, now: int
+) -> dict[str, Any]:
+    """A succeeded card charge."""
+    return _published(
+        "charge",
+        id=charge_id,
+        customer=customer,
+        payment_intent=payment_intent,
+        amount=amount,
+        amount_captured=amount,
+        amount_refunded=0,
+        captured=True,
+        paid=True,
+        refunded=False,
+        currency="usd",
+        created=now,
+        balance_transaction=None,
+        payment_method=None,
+        source=None,
+        transfer_data=None,
+        refunds={**PUBLISHED["charge"]["refunds"], "url": f"/v1/charges/{charge_id}/refunds"},
+    )
+
+
 class StripePeer:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
+    def __init__(self, *, catalogue: bool = True, public_url: str = "") -> None:
+        self.lock = threading.RLock()
         self.objects: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
         self.versions: list[str] = []  # the Stripe-Version header of every request
         self.cancelled: list[str] = []  # subscription ids cancelled through the API
+        self.events: list[dict[str, Any]] = []  # every event, oldest first (current shape)
+        self.event_version = CURRENT  # the shape receivers get (LEGACY: a 2024 endpoint)
         self.down = False  # answer every call with a 500 api_error (a Stripe outage)
+        self.decline = ""  # a decline code: card payments fail with it (e.g. "card_declined")
+        self.clock: int | None = None  # a frozen time (a test clock); None follows the wall
+        # Where `make run` serves the pay page; empty: Checkout URLs look like Stripe's.
+        self.public_url = public_url.rstrip("/")
         self._ids = itertools.count(1)
+        self._receivers: list[tuple[str, str]] = []
+        # What a Checkout Session was created with (its line items are not part of the object).
+        self._checkout: dict[str, dict[str, Any]] = {}
+        # What paid each invoice: (payment intent, charge); the 2024 shape names them.
+        self._paid_by: dict[str, tuple[str, str]] = {}
+        self._outbox: queue.Queue[tuple[str, str, bytes]] = queue.Queue()
+        self._sender: threading.Thread | None = None
         self.account = {
             "id": "acct_test_platform",
             "object": "account",
@@ -72,19 +463,497 @@ class StripePeer:
             "metadata": {},
             "created": 1_700_000_000,
         }
+        if catalogue:
+            self.catalogue_seed()
+
+    # --- Storage, time, events
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}_test{next(self._ids):06d}"
+
+    def now(self) -> int:
+        return self.clock if self.clock is not None else int(time.time())
 
     def put(self, obj: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             self.objects[obj["id"]] = obj
         return obj
 
+    def get(self, object_id: str, kind: str) -> dict[str, Any]:
+        found = self.objects.get(object_id)
+        if found is None or found.get("object") != kind:
+            raise StripeError(
+                404, f"No such {kind}: '{object_id}'", code="resource_missing", param="id"
+            )
+        return found
+
     def calls(self, method: str, path_prefix: str) -> list[dict[str, Any]]:
         return [body for m, p, body in self.requests if m == method and p.startswith(path_prefix)]
 
-    # --- ASGI
+    def emit(self, kind: str, obj: dict[str, Any], previous: dict[str, Any] | None = None) -> None:
+        """Record an event about `obj` (a snapshot, as Stripe's events are) and send it out."""
+        event: dict[str, Any] = {
+            "id": self.new_id("evt"),
+            "object": "event",
+            "api_version": CURRENT,
+            "created": self.now(),
+            "livemode": False,
+            "pending_webhooks": len(self._receivers),
+            "request": {"id": None, "idempotency_key": None},
+            "type": kind,
+            "data": {"object": copy.deepcopy(obj), "previous_attributes": previous or {}},
+        }
+        with self.lock:
+            self.events.append(event)
+            self.objects[event["id"]] = event
+            receivers = list(self._receivers)
+        for url, secret in receivers:
+            self._outbox.put((url, secret, self.event_body(event)))
+
+    def event_body(self, event: dict[str, Any]) -> bytes:
+        """The event as a receiver on `event_version` gets it."""
+        if self.event_version == CURRENT:
+            return json.dumps(event).encode()
+        shaped = copy.deepcopy(event)
+        shaped["api_version"] = self.event_version
+        shaped["data"]["object"] = self.legacy_shape(shaped["data"]["object"])
+        return json.dumps(shaped).encode()
+
+    def legacy_shape(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return legacy_shape(obj, self._paid_by)
+
+    def events_of(self, *kinds: str, since: int = 0) -> list[dict[str, Any]]:
+        """Events of these types (all when none given), from index `since` of `events`."""
+        with self.lock:
+            found = self.events[since:]
+        return [event for event in found if not kinds or event["type"] in kinds]
+
+    def deliver_to(self, url: str, secret: str) -> None:
+        """Send every later event to `url`, signed with `secret` (a webhook endpoint)."""
+        with self.lock:
+            self._receivers.append((url, secret))
+            if self._sender is None:
+                self._sender = threading.Thread(
+                    target=self._send_forever, name="stripe-webhooks", daemon=True
+                )
+                self._sender.start()
+
+    def _send_forever(self) -> None:
+        while True:
+            url, secret, body = self._outbox.get()
+            for attempt in range(DELIVERY_ATTEMPTS):
+                request = urllib.request.Request(
+                    url,
+                    data=body,
+                    method="POST",
+                    headers={
+                        "Content-Type": "application/json",
+                        "Stripe-Signature": signature(body, secret, int(time.time())),
+                    },
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as answer:
+                        if 200 <= answer.status < 300:
+                            break
+                except (urllib.error.URLError, OSError):
+                    pass
+                time.sleep(min(30.0, 0.5 * 2**attempt))
+
+    # --- The catalogue
+
+    def catalogue_seed(self) -> None:
+        """The memo's plans and packs, as a billing person made them in the Dashboard."""
+        for product_id, name, product_meta, price_id, cents, price_meta in MEMO_CATALOGUE:
+            self.product_create({"id": product_id, "name": name, "metadata": product_meta})
+            self.price_create(
+                {
+                    "id": price_id,
+                    "product": product_id,
+                    "unit_amount": str(cents),
+                    "currency": "usd",
+                    "metadata": price_meta,
+                    **({"recurring": {"interval": "month"}} if "tp_plan" in product_meta else {}),
+                },
+                created=1_700_000_000,
+            )
+
+    def product_create(self, params: dict[str, Any]) -> dict[str, Any]:
+        product_id = str(params.get("id") or self.new_id("prod"))
+        if product_id in self.objects:
+            raise StripeError(400, f"Product already exists: '{product_id}'", param="id")
+        product = self.put(
+            {
+                "id": product_id,
+                "object": "product",
+                "active": _flag(params.get("active", "true")),
+                "name": str(params.get("name") or ""),
+                "description": params.get("description"),
+                "default_price": None,
+                "images": [],
+                "marketing_features": [],
+                "livemode": False,
+                "metadata": {k: v for k, v in (params.get("metadata") or {}).items() if v != ""},
+                "package_dimensions": None,
+                "shippable": None,
+                "statement_descriptor": None,
+                "tax_code": None,
+                "type": "service",
+                "unit_label": None,
+                "url": None,
+                "created": self.now(),
+                "updated": self.now(),
+            }
+        )
+        self.emit("product.created", product)
+        return product
+
+    def _update(self, obj: dict[str, Any], params: dict[str, Any], fields: set[str]) -> None:
+        """Apply an update: `fields` are replaced, metadata merged; the event names what was."""
+        previous: dict[str, Any] = {}
+        for name in fields & set(params):
+            value: Any = params[name]
+            if name == "active":
+                value = _flag(value)
+            if obj.get(name) != value:
+                previous[name] = obj.get(name)
+                obj[name] = value
+        if "metadata" in params:
+            metadata = dict(obj.get("metadata") or {})
+            for key, value in (params["metadata"] or {}).items():
+                if value == "":
+                    metadata.pop(key, None)
+                else:
+                    metadata[key] = value
+            if metadata != obj.get("metadata"):
+                previous["metadata"] = obj.get("metadata")
+                obj["metadata"] = metadata
+        if "updated" in obj:
+            obj["updated"] = self.now()
+        self.emit(f"{obj['object']}.updated", obj, previous)
+
+    def price_create(self, params: dict[str, Any], created: int | None = None) -> dict[str, Any]:
+        product_id = str(params.get("product") or "")
+        self.get(product_id, "product")
+        if "unit_amount" not in params:
+            raise StripeError(400, "Missing required param: unit_amount.", param="unit_amount")
+        recurring = params.get("recurring")
+        price_id = str(params.get("id") or self.new_id("price"))
+        price = self.put(
+            {
+                "id": price_id,
+                "object": "price",
+                "active": _flag(params.get("active", "true")),
+                "billing_scheme": "per_unit",
+                "created": created or self.now(),
+                "currency": str(params.get("currency") or "usd"),
+                "custom_unit_amount": None,
+                "livemode": False,
+                "lookup_key": params.get("lookup_key"),
+                "metadata": {k: v for k, v in (params.get("metadata") or {}).items() if v != ""},
+                "nickname": params.get("nickname"),
+                "product": product_id,
+                "recurring": (
+                    {
+                        "interval": str(recurring.get("interval") or "month"),
+                        "interval_count": int(recurring.get("interval_count") or 1),
+                        "meter": None,
+                        "trial_period_days": None,
+                        "usage_type": str(recurring.get("usage_type") or "licensed"),
+                    }
+                    if recurring
+                    else None
+                ),
+                "tax_behavior": "unspecified",
+                "tiers_mode": None,
+                "transform_quantity": None,
+                "type": "recurring" if recurring else "one_time",
+                "unit_amount": int(params["unit_amount"]),
+                "unit_amount_decimal": str(int(params["unit_amount"])),
+            }
+        )
+        self.emit("price.created", price)
+        return price
+
+    # --- Checkout: what the customer does on Stripe's page
+
+    def checkout_complete(self, session_id: str) -> dict[str, Any]:
+        """The customer pays: a pack's payment, or a plan's subscription and its first invoice,
+        with the events Stripe sends for them (the session's completion last)."""
+        with self.lock:
+            session = self.get(session_id, "checkout.session")
+            if session["status"] != "open":
+                raise StripeError(400, "This Checkout Session is no longer open.")
+            self._refuse_if_declined()
+            created_with = self._checkout[session_id]
+            line = _listed(created_with.get("line_items"))[0]
+            price = self.get(str(line["price"]), "price")
+            quantity = int(line.get("quantity") or 1)
+            amount = int(price["unit_amount"]) * quantity
+            now = self.now()
+            if session["mode"] == "subscription":
+                subscription = self.subscription_create(
+                    customer=str(session["customer"]),
+                    price=price,
+                    quantity=quantity,
+                    metadata=dict(
+                        (created_with.get("subscription_data") or {}).get("metadata") or {}
+                    ),
+                )
+                invoice = self.invoice_create(
+                    subscription, "subscription_create", [self._line(subscription, price, amount)]
+                )
+                session.update(subscription=subscription["id"], invoice=invoice["id"])
+            else:
+                session["payment_intent"] = self._payment(str(session["customer"]), amount)[0]
+            session.update(
+                status="complete",
+                payment_status="paid",
+                amount_total=amount,
+                amount_subtotal=amount,
+                currency=price["currency"],
+                completed_at=now,
+            )
+            self.emit("checkout.session.completed", session)
+            return session
+
+    # --- Subscriptions and invoices
+
+    def _period_end(self, subscription: dict[str, Any], start: int) -> int:
+        anchor = datetime.fromtimestamp(subscription["billing_cycle_anchor"], tz=UTC).day
+        return add_months(start, 1, anchor)
+
+    def _item(self, subscription: dict[str, Any]) -> dict[str, Any]:
+        item: dict[str, Any] = subscription["items"]["data"][0]
+        return item
+
+    def _item_price(self, item: dict[str, Any], price: dict[str, Any], quantity: int) -> None:
+        item.update(price=copy.deepcopy(price), quantity=quantity, plan=item_plan(price))
+
+    def subscription_create(
+        self, *, customer: str, price: dict[str, Any], quantity: int, metadata: dict[str, Any]
+    ) -> dict[str, Any]:
+        if price.get("type") != "recurring":
+            raise StripeError(400, "A subscription needs a recurring price.", param="price")
+        now = self.now()
+        anchor = datetime.fromtimestamp(now, tz=UTC).day
+        subscription = subscription_object(
+            sub_id=self.new_id("sub"),
+            item_id=self.new_id("si"),
+            customer=customer,
+            price=price,
+            metadata=metadata,
+            period=(now, add_months(now, 1, anchor)),
+            quantity=quantity,
+        )
+        self.put(subscription)
+        self.emit("customer.subscription.created", subscription)
+        return subscription
+
+    def _line(
+        self,
+        subscription: dict[str, Any],
+        price: dict[str, Any],
+        amount: int,
+        *,
+        proration: bool = False,
+        start: int | None = None,
+        description: str = "",
+    ) -> dict[str, Any]:
+        """A line billing the subscription's item at `price`, from `start` (default: the
+        period's start) to the period's end."""
+        item = self._item(subscription)
+        return line_object(
+            line_id=self.new_id("il"),
+            invoice_id="",
+            amount=amount,
+            period=(
+                item["current_period_start"] if start is None else start,
+                item["current_period_end"],
+            ),
+            subscription_id=subscription["id"],
+            item_id=item["id"],
+            proration=proration,
+            price_id=price["id"],
+            product_id=price["product"],
+            description=description or f"{item['quantity']} x {price['product']}",
+            quantity=item["quantity"],
+        )
+
+    def _payment(self, customer: str, amount: int) -> tuple[str, str]:
+        """A succeeded card payment of `amount` cents: (payment intent id, charge id)."""
+        payment_intent, charge_id = self.new_id("pi"), self.new_id("ch")
+        self.put(
+            charge_object(
+                charge_id=charge_id,
+                customer=customer,
+                payment_intent=payment_intent,
+                amount=amount,
+                now=self.now(),
+            )
+        )
+        return payment_intent, charge_id
+
+    def invoice_create(
+        self, subscription: dict[str, Any], reason: str, lines: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """A finalized invoice of the subscription, paid at once, and `invoice.paid`."""
+        now = self.now()
+        invoice_id = self.new_id("in")
+        for line in lines:
+            line["invoice"] = invoice_id
+        invoice = invoice_object(
+            invoice_id=invoice_id,
+            customer=str(subscription["customer"]),
+            subscription_id=subscription["id"],
+            metadata=dict(subscription.get("metadata") or {}),
+            reason=reason,
+            lines=lines,
+            now=now,
+        )
+        invoice.update(
+            period_start=min(int(line["period"]["start"]) for line in lines),
+            period_end=max(int(line["period"]["end"]) for line in lines),
+        )
+        paid = int(invoice["amount_paid"])
+        if paid:
+            payment_intent, charge_id = self._payment(str(subscription["customer"]), paid)
+            self._paid_by[invoice_id] = (payment_intent, charge_id)
+            self.put(
+                invoice_payment_object(
+                    payment_id=self.new_id("inpay"),
+                    invoice_id=invoice_id,
+                    payment_intent=payment_intent,
+                    amount=paid,
+                    now=now,
+                )
+            )
+        subscription["latest_invoice"] = invoice_id
+        self.put(invoice)
+        self.emit("invoice.paid", invoice)
+        return invoice
+
+    def _refuse_if_declined(self) -> None:
+        if self.decline:
+            raise StripeError(402, "Your card was declined.", kind="card_error", code=self.decline)
+
+    def subscription_update(self, sub_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Stripe's subscription update: metadata, `cancel_at_period_end`, and a new price for
+        the item, prorated to the second from `proration_date` (default: now)."""
+        with self.lock:
+            subscription = self.get(sub_id, "subscription")
+            if subscription["status"] == "canceled":
+                raise StripeError(400, "A canceled subscription can only update its metadata.")
+            before = copy.deepcopy(subscription)
+            item = self._item(subscription)
+            wanted = [row for row in _listed(params.get("items")) if row.get("price")]
+            invoice_lines: list[dict[str, Any]] = []
+            if wanted:
+                if wanted[0].get("id", item["id"]) != item["id"]:
+                    raise StripeError(400, "No such subscription item.", param="items[0][id]")
+                old_price = item["price"]
+                new_price = self.get(str(wanted[0]["price"]), "price")
+                if not new_price["active"]:
+                    raise StripeError(400, "The price is not active.", param="items[0][price]")
+                quantity = int(wanted[0].get("quantity") or item["quantity"])
+                behaviour = str(params.get("proration_behavior") or "create_prorations")
+                if behaviour != "none" and new_price["id"] != old_price["id"]:
+                    moment = int(params.get("proration_date") or self.now())
+                    start, end = item["current_period_start"], item["current_period_end"]
+                    left = Fraction(max(0, end - moment), end - start)
+                    credit = prorated(int(old_price["unit_amount"]) * item["quantity"], left)
+                    charge = prorated(int(new_price["unit_amount"]) * quantity, left)
+                    invoice_lines = [
+                        self._line(
+                            subscription,
+                            old_price,
+                            -credit,
+                            proration=True,
+                            start=moment,
+                            description=f"Unused time on {old_price['product']}",
+                        ),
+                        self._line(
+                            subscription,
+                            new_price,
+                            charge,
+                            proration=True,
+                            start=moment,
+                            description=f"Remaining time on {new_price['product']}",
+                        ),
+                    ]
+                    if behaviour == "always_invoice" and charge > credit:
+                        self._refuse_if_declined()
+                self._item_price(item, new_price, quantity)
+            if "cancel_at_period_end" in params:
+                ending = _flag(params["cancel_at_period_end"])
+                subscription["cancel_at_period_end"] = ending
+                subscription["cancel_at"] = item["current_period_end"] if ending else None
+                subscription["canceled_at"] = self.now() if ending else None
+            if "metadata" in params:
+                metadata = dict(subscription.get("metadata") or {})
+                metadata.update(params["metadata"] or {})
+                subscription["metadata"] = {k: v for k, v in metadata.items() if v != ""}
+            previous = {
+                name: before[name]
+                for name in ("items", "cancel_at_period_end", "cancel_at", "metadata")
+                if before.get(name) != subscription.get(name)
+            }
+            if invoice_lines and params.get("proration_behavior") == "always_invoice":
+                self.invoice_create(subscription, "subscription_update", invoice_lines)
+            self.emit("customer.subscription.updated", subscription, previous)
+            return subscription
+
+    def subscription_cancel(self, sub_id: str) -> dict[str, Any]:
+        with self.lock:
+            subscription = self.get(sub_id, "subscription")
+            subscription.update(status="canceled", canceled_at=self.now(), ended_at=self.now())
+            self.cancelled.append(sub_id)
+            self.emit("customer.subscription.deleted", subscription)
+            return subscription
+
+    def clock_set(self, moment: int) -> None:
+        """Freeze the clock at `moment` (nothing renews: use `advance` to move forward)."""
+        self.clock = int(moment)
+
+    def advance(self, *, seconds: int = 0, to: int | None = None) -> None:
+        """Move the clock forward; every period ending on the way renews (a paid
+        `subscription_cycle` invoice for the item's price then) or ends the subscription."""
+        target = int(to if to is not None else self.now() + seconds)
+        while True:
+            with self.lock:
+                due = sorted(
+                    (
+                        (self._item(sub)["current_period_end"], sub["id"])
+                        for sub in self.objects.values()
+                        if sub.get("object") == "subscription"
+                        and sub["status"] in ("active", "trialing", "past_due")
+                        and self._item(sub)["current_period_end"] <= target
+                    ),
+                )
+                if not due:
+                    self.clock = target
+                    return
+                moment, sub_id = due[0]
+                self.clock = moment
+                self._renew(self.objects[sub_id])
+
+    def _renew(self, subscription: dict[str, Any]) -> None:
+        item = self._item(subscription)
+        if subscription["cancel_at_period_end"]:
+            subscription.update(status="canceled", ended_at=self.now())
+            self.emit("customer.subscription.deleted", subscription)
+            return
+        before = copy.deepcopy(subscription)
+        start = item["current_period_end"]
+        item["current_period_start"] = start
+        item["current_period_end"] = self._period_end(subscription, start)
+        price = item["price"]
+        amount = int(price["unit_amount"]) * int(item["quantity"])
+        self.invoice_create(
+            subscription, "subscription_cycle", [self._line(subscription, price, amount)]
+        )
+        self.emit("customer.subscription.updated", subscription, {"items": before["items"]})
+
+    # --- HTTP
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -97,37 +966,84 @@ class StripePeer:
                 break
         method = scope["method"]
         path = scope["path"]
-        params = _unflatten(parse_qsl(body.decode() or scope.get("query_string", b"").decode()))
+        query = body.decode() or scope.get("query_string", b"").decode()
+        params = _unflatten(parse_qsl(query, keep_blank_values=True))
         headers = dict(scope.get("headers") or [])
         with self.lock:
             self.requests.append((method, path, params))
             self.versions.append(headers.get(b"stripe-version", b"").decode())
-        status, payload = self.handle(method, path, params)
-        raw = json.dumps(payload).encode()
+        content_type = b"application/json"
+        extra: list[tuple[bytes, bytes]] = []
+        if path.startswith("/checkout/"):
+            status, page, location = self.pay_page(method, path.removeprefix("/checkout/"))
+            raw = page.encode()
+            content_type = b"text/html; charset=utf-8"
+            if location:
+                extra.append((b"location", location.encode()))
+        else:
+            status, payload = self.handle(method, path, params)
+            raw = json.dumps(payload).encode()
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
                 "headers": [
-                    (b"content-type", b"application/json"),
+                    (b"content-type", content_type),
                     (b"request-id", b"req_test"),
+                    *extra,
                 ],
             }
         )
         await send({"type": "http.response.body", "body": raw})
 
+    def pay_page(self, method: str, session_id: str) -> tuple[int, str, str]:
+        """`make run`'s stand-in for Stripe's hosted Checkout page: GET shows what is bought,
+        POST pays (always succeeds) and sends the browser to the session's success URL."""
+        session = self.objects.get(session_id)
+        if session is None or session.get("object") != "checkout.session":
+            return 404, "<h1>No such Checkout Session</h1>", ""
+        if method == "POST":
+            try:
+                self.checkout_complete(session_id)
+            except StripeError as exc:
+                return exc.status, f"<h1>{html.escape(str(exc))}</h1>", ""
+            return 303, "", str(session.get("success_url") or "/")
+        line = _listed(self._checkout[session_id].get("line_items"))[0]
+        price = self.objects.get(str(line["price"])) or {}
+        product = self.objects.get(str(price.get("product"))) or {}
+        cents = int(price.get("unit_amount") or 0)
+        every = " / month" if price.get("recurring") else ""
+        page = (
+            "<!doctype html><title>Local Stripe Checkout</title>"
+            f"<h1>{html.escape(str(product.get('name') or price.get('id')))}</h1>"
+            f"<p>{cents // 100}.{cents % 100:02d} {html.escape(str(price.get('currency')))}"
+            f"{every}</p><p>Local Stripe-compatible server: no card is charged.</p>"
+            f'<form method="post"><button type="submit">Pay</button></form>'
+        )
+        return 200, page, ""
+
     def listed(self, kind: str, rest: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        """A list's items: an invoice's `/lines` as stored on it; InvoicePayments filtered by
+        """A list's items: an invoice's `/lines` as stored on it; products, prices and events
+        newest first (filtered by `active`, `product`, `type`); InvoicePayments filtered by
         `invoice` and `payment[...]` as Stripe filters them; nothing for any other list."""
         with self.lock:
             if kind == "invoice" and rest.endswith("/lines"):
                 invoice = self.objects.get(rest.split("/", 1)[0]) or {}
                 return list((invoice.get("lines") or {}).get("data") or [])
-            if kind not in ("invoice_payment", "webhook_endpoint") or rest:
+            if kind not in LISTABLE or rest:
                 return []
             rows = [obj for obj in self.objects.values() if obj.get("object") == kind]
         if kind == "webhook_endpoint":  # the secret is shown only when it is created
             return [{**row, "secret": None} for row in rows]
+        if kind in ("product", "price", "event"):
+            rows.sort(key=lambda row: (row["created"], row["id"]), reverse=True)
+            if "active" in params:
+                rows = [row for row in rows if row["active"] == _flag(params["active"])]
+            if "product" in params:
+                rows = [row for row in rows if row["product"] == params["product"]]
+            if "type" in params:
+                rows = [row for row in rows if row["type"] == params["type"]]
+            return rows
         wanted = params.get("payment") or {}
         return [
             row
@@ -139,10 +1055,70 @@ class StripePeer:
     def handle(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, Any]:
         if self.down:
             return 500, {"error": {"type": "api_error", "message": "Stripe is down (test)."}}
+        try:
+            return 200, self.route(method, path, params)
+        except StripeError as exc:
+            return exc.status, exc.body
+
+    def api(self, method: str, path: str, **params: Any) -> dict[str, Any]:
+        """Call the API in-process, as the Dashboard or the SDK would (a test's billing person).
+        Raises StripeError on an error answer."""
+        result: dict[str, Any] = self.route(method, path, params)
+        return result
+
+    def route(self, method: str, path: str, params: dict[str, Any]) -> Any:
         if path == "/v1/account":
-            return 200, self.account
-        if method == "POST" and path == "/v1/customers":
-            return 200, self.put(
+            return self.account
+        parts = path.strip("/").split("/")
+        if method == "POST":
+            with self.lock:
+                return self._post(path, parts, params)
+        if method == "DELETE" and path.startswith("/v1/subscriptions/"):
+            return self.subscription_cancel(parts[2])
+        if method == "GET":
+            for collection in COLLECTIONS:
+                prefix = f"/v1/{collection}"
+                if path == prefix or path.startswith(prefix + "/"):
+                    rest = path[len(prefix) :].strip("/")
+                    if not rest or "/" in rest:  # a list, or a sub-list such as /lines
+                        return self._page(
+                            self.listed(COLLECTIONS[collection], rest, params), path, params
+                        )
+                    with self.lock:
+                        return self.get(rest, COLLECTIONS[collection])
+        raise StripeError(404, f"Unrecognized request URL ({method}: {path}).")
+
+    def _page(
+        self, rows: list[dict[str, Any]], path: str, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        after = params.get("starting_after")
+        if after:
+            ids = [row["id"] for row in rows]
+            rows = rows[ids.index(after) + 1 :] if after in ids else []
+        limit = max(1, min(100, int(params.get("limit") or 10)))
+        return {"object": "list", "data": rows[:limit], "has_more": len(rows) > limit, "url": path}
+
+    def _post(self, path: str, parts: list[str], params: dict[str, Any]) -> Any:
+        if path == "/v1/products":
+            return self.product_create(params)
+        if path == "/v1/prices":
+            return self.price_create(params)
+        if len(parts) == 3 and parts[1] == "products":
+            product = self.get(parts[2], "product")
+            self._update(product, params, {"name", "active", "description"})
+            return product
+        if len(parts) == 3 and parts[1] == "prices":
+            price = self.get(parts[2], "price")
+            if "unit_amount" in params or "currency" in params:
+                raise StripeError(
+                    400, "A price's amount cannot change: create a new price.", param="unit_amount"
+                )
+            self._update(price, params, {"active", "nickname", "lookup_key"})
+            return price
+        if len(parts) == 3 and parts[1] == "subscriptions":
+            return self.subscription_update(parts[2], params)
+        if path == "/v1/customers":
+            customer = self.put(
                 {
                     "id": self.new_id("cus"),
                     "object": "customer",
@@ -150,7 +1126,7 @@ class StripePeer:
                     "name": params.get("name"),
                     "metadata": params.get("metadata", {}),
                     "livemode": False,
-                    "created": int(time.time()),
+                    "created": self.now(),
                     "balance": 0,
                     "currency": "usd",
                     "delinquent": False,
@@ -158,85 +1134,109 @@ class StripePeer:
                     "preferred_locales": [],
                 }
             )
-        if method == "POST" and path == "/v1/checkout/sessions":
+            return customer
+        if path == "/v1/checkout/sessions":
             session_id = self.new_id("cs")
-            return 200, self.put(
+            self._checkout[session_id] = params
+            url = (
+                f"{self.public_url}/checkout/{session_id}"
+                if self.public_url
+                else f"https://checkout.stripe.com/c/pay/{session_id}"
+            )
+            return self.put(
                 {
                     "id": session_id,
                     "object": "checkout.session",
-                    "url": f"https://checkout.stripe.com/c/pay/{session_id}",
+                    "url": url,
                     "mode": params.get("mode"),
                     "customer": params.get("customer"),
                     "client_reference_id": params.get("client_reference_id"),
                     "metadata": params.get("metadata", {}),
+                    "success_url": params.get("success_url"),
+                    "cancel_url": params.get("cancel_url"),
+                    "subscription": None,
+                    "invoice": None,
+                    "payment_intent": None,
                     "status": "open",
                     "payment_status": "unpaid",
                     "livemode": False,
-                    "created": int(time.time()),
+                    "created": self.now(),
                 }
             )
-        if method == "POST" and path == "/v1/webhook_endpoints":
-            return 200, self.put(
+        if path == "/v1/webhook_endpoints":
+            return self.put(
                 {
                     "id": self.new_id("we"),
                     "object": "webhook_endpoint",
                     "url": params.get("url"),
                     "api_version": params.get("api_version"),
-                    "enabled_events": list((params.get("enabled_events") or {}).values()),
+                    "enabled_events": _listed(params.get("enabled_events")),
                     "description": params.get("description"),
                     "secret": f"whsec_{self.new_id('secret')}",
                     "status": "enabled",
                     "livemode": False,
                     "metadata": {},
-                    "created": int(time.time()),
+                    "created": self.now(),
                 }
             )
-        if method == "POST" and path == "/v1/billing_portal/sessions":
+        if path == "/v1/billing_portal/sessions":
             portal_id = self.new_id("bps")
-            return 200, {
+            return {
                 "id": portal_id,
                 "object": "billing_portal.session",
                 "customer": params.get("customer"),
                 "return_url": params.get("return_url"),
                 "url": f"https://billing.stripe.com/p/session/{portal_id}",
                 "livemode": False,
-                "created": int(time.time()),
+                "created": self.now(),
             }
-        if method == "DELETE" and path.startswith("/v1/subscriptions/"):
-            with self.lock:
-                found = self.objects.get(path.rsplit("/", 1)[1])
-                if found is not None:
-                    found.update({"status": "canceled", "canceled_at": int(time.time())})
-                    self.cancelled.append(found["id"])
-            if found is not None:
-                return 200, found
-        if method == "GET":
-            for collection in COLLECTIONS:
-                prefix = f"/v1/{collection}"
-                if path == prefix or path.startswith(prefix + "/"):
-                    rest = path[len(prefix) :].strip("/")
-                    if not rest or "/" in rest:  # a list, or a sub-list such as /lines
-                        return 200, {
-                            "object": "list",
-                            "data": self.listed(COLLECTIONS[collection], rest, params),
-                            "has_more": False,
-                            "url": path,
-                        }
-                    with self.lock:
-                        found = self.objects.get(rest)
-                    if found is not None:
-                        return 200, found
-                    return 404, {
-                        "error": {
-                            "type": "invalid_request_error",
-                            "code": "resource_missing",
-                            "param": "id",
-                            "message": f"No such {COLLECTIONS[collection]}: '{rest}'",
-                        }
-                    }
-        return 404, {
-            "error": {
-                "type": "invalid_request_error",
-                "message": f"Unrecognized request URL ({method}: {path}).",
-            }
+        raise StripeError(404, f"Unrecognized request URL (POST: {path}).")
+
+
+# --- The 2024 shape (API versions before 2025-03-31.basil), for events to an older endpoint
+
+
+def _legacy_line(line: dict[str, Any]) -> dict[str, Any]:
+    details = (line.get("parent") or {}).get("subscription_item_details") or {}
+    price = ((line.get("pricing") or {}).get("price_details") or {}).get("price")
+    product = ((line.get("pricing") or {}).get("price_details") or {}).get("product")
+    return {
+        "id": line["id"],
+        "object": "line_item",
+        "amount": line["amount"],
+        "currency": line["currency"],
+        "description": line.get("description"),
+        "period": line["period"],
+        "proration": bool(details.get("proration")),
+        "quantity": line.get("quantity"),
+        "subscription": details.get("subscription"),
+        "type": "subscription",
+        **({"price": {"id": price, "object": "price", "product": product}} if price else {}),
+    }
+
+
+def legacy_shape(
+    obj: dict[str, Any], paid_by: dict[str, tuple[str, str]] | None = None
+) -> dict[str, Any]:
+    """A subscription or an invoice as a 2024 endpoint receives it (`paid_by`: invoice id →
+    the payment intent and charge that paid it); other objects unchanged."""
+    if obj.get("object") == "subscription":
+        item = obj["items"]["data"][0]
+        return {
+            **obj,
+            "current_period_start": item["current_period_start"],
+            "current_period_end": item["current_period_end"],
         }
+    if obj.get("object") != "invoice":
+        return obj
+    details = (obj.get("parent") or {}).get("subscription_details") or {}
+    shaped = {k: v for k, v in obj.items() if k not in ("parent", "payments")}
+    shaped.update(
+        subscription=details.get("subscription"),
+        subscription_details={"metadata": details.get("metadata") or {}},
+        paid=obj.get("status") == "paid",
+        payment_intent=(paid_by or {}).get(obj["id"], ("", ""))[0] or None,
+        charge=(paid_by or {}).get(obj["id"], ("", ""))[1] or None,
+        lines={**obj["lines"], "data": [_legacy_line(line) for line in obj["lines"]["data"]]},
+    )
+    return shaped

@@ -14,8 +14,6 @@ from payments.tests.factories import (
     OLD_WEBHOOK_SECRET,
     PRICE_IDS,
     WEBHOOK_SECRET,
-    price,
-    product,
 )
 
 
@@ -39,10 +37,8 @@ def _stripe_server() -> Iterator[tuple[SwitchApp, Any]]:
 def stripe_api(_stripe_server: tuple[SwitchApp, Any], settings: Any) -> StripePeer:
     """A fresh fake Stripe for every payments test; the SDK (and dj-stripe) talk only to it."""
     switch, running = _stripe_server
-    fake = StripePeer()
-    for name, price_id in PRICE_IDS.items():  # the account's catalogue, as the Dashboard made it
-        fake.put(product(name))
-        fake.put(price(name, price_id))
+    fake = StripePeer()  # with the memo's plans and packs, as the Dashboard made them
+    fake.event_version = factories.shape()
     switch.target = fake
     settings.STRIPE_API_BASE = running.url
     settings.STRIPE_SECRET_KEY = "sk_test_51GatewayTestKey0000000000000000"

@@ -2,8 +2,9 @@
 
 Every builder speaks one of two API versions (`use_shape`, switched for each payments test by
 the `stripe_shape` fixture): the current one (`CURRENT`, the gateway's pin), built from Stripe's
-own published example objects (`stripe_fixtures.json`, from github.com/stripe/openapi), and the
-2024 one (`LEGACY`), which an endpoint still on an older version sends while the account moves.
+own published example objects (`devpeers/stripe_fixtures.json`, from github.com/stripe/openapi),
+and the 2024 one (`LEGACY`), which an endpoint still on an older version sends while the account
+moves.
 """
 
 from __future__ import annotations
@@ -14,8 +15,16 @@ import hmac
 import itertools
 import json
 import time
-from pathlib import Path
 from typing import Any
+
+from devpeers.stripe_api import (
+    PUBLISHED,
+    charge_object,
+    invoice_object,
+    invoice_payment_object,
+    line_object,
+    subscription_object,
+)
 
 WEBHOOK_SECRET = "whsec_test_current"
 OLD_WEBHOOK_SECRET = "whsec_test_previous"
@@ -32,9 +41,7 @@ CURRENT = "2026-05-27.dahlia"  # settings.STRIPE_API_VERSION
 LEGACY = "2024-06-20"
 SHAPES = (CURRENT, LEGACY)
 _shape = CURRENT
-FIXTURES: dict[str, dict[str, Any]] = json.loads(
-    (Path(__file__).with_name("stripe_fixtures.json")).read_text()
-)["resources"]
+FIXTURES = PUBLISHED
 # What paid each invoice built here: (payment intent, charge). A current-shape invoice does not
 # say it (its InvoicePayment does); tests build the charge and InvoicePayment from this.
 _paid_by: dict[str, tuple[str, str]] = {}
@@ -183,57 +190,14 @@ def subscription(
             "collection_method": "charge_automatically",
             "items": {"object": "list", "has_more": False, "data": [item]},
         }
-    published_item = FIXTURES["subscription"]["items"]["data"][0]
-    item = {
-        **copy.deepcopy(published_item),
-        **item,
-        # The period moved from the subscription onto its items (2025-03-31.basil).
-        "current_period_start": now,
-        "current_period_end": now + 30 * 86400,
-        "plan": {
-            **copy.deepcopy(published_item["plan"]),
-            "id": item_price["id"],
-            "product": item_price["product"],
-            "amount": item_price["unit_amount"],
-            "amount_decimal": str(item_price["unit_amount"]),
-            "billing_scheme": "per_unit",
-            "currency": "usd",
-            "interval_count": 1,
-            "livemode": False,
-            "metadata": {},
-            "transform_usage": None,
-        },
-        "billing_thresholds": None,
-    }
-    return _published(
-        "subscription",
-        id=sub_id,
+    return subscription_object(
+        sub_id=sub_id,
+        item_id=item["id"],
         customer=customer,
-        status=status,
-        cancel_at_period_end=False,
-        cancel_at=None,
-        canceled_at=None,
-        ended_at=None,
-        trial_start=None,
-        trial_end=None,
-        start_date=now,
-        created=now,
-        billing_cycle_anchor=now,
-        billing_cycle_anchor_config=None,
+        price=item_price,
         metadata=meta,
-        pending_update=None,
-        pending_invoice_item_interval=None,
-        next_pending_invoice_item_invoice=None,
-        pause_collection=None,
-        transfer_data=None,
-        billing_thresholds=None,
-        billing_schedules=[],
-        items={
-            "object": "list",
-            "has_more": False,
-            "data": [item],
-            "url": f"/v1/subscription_items?subscription={sub_id}",
-        },
+        period=(now, now + 30 * 86400),
+        status=status,
     )
 
 
@@ -259,37 +223,21 @@ def _line(
         if priced:
             line["price"] = {"id": price_id, "object": "price", "product": "prod_" + plan}
         return line
-    return _published(
-        "line_item",
-        id=new_id("il"),
-        invoice=invoice_id,
+    line = line_object(
+        line_id=new_id("il"),
+        invoice_id=invoice_id,
         amount=amount,
-        currency="usd",
+        period=(now, now + 30 * 86400),
+        subscription_id=sub_id,
+        item_id=new_id("si"),
+        proration=proration,
+        price_id=price_id,
+        product_id="prod_" + plan,
         description=f"1 x {plan}",
-        period={"start": now, "end": now + 30 * 86400},
-        parent={
-            "type": "subscription_item_details",
-            "invoice_item_details": None,
-            "subscription_item_details": {
-                "invoice_item": None,
-                "proration": proration,
-                "proration_details": {"credited_items": None},
-                "subscription": sub_id,
-                "subscription_item": new_id("si"),
-            },
-        },
-        pricing=(
-            {
-                "type": "price_details",
-                "price_details": {"price": price_id, "product": "prod_" + plan},
-                "unit_amount_decimal": str(abs(amount)),
-            }
-            if priced
-            # As Stripe's published line shows it: pricing without price_details.
-            else copy.deepcopy(FIXTURES["line_item"]["pricing"])
-        ),
-        subtotal=amount,
     )
+    if not priced:  # as Stripe's published line shows it: pricing without price_details
+        line["pricing"] = copy.deepcopy(FIXTURES["line_item"]["pricing"])
+    return line
 
 
 def invoice(
@@ -337,47 +285,15 @@ def invoice(
             "subscription_details": {"metadata": metadata},
             "lines": line_list,
         }
-    return _published(
-        "invoice",
-        id=invoice_id,
+    return invoice_object(
+        invoice_id=invoice_id,
         customer=customer,
-        billing_reason=billing_reason,
-        status="paid",
-        amount_due=1499,
+        subscription_id=sub["id"],
+        metadata=metadata,
+        reason=billing_reason,
+        lines=line_data,
+        now=now,
         amount_paid=1499,
-        amount_remaining=0,
-        attempted=True,
-        attempt_count=1,
-        auto_advance=False,
-        currency="usd",
-        created=now,
-        effective_at=now,
-        period_start=now,
-        period_end=now,
-        due_date=None,
-        next_payment_attempt=None,
-        automatically_finalizes_at=None,
-        from_invoice=None,
-        last_finalization_error=None,
-        latest_revision=None,
-        shipping_cost=None,
-        shipping_details=None,
-        test_clock=None,
-        number=f"TP-{invoice_id[-6:]}",
-        status_transitions={
-            "finalized_at": now,
-            "marked_uncollectible_at": None,
-            "paid_at": now,
-            "voided_at": None,
-        },
-        parent={
-            "type": "subscription_details",
-            "quote_details": None,
-            "subscription_details": {"subscription": sub["id"], "metadata": metadata},
-        },
-        lines=line_list,
-        total=1499,
-        subtotal=1499,
     )
 
 
@@ -393,19 +309,12 @@ def invoice_payment(inv: dict[str, Any]) -> dict[str, Any]:
     """The InvoicePayment linking the invoice to the payment intent that paid it (what
     `/v1/invoice_payments` lists; Stripe keeps one for every paid invoice)."""
     payment_intent, _ = _paid_by[inv["id"]]
-    return _published(
-        "invoice_payment",
-        id=new_id("inpay"),
-        invoice=inv["id"],
-        amount_paid=inv["amount_paid"],
-        amount_requested=inv["amount_paid"],
-        currency="usd",
-        created=inv["created"],
-        is_default=True,
-        livemode=False,
-        payment={"type": "payment_intent", "payment_intent": payment_intent},
-        status="paid",
-        status_transitions={"canceled_at": None, "paid_at": inv["created"]},
+    return invoice_payment_object(
+        payment_id=new_id("inpay"),
+        invoice_id=inv["id"],
+        payment_intent=payment_intent,
+        amount=inv["amount_paid"],
+        now=inv["created"],
     )
 
 
@@ -431,25 +340,12 @@ def charge(
             "created": int(time.time()),
             "metadata": {},
         }
-    published = FIXTURES["charge"]
-    return _published(
-        "charge",
-        id=charge_id,
+    return charge_object(
+        charge_id=charge_id,
         customer=customer,
         payment_intent=payment_intent,
         amount=amount,
-        amount_captured=amount,
-        amount_refunded=0,
-        captured=True,
-        paid=True,
-        refunded=False,
-        currency="usd",
-        created=int(time.time()),
-        balance_transaction=None,
-        payment_method=None,
-        source=None,
-        transfer_data=None,
-        refunds={**published["refunds"], "url": f"/v1/charges/{charge_id}/refunds"},
+        now=int(time.time()),
     )
 
 
