@@ -15,6 +15,13 @@ once, as it does for a sync run that Flash reports failed:
 - still `processing` after ASYNC_GENERATION_STALE_SECONDS (Flash's in-memory background task died
   with its process, and Flash never refunds then) → settled as failed.
 
+Like every forwarded generation it is recorded before Flash is called (`relay.refunds`, through
+`relay.services.generation_forward`), and its outcome is settled through `relay.refunds`, the one
+place that records a generation's charge, its refund grant and the API key's monthly budget
+(a refund gives the budget back). A lost answer to the start request is the reconcile worker's
+to settle, as for a sync generation; once Flash has answered with the timepoint id, the
+settlement here owns it.
+
 A generation is settled when someone polls it and by the grant worker (`run_grants`) for those
 nobody polls. The row is locked while it is settled; the check of Flash's ledger and the grant
 happen under that lock, and settles of one user's generations are serialised (user row lock), so a
@@ -32,19 +39,18 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import User
-from payments.services import grant_create
-from relay import flash
-from relay.models import AsyncGeneration, AsyncGenerationState
+from relay import flash, refunds
+from relay.models import AsyncGeneration, AsyncGenerationState, Outcome
 from relay.paths import FLASH_TIMEPOINT_ID
 from relay.services import (
-    REFUND_GRANT_SOURCE,
     Generation,
     RelayCall,
+    generation_forward,
+    generation_lost,
     generation_release,
-    outbound_generation_body,
 )
 from timepoint_billing.db import run_db
-from timepoint_billing.errors import ApiError, UpstreamError
+from timepoint_billing.errors import ApiError
 
 logger = logging.getLogger("timepoint.relay")
 
@@ -53,13 +59,18 @@ FINAL_STATUSES = ("completed", "failed")
 FLASH_REFUND_PREFIX = "Refund (background generation failed): "
 LEDGER_PAGES = 10  # Flash's ledger read back at most 1 000 rows deep
 SETTLE_AFTER_SECONDS = 5  # the worker leaves fresh generations to their pollers
+# The row's state from the outcome `relay.refunds` settled the generation with.
+STATE_OF_OUTCOME = {
+    Outcome.COMPLETED: AsyncGenerationState.COMPLETED,
+    Outcome.ABANDONED: AsyncGenerationState.COMPLETED,
+    Outcome.NOT_CHARGED: AsyncGenerationState.REFUNDED_BY_FLASH,
+    Outcome.FAILED: AsyncGenerationState.REFUNDED,
+}
 
 
-def refund_key(timepoint_id: str) -> str:
-    return f"refund:tp:{timepoint_id}"
-
-
+@transaction.atomic
 def _record(generation: Generation, timepoint_id: str) -> None:
+    refunds.forwarded_started(request_id=generation.request_id, timepoint_id=timepoint_id)
     AsyncGeneration.objects.get_or_create(
         timepoint_id=timepoint_id,
         defaults={
@@ -76,29 +87,22 @@ def _record(generation: Generation, timepoint_id: str) -> None:
 async def generation_start_async(generation: Generation, call: RelayCall) -> dict[str, Any]:
     """Start the generation in Flash for the caller and remember it until it is settled."""
     try:
-        response = await flash.acall(
-            "POST",
-            "/api/v1/timepoints/generate",
-            user_id=generation.flash_user_id,
-            json=outbound_generation_body(generation),
-            extra_headers={"X-Request-ID": generation.request_id},
+        body = await generation_forward(
+            generation, route="async", path="/api/v1/timepoints/generate"
         )
-        if response.status_code != 200:
-            raise flash.error_from_flash(response)
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise UpstreamError("Flash returned an invalid answer.") from exc
-        timepoint_id = str(body.get("id") or "") if isinstance(body, dict) else ""
+        timepoint_id = str(body.get("id") or "")
         if not FLASH_TIMEPOINT_ID.fullmatch(timepoint_id):
-            raise UpstreamError("Flash returned an invalid answer.")
+            # Flash took (and charged) it, but the answer does not say which timepoint it is:
+            # the reconcile worker finds it among the user's timepoints.
+            await generation_lost(generation, "answer without a timepoint id")
+            raise refunds.outcome_unknown_error(generation.request_id, timed_out=False)
         timepoint_id = timepoint_id.lower()
         call.credits_spent = generation.cost  # Flash charged on accepting
         try:
             await run_db(_record, generation, timepoint_id)
         except Exception:
-            # The generation runs and is charged either way; unrecorded, a failed run would not
-            # be refunded by the gateway: say so loudly for staff (the reconcile view shows it).
+            # The generation runs and is charged either way; its forward record stays in flight
+            # without the timepoint, so the reconcile worker settles it after its deadline.
             logger.exception(
                 "async generation not recorded",
                 extra={"request_id": generation.request_id, "timepoint_id": timepoint_id},
@@ -151,22 +155,30 @@ def async_generation_settle(*, timepoint_id: str, status: str) -> str | None:
         if row is None:
             return None
         if status == "completed":
-            row.state = AsyncGenerationState.COMPLETED
+            outcome = Outcome.COMPLETED
         else:
             User.objects.select_for_update().filter(pk=row.user_id).first()
-            if _flash_refunded(row):
-                row.state = AsyncGenerationState.REFUNDED_BY_FLASH
-            else:
-                grant_create(
-                    key=refund_key(timepoint_id),
-                    user=row.user,
-                    amount=row.cost,
-                    transaction_type="refund",
-                    label=f"refund: generation failed ({row.preset})",
-                    source=REFUND_GRANT_SOURCE,
-                    reason="generation failed",
-                )
-                row.state = AsyncGenerationState.REFUNDED
+            # Refunded by Flash: charged nothing in the end. Else the gateway refunds it.
+            outcome = Outcome.NOT_CHARGED if _flash_refunded(row) else Outcome.FAILED
+        # The record made before the call, or (a generation started before such records
+        # existed) one made now: either way settled once, in `relay.refunds`.
+        refunds.forwarded_record(
+            request_id=row.request_id,
+            user=row.user,
+            flash_user_id=row.flash_user_id,
+            route="async",
+            query=row.query,
+            preset=row.preset,
+            cost=row.cost,
+        )
+        record = refunds.forwarded_settle(
+            request_id=row.request_id,
+            outcome=outcome,
+            timepoint_id=timepoint_id,
+            why="generation failed",
+        )
+        assert record is not None
+        row.state = STATE_OF_OUTCOME[Outcome(record.outcome)]
         row.settled_at = timezone.now()
         row.save(update_fields=["state", "settled_at"])
     logger.info(

@@ -25,8 +25,11 @@ worker found a timepoint, else `refund:<request id>`. A timepoint settles at mos
 (unique column), so the answer path and the reconcile path can never both pay for one generation,
 and `grant_create` is idempotent by key, so a retried or duplicated worker cannot either.
 
-Other routes that forward a charged generation (an asynchronous generation, for one) call
-`forwarded_record` before the call and `forwarded_settle` / `forwarded_unknown` after it.
+Other routes that forward a charged generation call `forwarded_record` before the call and
+`forwarded_settle` / `forwarded_unknown` after it. An asynchronous generation Flash accepted is
+marked `forwarded_started` (its timepoint id, still in flight): its run may outlast the deadline
+below, so `relay.async_generation` settles it through `forwarded_settle` when the run ends, and
+the reconcile worker leaves it alone.
 """
 
 from __future__ import annotations
@@ -235,6 +238,14 @@ def forwarded_settle(
         )
 
 
+def forwarded_started(*, request_id: str, timepoint_id: str) -> None:
+    """Flash accepted an asynchronous generation as `timepoint_id`: still in flight, settled by
+    `relay.async_generation` when its run ends, no longer on the reconcile worker's deadline."""
+    ForwardedGeneration.objects.filter(request_id=request_id, state=OutcomeState.IN_FLIGHT).update(
+        flash_timepoint_id=timepoint_id
+    )
+
+
 def forwarded_unknown(*, request_id: str, error: str) -> None:
     """The answer was lost after the request was sent: the worker will ask Flash."""
     delay = timedelta(seconds=settings.GENERATION_RECONCILE_DELAY_SECONDS)
@@ -261,7 +272,13 @@ def _due_q(now: datetime) -> Q:
     free = Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - _claim_lease())
     unknown = Q(state=OutcomeState.UNKNOWN, next_check_at__lte=now)
     # A gateway worker killed mid-call never told: once no generation can still be running.
-    abandoned = Q(state=OutcomeState.IN_FLIGHT, forwarded_at__lt=now - _deadline())
+    # (An in-flight row with a timepoint id is an asynchronous run Flash accepted, which
+    # `relay.async_generation` settles when it ends: `forwarded_started`.)
+    abandoned = Q(
+        state=OutcomeState.IN_FLIGHT,
+        forwarded_at__lt=now - _deadline(),
+        flash_timepoint_id__isnull=True,
+    )
     return (unknown | abandoned) & free
 
 

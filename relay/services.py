@@ -58,8 +58,6 @@ PRESETS = frozenset({"balanced", "hd", "hyper", "gemini3", "free_distillable", "
 # which Flash under-prices at 5; pitfall 8).
 HD_PRESETS = frozenset({"hd", "frontier"})
 COSTS_CACHE_KEY = "relay:flash-costs"
-# `CreditGrant.source` of the refunds the relay records in the payments outbox.
-REFUND_GRANT_SOURCE = "refund"
 
 
 def costs_cache_seconds() -> float:
@@ -513,35 +511,13 @@ async def generation_run_sync(generation: Generation, call: RelayCall) -> dict[s
     When the answer is lost after the request was sent (cut, timeout, truncated or unparseable
     body, or a 5xx that is not Flash's), the client gets `upstream_outcome_unknown` and the
     worker settles it from Flash's records."""
-    await generation_forwarded(generation, route="sync")
     try:
-        try:
-            response = await flash.acall(
-                "POST",
-                "/api/v1/timepoints/generate/sync",
-                user_id=generation.flash_user_id,
-                json=outbound_generation_body(generation),
-                extra_headers={"X-Request-ID": generation.request_id},
-                read_timeout=settings.UPSTREAM_GENERATE_TIMEOUT,
-            )
-        except ApiError as exc:
-            await _forwarding_failed(generation, exc)
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if response.status_code != 200:
-            flash_answered = isinstance(body, dict) and "error" in body
-            if response.status_code >= 500 and not flash_answered:
-                # Not Flash's own error body (a proxy's page?): Flash may have run it.
-                await generation_lost(generation, f"answer {response.status_code} not Flash's")
-                raise refunds.outcome_unknown_error(generation.request_id, timed_out=False)
-            # Flash refunds its own 500/504 (and never charged a 4xx).
-            await generation_settled(generation, Outcome.NOT_CHARGED)
-            raise flash.error_from_flash(response)
-        if not isinstance(body, dict):
-            await generation_lost(generation, "unparseable answer")
-            raise refunds.outcome_unknown_error(generation.request_id, timed_out=False)
+        body = await generation_forward(
+            generation,
+            route="sync",
+            path="/api/v1/timepoints/generate/sync",
+            read_timeout=settings.UPSTREAM_GENERATE_TIMEOUT,
+        )
         timepoint_id = str(body["id"]) if body.get("id") else None
         if body.get("status") == "failed":
             await generation_settled(generation, Outcome.FAILED, timepoint_id=timepoint_id)
@@ -551,6 +527,45 @@ async def generation_run_sync(generation: Generation, call: RelayCall) -> dict[s
         return timepoint_public(body)
     finally:
         generation_release(generation)
+
+
+async def generation_forward(
+    generation: Generation, *, route: str, path: str, read_timeout: float | None = None
+) -> dict[str, Any]:
+    """POST the generation to Flash, recorded before the call (`relay.refunds`), and return
+    Flash's JSON answer (sync and async alike). Flash's own error answer (a 4xx it never
+    charged, a 500/504 it refunded itself) is settled as not charged and raised; an answer lost
+    after the request was sent (cut, timeout, a 5xx that is not Flash's, an unparseable body) is
+    left to the reconcile worker and raised as `upstream_outcome_unknown`."""
+    await generation_forwarded(generation, route=route)
+    try:
+        response = await flash.acall(
+            "POST",
+            path,
+            user_id=generation.flash_user_id,
+            json=outbound_generation_body(generation),
+            extra_headers={"X-Request-ID": generation.request_id},
+            read_timeout=read_timeout,
+        )
+    except ApiError as exc:
+        await _forwarding_failed(generation, exc)
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code != 200:
+        flash_answered = isinstance(body, dict) and "error" in body
+        if response.status_code >= 500 and not flash_answered:
+            # Not Flash's own error body (a proxy's page?): Flash may have run it.
+            await generation_lost(generation, f"answer {response.status_code} not Flash's")
+            raise refunds.outcome_unknown_error(generation.request_id, timed_out=False)
+        # Flash refunds its own 500/504 (and never charged a 4xx).
+        await generation_settled(generation, Outcome.NOT_CHARGED)
+        raise flash.error_from_flash(response)
+    if not isinstance(body, dict):
+        await generation_lost(generation, "unparseable answer")
+        raise refunds.outcome_unknown_error(generation.request_id, timed_out=False)
+    return body
 
 
 async def _forwarding_failed(generation: Generation, exc: ApiError) -> NoReturn:

@@ -87,7 +87,7 @@ def test_a_failed_run_is_refunded_by_the_gateway_exactly_once(
     gateway: Any, auth: Any, flash_peer: Any, user: Any
 ) -> None:
     """Flash charges a run that ends `failed` (the judge rejected it) and does not refund it."""
-    from relay.async_generation import async_generations_settle_due, refund_key
+    from relay.async_generation import async_generations_settle_due
 
     flash_peer.generation_outcome = "failed"
     started = gateway.post(ASYNC, json={"query": "Nonsense query"}, headers=auth)
@@ -95,7 +95,7 @@ def test_a_failed_run_is_refunded_by_the_gateway_exactly_once(
     assert _poll(gateway, auth, timepoint_id)["status"] == "failed"
     _poll(gateway, auth, timepoint_id)  # polled again
     (grant,) = _refund_grants(user)
-    assert (grant.key, grant.amount) == (refund_key(timepoint_id), 5)
+    assert (grant.key, grant.amount) == (f"refund:tp:{timepoint_id}", 5)
     assert _state(timepoint_id) == "refunded"
     assert async_generations_settle_due() == 0
     assert len(_refund_grants(user)) == 1
@@ -177,3 +177,48 @@ def test_a_test_key_is_simulated(gateway: Any, flash_peer: Any, user: Any) -> No
     assert response.status_code == 200 and response.json()["test_mode"] is True
     assert flash_peer.requests_to("/api/v1/timepoints/generate") == []
     assert flash_peer.user_balance(user.flash_user_id) == 50
+
+
+def test_a_key_budget_is_settled_and_refunds_give_it_back_once(
+    gateway: Any, auth: Any, make_key: Any, flash_peer: Any, user: Any
+) -> None:
+    """Async generations settle through `relay.refunds` like sync ones: what Flash kept counts
+    against the key's month, a refund (the gateway's or Flash's own) gives the budget back."""
+    from apikeys.models import KeySpend
+    from relay.async_generation import async_generations_settle_due
+    from relay.models import ForwardedGeneration
+
+    key, raw = make_key(user, monthly_credit_budget=10)
+    headers = {"X-API-Key": raw}
+    started: dict[str, str] = {}
+    # Failed (refunded by the gateway), raised (refunded by Flash), completed (charged): 5 of
+    # the 10 credits spent, so two more fit only because both refunds gave the budget back.
+    for outcome in ("failed", "error", "completed"):
+        flash_peer.generation_outcome = outcome
+        response = gateway.post(ASYNC, json={"query": f"Apollo 11 {outcome}"}, headers=headers)
+        assert response.status_code == 202, response.text
+        started[outcome] = response.json()["id"]
+        _poll(gateway, auth, started[outcome])
+    assert async_generations_settle_due() == 0
+    spends = list(KeySpend.objects.filter(api_key=key).order_by("id"))
+    assert [(s.amount, s.settled_at is not None, s.refunded_at is not None) for s in spends] == [
+        (5, True, True),
+        (0, True, False),
+        (5, True, False),
+    ]
+    records = {r.flash_timepoint_id: r for r in ForwardedGeneration.objects.all()}
+    assert {tp: (records[tp].route, records[tp].outcome) for tp in started.values()} == {
+        started["failed"]: ("async", "failed"),
+        started["error"]: ("async", "not_charged"),
+        started["completed"]: ("async", "completed"),
+    }
+    assert [g.key for g in _refund_grants(user)] == [f"refund:tp:{started['failed']}"]
+    assert (_state(started["failed"]), _state(started["error"])) == (
+        "refunded",
+        "refunded_by_flash",
+    )
+    assert gateway.get(f"/api/v1/keys/{key.pk}", headers=auth).json()["budget"]["spent"] == 5
+
+    assert gateway.post(ASYNC, json={"query": "Apollo 12"}, headers=headers).status_code == 202
+    refused = gateway.post(ASYNC, json={"query": "Apollo 13"}, headers=headers)
+    assert (refused.status_code, refused.json()["code"]) == (402, "budget_exhausted")

@@ -278,3 +278,64 @@ def test_lost_answer_on_the_production_server_with_real_workers(
     assert flash_peer.user_balance(user.flash_user_id) == START
     assert len(_refund_rows(flash_peer, user)) == 1
     assert server.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("route", "path", "arm_on"),
+    [
+        ("sync", GENERATE, b"/generate/sync"),
+        # The start of an asynchronous generation: Flash accepted (and charged) it, the answer
+        # naming its timepoint was lost, then the run failed.
+        ("async", "/api/v1/generate/async", b"/timepoints/generate HTTP"),
+    ],
+)
+def test_a_key_budget_held_by_a_lost_answer_is_given_back_once_by_the_worker(
+    gateway: Any,
+    auth: Any,
+    make_key: Any,
+    flash_peer: Any,
+    flash_proxy: Any,
+    user: Any,
+    route: str,
+    path: str,
+    arm_on: bytes,
+) -> None:
+    """The key's budget hold stays counted while the outcome is unknown (Flash probably charged
+    it); the reconcile worker learns from Flash that the generation failed and, in the same
+    settlement as the refund, gives the budget back: once, however many passes run."""
+    from apikeys.models import KeySpend
+    from apikeys.selectors import key_month_spent
+    from relay.refunds import generations_reconcile_due
+
+    key, raw = make_key(user, monthly_credit_budget=COST)
+    headers = {"X-API-Key": raw}
+    flash_peer.generation_outcome = "failed"
+    flash_proxy.mode = "drop_after_request"
+    flash_proxy.arm_on = arm_on
+    _unknown_answer(gateway.post(path, json={"query": "Apollo 11"}, headers=headers), 502)
+    assert key_month_spent(key_id=key.pk) == COST  # held while nobody knows
+    budget_refused = gateway.post(GENERATE, json={"query": "Apollo 12"}, headers=headers)
+    assert_json_error(budget_refused, 402, "budget_exhausted")
+    flash_proxy.mode = "pass"
+    wait_for(
+        lambda: all(tp.status == "failed" for tp in flash_peer.timepoints.values()), timeout=10
+    )
+
+    _settle_with_two_workers()
+    assert flash_peer.user_balance(user.flash_user_id) == START
+    assert len(_refund_rows(flash_peer, user)) == 1
+    record = _record()
+    assert (record.route, record.outcome) == (route, "failed")
+    (spend,) = KeySpend.objects.filter(api_key=key)
+    assert spend.amount == COST and spend.settled_at and spend.refunded_at
+    given_back_at = spend.refunded_at
+    assert key_month_spent(key_id=key.pk) == 0
+
+    assert generations_reconcile_due() == 0  # another pass: nothing given back twice
+    spend.refresh_from_db()
+    assert spend.refunded_at == given_back_at
+    # The whole budget is there again, and no more than it.
+    flash_peer.generation_outcome = "completed"
+    assert gateway.post(GENERATE, json={"query": "Apollo 13"}, headers=headers).status_code == 200
+    again = gateway.post(GENERATE, json={"query": "Apollo 14"}, headers=headers)
+    assert_json_error(again, 402, "budget_exhausted")
