@@ -90,6 +90,7 @@ INSTALLED_APPS = [
     "relay",
     "metering",
     "internal",
+    "webhooks",
     "portal",  # server-rendered pages over the apps above; owns no models
 ]
 
@@ -369,6 +370,28 @@ GENERATION_RECONCILE_DELAY_SECONDS = env_float("GENERATION_RECONCILE_DELAY_SECON
 GENERATION_RECONCILE_RETRY_SECONDS = env_float("GENERATION_RECONCILE_RETRY_SECONDS", 15.0)
 GENERATION_OUTCOME_DEADLINE_SECONDS = env_float("GENERATION_OUTCOME_DEADLINE_SECONDS", 420.0)
 
+# --- Webhooks to developers (webhooks/)
+# Endpoint URLs on private, loopback or link-local addresses (checked on the addresses the host
+# resolves to, at every send) and plain http are allowed only outside production, where local
+# receivers are how the feature is tried and tested; production refuses to start with either on.
+WEBHOOKS_ALLOW_PRIVATE_URLS = env_bool("WEBHOOKS_ALLOW_PRIVATE_URLS", not IS_PRODUCTION)
+WEBHOOKS_REQUIRE_HTTPS = env_bool("WEBHOOKS_REQUIRE_HTTPS", IS_PRODUCTION)
+# Encrypts the endpoints' signing secrets at rest (changing it makes them unreadable: rotate).
+WEBHOOK_SECRET_KEY = env_str("WEBHOOK_SECRET_KEY", SECRET_KEY)
+# One attempt's whole deadline (connect, send, answer), and the connect part of it.
+WEBHOOK_TIMEOUT_SECONDS = env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0)
+WEBHOOK_CONNECT_TIMEOUT_SECONDS = env_float("WEBHOOK_CONNECT_TIMEOUT_SECONDS", 5.0)
+# Retries: base, doubling, capped, until the window after the event ends (Stripe's 3 days).
+WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 60.0)
+WEBHOOK_RETRY_MAX_SECONDS = env_float("WEBHOOK_RETRY_MAX_SECONDS", 12 * 3600.0)
+WEBHOOK_RETRY_WINDOW_SECONDS = env_int("WEBHOOK_RETRY_WINDOW_SECONDS", 3 * 24 * 3600)
+# The worker's delivery loop: attempts at once, and its pause when nothing is due.
+WEBHOOK_WORKER_THREADS = env_int("WEBHOOK_WORKER_THREADS", 4)
+WEBHOOK_WORKER_SLEEP_SECONDS = env_float("WEBHOOK_WORKER_SLEEP_SECONDS", 2.0)
+MAX_WEBHOOK_ENDPOINTS = env_int("MAX_WEBHOOK_ENDPOINTS_PER_USER", 16)
+# How often the worker looks for keys entering their last 7 days (key.expiring).
+KEY_EXPIRY_SCAN_SECONDS = env_float("KEY_EXPIRY_SCAN_SECONDS", 60.0)
+
 # dj-stripe: the Stripe mirror. Keys come from the environment, never from the admin.
 STRIPE_LIVE_MODE = STRIPE_SECRET_KEY.startswith("sk_live_")
 STRIPE_TEST_SECRET_KEY = STRIPE_SECRET_KEY if not STRIPE_LIVE_MODE else ""
@@ -440,7 +463,9 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",  # the default
         "timepoint_billing.openapi.add_response_headers",
+        "webhooks.openapi.add_delivery_headers",
     ],
+    "ENUM_NAME_OVERRIDES": {"WebhookEventTypeEnum": "webhooks.models.EventType"},
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
@@ -610,6 +635,15 @@ def _check_production() -> None:
         problems.append("LOCAL_SIGNIN must be off in production (anyone could sign in as anyone)")
     if STRIPE_API_BASE:
         problems.append("STRIPE_API_BASE must not be set in production")
+    if WEBHOOKS_ALLOW_PRIVATE_URLS:
+        problems.append(
+            "WEBHOOKS_ALLOW_PRIVATE_URLS must be off in production (webhooks could reach the "
+            "private network)"
+        )
+    if not WEBHOOKS_REQUIRE_HTTPS:
+        problems.append("WEBHOOKS_REQUIRE_HTTPS must be on in production")
+    if WEBHOOK_SECRET_KEY == DEV_SECRET_KEY:
+        problems.append("WEBHOOK_SECRET_KEY is the development default")
     if any(":" not in pair for pair in env_list("INTERNAL_SERVICE_KEYS", [])):
         problems.append("INTERNAL_SERVICE_KEYS must be name:secret pairs")
     problems += [

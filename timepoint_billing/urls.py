@@ -22,6 +22,7 @@ urlpatterns = [
     path("api/v1/", include("apikeys.urls")),
     path("api/v1/", include("payments.urls")),
     path("api/v1/", include("metering.urls")),
+    path("api/v1/", include("webhooks.urls")),
     # Sibling services only (X-Service-Key); internal/middleware.py decides where it exists.
     path("internal/", include("internal.urls")),
 ]
