@@ -38,8 +38,9 @@ from accounts.authentication import API_KEY_PREFIXES, Caller
 from accounts.models import Plan, Tier, User
 from accounts.scopes import ALL_SCOPES, DEFAULT_KEY_SCOPES
 from apikeys import limits
-from apikeys.models import APIKey, KeyMode
+from apikeys.models import EXPIRY_REMINDER, APIKey, KeyMode
 from timepoint_billing.errors import BadRequest, Conflict, NotFound, Unauthenticated
+from webhooks import services as webhooks
 
 logger = logging.getLogger("timepoint.apikeys")
 
@@ -398,7 +399,9 @@ def key_revoke(*, user: User, key_id: int) -> APIKey:
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
         key.is_active = False
-        key.save(update_fields=["revoked_at", "is_active"])
+        with transaction.atomic():  # the key.revoked webhook commits with the revocation
+            key.save(update_fields=["revoked_at", "is_active"])
+            webhooks.key_revoked(key=key)
     key_publish_lifetime(key)
     logger.info({"event": "api_key_revoked", "key": key.prefix, "user": user.pk})
     return key
@@ -450,8 +453,25 @@ def key_roll(*, user: User, key_id: int, grace_seconds: int) -> tuple[APIKey, st
         old.is_active = False
         fields += ["revoked_at", "is_active"]
     old.save(update_fields=fields)
+    if old.revoked_at is not None:
+        webhooks.key_revoked(key=old)
     key_publish_lifetime(old)  # the row's last change: every process honours it at once
     return new, raw
+
+
+def keys_expiring_announce() -> int:
+    """key.expiring webhooks for usable keys that entered their last EXPIRY_REMINDER (7 days),
+    once per key and expiry; the background worker calls this. A rolled key in its grace period
+    is left out: its owner already replaced it. Returns how many events were made."""
+    now = timezone.now()
+    keys = APIKey.objects.filter(
+        revoked_at__isnull=True,
+        is_active=True,
+        replaced_by__isnull=True,
+        expires_at__gt=now,
+        expires_at__lte=now + EXPIRY_REMINDER,
+    )
+    return webhooks.keys_expiring(keys=keys)
 
 
 def keys_set_tier_for_user(*, user: User) -> int:

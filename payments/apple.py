@@ -19,6 +19,7 @@ from payments.grants import grant_create
 from payments.models import AppleNotification, CreditGrant, GrantSource, Payment, PaymentProvider
 from timepoint_billing.errors import BadRequest, Conflict, ServiceUnavailable
 from timepoint_billing.metrics import WEBHOOK_LAG
+from webhooks import services as webhooks
 
 logger = logging.getLogger("timepoint.payments")
 
@@ -163,4 +164,5 @@ def apple_notification_receive(*, signed_payload: str) -> bool:
                         "updated_at",
                     ]
                 )
+                webhooks.payment_refunded(payment=payment)
     return created

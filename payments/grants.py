@@ -29,6 +29,7 @@ from payments.worker import backoff_seconds, worker_nudge
 from relay import flash
 from timepoint_billing.errors import ApiError, BadRequest, UpstreamError
 from upstreams.flash_credit_lock import user_credits_give_back, user_credits_take_for_grant
+from webhooks import services as webhooks
 
 logger = logging.getLogger("timepoint.payments")
 
@@ -198,15 +199,18 @@ def _grant_retry_later(grant: CreditGrant, error: str, *, outcome_unknown: bool)
 
 def _grant_sent(grant: CreditGrant, balance: Any, note: str = "") -> CreditGrant:
     logger.info({"event": "grant_sent", "grant": grant.key, "how": note or "answered"})
-    return _grant_save(
-        grant,
-        state=GrantState.SENT,
-        sent_at=timezone.now(),
-        flash_balance_after=balance if isinstance(balance, int) else None,
-        outcome_unknown=False,
-        last_error=note,
-        claimed_at=None,
-    )
+    with transaction.atomic():  # the credits.granted webhook commits with the grant's state
+        grant = _grant_save(
+            grant,
+            state=GrantState.SENT,
+            sent_at=timezone.now(),
+            flash_balance_after=balance if isinstance(balance, int) else None,
+            outcome_unknown=False,
+            last_error=note,
+            claimed_at=None,
+        )
+        webhooks.credits_granted(grant=grant)
+    return grant
 
 
 def _created_at(row: flash.LedgerEntry) -> datetime | None:

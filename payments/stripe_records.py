@@ -17,6 +17,7 @@ from payments import catalogue, stripe_shapes
 from payments.grants import grant_create
 from payments.models import GrantSource, Payment, PaymentProvider, StripeWebhookEvent
 from payments.stripe_shapes import object_id
+from webhooks import services as webhooks
 
 logger = logging.getLogger("timepoint.payments")
 
@@ -213,6 +214,7 @@ def _record_refund(charge: dict[str, Any]) -> None:
     payment.save(
         update_fields=["amount_refunded_cents", "refunded_at", "needs_review", "updated_at"]
     )
+    webhooks.payment_refunded(payment=payment)
     logger.warning({"event": "payment_refunded", "payment": payment.reference, "cents": refunded})
 
 

@@ -4,15 +4,11 @@ outbox and nudges; only the worker calls Flash and Stripe. Also the retry policy
 
 from __future__ import annotations
 
-import logging
-import time
-import uuid
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
 
-logger = logging.getLogger("timepoint.payments")
+from timepoint_billing.wake import wait_for_wake, wake
 
 # The cache key `worker_nudge` changes; `run_grants` workers watch it between passes.
 WORKER_WAKE_KEY = "payments:worker:wake"
@@ -24,27 +20,13 @@ def worker_nudge() -> None:
     process never holds a request (or a thread) on them, and a crash anywhere leaves the row in
     the outbox for the next pass. Best effort: a lost nudge (no shared cache, Redis down) costs
     at most GRANT_WORKER_SLEEP_SECONDS."""
-    try:
-        cache.set(WORKER_WAKE_KEY, uuid.uuid4().hex, None)
-    except Exception:  # the cache is a convenience here, never a reason to fail the request
-        logger.warning("worker nudge not sent; the worker finds the work on its next pass")
+    wake(WORKER_WAKE_KEY)
 
 
 def worker_wait(*, seconds: float, seen: Any) -> Any:
-    """Sleep up to `seconds`, returning early once the wake key differs from `seen`. Returns the
-    key's current value (the next call's `seen`)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            current = cache.get(WORKER_WAKE_KEY)
-        except Exception:
-            current = seen
-        if current != seen:
-            return current
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return current
-        time.sleep(min(settings.GRANT_WORKER_NUDGE_POLL_SECONDS, left))
+    """Sleep up to `seconds`, returning early once a web process nudged. Returns what the next
+    call's `seen` is."""
+    return wait_for_wake(WORKER_WAKE_KEY, seconds=seconds, seen=seen)
 
 
 def backoff_seconds(attempts: int) -> float:

@@ -20,19 +20,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from django.conf import settings
-from django.core.cache import cache
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.models import User
 from timepoint_billing.errors import BadRequest, Conflict, NotFound
+from timepoint_billing.wake import wait_for_wake, wake
 from webhooks import sender, signing
 from webhooks.models import (
     DeliveryState,
@@ -233,6 +232,16 @@ class KeyFacts(Protocol):
     expires_at: datetime | None
 
 
+class GrantFacts(Protocol):
+    """What credits.granted says about a grant (payments.models.CreditGrant has these)."""
+
+    key: str
+    user_id: Any
+    amount: int
+    source: str
+    flash_balance_after: int | None
+
+
 class PaymentFacts(Protocol):
     """What payment.refunded says about a payment (payments.models.Payment has these)."""
 
@@ -243,7 +252,9 @@ class PaymentFacts(Protocol):
     amount_cents: int
     amount_refunded_cents: int
     currency: str
-    status: str
+
+    @property
+    def status(self) -> str: ...
 
 
 def _key_data(key: KeyFacts) -> dict[str, Any]:
@@ -254,21 +265,19 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
 
 
-def credits_granted(
-    *, user_id: int, reference: str, amount: int, source: str, balance_after: int | None
-) -> WebhookEvent:
+def credits_granted(*, grant: GrantFacts) -> WebhookEvent:
     """A credit grant landed in Flash (a purchase, a renewal, an App Store purchase, a staff
     grant, a refund of a failed generation). Once per grant, however it was confirmed."""
     return event_emit(
-        user_id=user_id,
+        user_id=grant.user_id,
         type=EventType.CREDITS_GRANTED,
         data={
-            "reference": reference,
-            "amount": amount,
-            "source": source,
-            "balance_after": balance_after,
+            "reference": grant.key,
+            "amount": grant.amount,
+            "source": grant.source,
+            "balance_after": grant.flash_balance_after,
         },
-        dedupe_key=f"credits.granted:{reference}",
+        dedupe_key=f"credits.granted:{grant.key}",
     )
 
 
@@ -309,9 +318,10 @@ def keys_expiring(*, keys: Iterable[KeyFacts]) -> int:
 
 
 def payment_refunded(*, payment: PaymentFacts) -> WebhookEvent | None:
-    """Stripe reported a refund (cumulative amount): one event per new refunded total, so a
-    repeated or reordered Stripe event adds none. Credits are not taken back automatically."""
-    if payment.user_id is None or not payment.amount_refunded_cents:
+    """Stripe or Apple reported a refund (Stripe's amount is cumulative): one event per new
+    refunded total, so a repeated or reordered notification adds none. Credits are not taken
+    back automatically (staff review refunds)."""
+    if payment.user_id is None:
         return None
     return event_emit(
         user_id=payment.user_id,
@@ -337,27 +347,12 @@ def payment_refunded(*, payment: PaymentFacts) -> WebhookEvent | None:
 def worker_nudge() -> None:
     """Wake the worker's delivery loop now rather than at its next pass (best effort: without
     a shared cache the loop finds the delivery within WEBHOOK_WORKER_SLEEP_SECONDS)."""
-    try:
-        cache.set(WAKE_KEY, uuid.uuid4().hex, None)
-    except Exception:  # the cache is a convenience here, never a reason to fail the cause
-        logger.warning("webhook worker nudge not sent; the worker finds it on its next pass")
+    wake(WAKE_KEY)
 
 
 def worker_wait(*, seconds: float, seen: Any) -> Any:
-    """Sleep up to `seconds`, returning early once the wake key differs from `seen`. Returns the
-    key's current value (the next call's `seen`)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            current = cache.get(WAKE_KEY)
-        except Exception:
-            current = seen
-        if current != seen:
-            return current
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return current
-        time.sleep(min(settings.GRANT_WORKER_NUDGE_POLL_SECONDS, left))
+    """The delivery loop's pause: up to `seconds`, shorter once an event is committed."""
+    return wait_for_wake(WAKE_KEY, seconds=seconds, seen=seen)
 
 
 def sending_lease_seconds() -> float:

@@ -4,9 +4,11 @@ The only process that delivers grants: web processes record them and nudge it
 (`payments.services.worker_nudge`). Delivers due grants to Flash, processes and retries stored
 Stripe events (the dj-stripe mirror and plan work), settles asynchronous generations nobody polled
 (relay/async_generation.py), and rolls usage up (today and yesterday) every
-METERING_ROLLUP_INTERVAL_SECONDS so the usage endpoints and dashboards stay fresh. Several may run
-at once: every grant and event is claimed by exactly one of them, and one roll-up runs at a
-time."""
+METERING_ROLLUP_INTERVAL_SECONDS so the usage endpoints and dashboards stay fresh. Sends webhooks
+to developers from their outbox on threads of its own (webhooks/worker.py: a slow endpoint never
+holds up a grant), and announces keys entering their last week (key.expiring) every
+KEY_EXPIRY_SCAN_SECONDS. Several may run at once: every grant, event and webhook delivery is
+claimed by exactly one of them, and one roll-up runs at a time."""
 
 from __future__ import annotations
 
@@ -18,10 +20,13 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
+from apikeys.services import keys_expiring_announce
 from metering.services import usage_rollup_recent
 from payments.services import grants_deliver_due, stripe_events_process_due, worker_wait
 from relay.async_generation import async_generations_settle_due
 from relay.refunds import generations_reconcile_due
+from webhooks.services import deliveries_send_due
+from webhooks.worker import DeliveryLoop
 
 
 class Command(BaseCommand):
@@ -54,24 +59,36 @@ class Command(BaseCommand):
             if options["sleep"] is not None
             else settings.GRANT_WORKER_SLEEP_SECONDS
         )
-        next_rollup = 0.0
+        next_rollup = next_key_scan = 0.0
+        # --once sends the due webhooks itself, after the pass that may have made some.
+        deliveries = None if options["once"] else DeliveryLoop().start()
         seen = worker_wait(seconds=0, seen=None)
-        while True:
-            # Generations whose answer was lost first (relay.refunds): their refunds go out below.
-            generations_reconcile_due()
-            grants = grants_deliver_due()
-            events = stripe_events_process_due()
-            settled = async_generations_settle_due()
-            if grants or events or settled or options["verbosity"] > 1:
-                self.stdout.write(
-                    f"grants claimed: {grants}, events processed: {events}, "
-                    f"async generations settled: {settled}"
-                )
-            if time.monotonic() >= next_rollup:
-                usage_rollup_recent()
-                next_rollup = time.monotonic() + settings.METERING_ROLLUP_INTERVAL_SECONDS
-            if options["once"] or stopping:
-                return
-            # Until the next pass, or sooner when a web process nudges (a grant just committed).
-            seen = worker_wait(seconds=pause, seen=seen)
-            close_old_connections()  # a long-lived worker must not keep a dead connection
+        try:
+            while True:
+                # Generations whose answer was lost first (relay.refunds): their refunds go out
+                # below.
+                generations_reconcile_due()
+                grants = grants_deliver_due()
+                events = stripe_events_process_due()
+                settled = async_generations_settle_due()
+                if grants or events or settled or options["verbosity"] > 1:
+                    self.stdout.write(
+                        f"grants claimed: {grants}, events processed: {events}, "
+                        f"async generations settled: {settled}"
+                    )
+                if time.monotonic() >= next_rollup:
+                    usage_rollup_recent()
+                    next_rollup = time.monotonic() + settings.METERING_ROLLUP_INTERVAL_SECONDS
+                if time.monotonic() >= next_key_scan:
+                    keys_expiring_announce()
+                    next_key_scan = time.monotonic() + settings.KEY_EXPIRY_SCAN_SECONDS
+                if deliveries is None:
+                    deliveries_send_due()
+                if options["once"] or stopping:
+                    return
+                # Until the next pass, or sooner when a web process nudges (a grant committed).
+                seen = worker_wait(seconds=pause, seen=seen)
+                close_old_connections()  # a long-lived worker must not keep a dead connection
+        finally:
+            if deliveries is not None:
+                deliveries.stop()  # attempts under way finish and are recorded
