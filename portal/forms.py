@@ -5,6 +5,7 @@ from __future__ import annotations
 from django import forms
 
 from apikeys.models import KeyMode
+from webhooks.models import EventType
 
 
 class KeyCreateForm(forms.Form):
@@ -31,3 +32,21 @@ class LocalSignInForm(forms.Form):
 
     email = forms.EmailField(max_length=254)
     name = forms.CharField(max_length=150, strip=True, label="Display name")
+
+
+class WebhookEndpointForm(forms.Form):
+    """Register a webhook endpoint; the webhooks service checks the URL (scheme, address)."""
+
+    url = forms.CharField(
+        max_length=2048,
+        strip=True,
+        label="Endpoint URL",
+        widget=forms.TextInput(attrs={"placeholder": "https://example.com/timepoint/webhooks"}),
+    )
+    events = forms.MultipleChoiceField(
+        choices=EventType.choices,
+        widget=forms.CheckboxSelectMultiple,
+        initial=list(EventType.values),
+        label="Events",
+    )
+    description = forms.CharField(max_length=200, required=False, strip=True)

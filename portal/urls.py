@@ -1,6 +1,6 @@
 from django.urls import path
 
-from portal import views
+from portal import views, webhook_pages
 
 app_name = "portal"
 
@@ -15,4 +15,26 @@ urlpatterns = [
     path("usage/", views.UsagePage.as_view(), name="usage"),
     path("billing/", views.BillingPage.as_view(), name="billing"),
     path("billing/checkout/", views.CheckoutPage.as_view(), name="checkout"),
+    path("webhooks/", webhook_pages.WebhookListPage.as_view(), name="webhooks"),
+    path(
+        "webhooks/deliveries/<str:delivery_id>/resend/",
+        webhook_pages.WebhookResendPage.as_view(),
+        name="webhook-resend",
+    ),
+    path("webhooks/<str:endpoint_id>/", webhook_pages.WebhookDetailPage.as_view(), name="webhook"),
+    path(
+        "webhooks/<str:endpoint_id>/rotate/",
+        webhook_pages.WebhookRotatePage.as_view(),
+        name="webhook-rotate",
+    ),
+    path(
+        "webhooks/<str:endpoint_id>/toggle/",
+        webhook_pages.WebhookTogglePage.as_view(),
+        name="webhook-toggle",
+    ),
+    path(
+        "webhooks/<str:endpoint_id>/delete/",
+        webhook_pages.WebhookDeletePage.as_view(),
+        name="webhook-delete",
+    ),
 ]
