@@ -10,7 +10,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts import selectors, services
-from accounts.authentication import Caller
 from accounts.scopes import Scope
 from accounts.serializers import (
     ExportOutputSerializer,
@@ -21,6 +20,7 @@ from accounts.serializers import (
     UserSerializer,
 )
 from apikeys.drf import LimitedMeteredApiView
+from timepoint_billing.callers import Caller
 from timepoint_billing.errors import Forbidden, Unauthenticated
 from timepoint_billing.openapi import error_responses
 

@@ -3,14 +3,17 @@
 - `Authorization: Bearer tp_live_…|tp_test_…` or `X-API-Key: tp_…` → a developer API key
 - `Authorization: Bearer tps_…` → a gateway session (POST /auth/login)
 - any other bearer token → an Auth0 JWT (the SPA sends it on every request)
+
+Each form is resolved by the app that owns it (`timepoint_billing.callers`: sessions and JWTs
+here in `accounts.services`, keys in `apikeys.services`); this module adds what every form shares:
+the failed-authentication throttle, the key's origin/address rules, DRF and async entry points.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
@@ -18,55 +21,14 @@ from django.http import HttpRequest
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
-from accounts.scopes import ALL_SCOPES
+from timepoint_billing import callers
+from timepoint_billing.callers import Caller, CallerKind
 from timepoint_billing.db import run_db
-from timepoint_billing.errors import KeyNotAllowedHere, RateLimited, ScopeRequired, Unauthenticated
+from timepoint_billing.errors import KeyNotAllowedHere, RateLimited, Unauthenticated
 
-if TYPE_CHECKING:
-    from accounts.models import GatewaySession, User
-    from apikeys.models import APIKey
-
-CallerKind = Literal["jwt", "session", "api_key"]
-API_KEY_PREFIXES = ("tp_live_", "tp_test_")
-SESSION_PREFIX = "tps_"
 # A JWT from Auth0 is ~1 KB and our keys and session tokens far shorter: a longer credential is
 # refused (401) before any parsing or lookup work (SECURITY.md).
 MAX_CREDENTIAL_LENGTH = 8192
-
-
-@dataclass(frozen=True)
-class Caller:
-    """What every view sees about the caller: the user, and the key or session used."""
-
-    user: User
-    kind: CallerKind
-    tier: str
-    api_key: APIKey | None = None
-    session: GatewaySession | None = None
-
-    @property
-    def is_test_mode(self) -> bool:
-        """A `tp_test_` key authenticates, is limited and metered, and never spends real credits."""
-        return self.api_key is not None and self.api_key.mode == "test"
-
-    @property
-    def scopes(self) -> tuple[str, ...]:
-        """An API key's scopes; the person (session, Auth0 token) has every scope."""
-        if self.api_key is None:
-            return ALL_SCOPES
-        return tuple(self.api_key.scopes or ())
-
-    def require_scope(self, scope: str | None) -> None:
-        """403 `scope_required` naming `scope` unless the caller has it (None: no scope needed)."""
-        if scope is not None and self.api_key is not None and not self.api_key.has_scope(scope):
-            raise ScopeRequired(scope)
-
-    @property
-    def label(self) -> str:
-        """Safe for logs: a key or session prefix, never the secret."""
-        if self.api_key is not None:
-            return f"key:{self.api_key.prefix}"
-        return f"user:{self.user.pk}"
 
 
 def credentials(request: HttpRequest) -> tuple[CallerKind, str] | None:
@@ -78,24 +40,7 @@ def credentials(request: HttpRequest) -> tuple[CallerKind, str] | None:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         return None
-    if token.startswith(API_KEY_PREFIXES):
-        return "api_key", token
-    if token.startswith(SESSION_PREFIX):
-        return "session", token
-    return "jwt", token
-
-
-def authenticate_credentials(kind: CallerKind, raw: str) -> Caller:
-    """Resolve one credential to a Caller or raise Unauthenticated (sync: touches the database)."""
-    from accounts import services
-
-    if kind == "session":
-        return services.caller_from_session_token(raw)
-    if kind == "api_key":
-        from apikeys import services as key_services
-
-        return key_services.caller_from_api_key(raw)
-    return services.caller_from_jwt(raw)
+    return callers.credential_kind(token), token
 
 
 # --- The failed-authentication throttle
@@ -163,7 +108,7 @@ def _authenticate_found(client: str, kind: CallerKind, raw: str) -> Caller:
         )
     auth_failures_check(client, raw)
     try:
-        return authenticate_credentials(kind, raw)
+        return callers.resolve(kind, raw)
     except Unauthenticated:
         if auth_failure_record(client, raw):
             raise _too_many(_failure_keys(client, raw)[2]) from None
@@ -199,15 +144,11 @@ def authenticate(request: HttpRequest) -> Caller:
     return caller
 
 
-def _cached_api_key_caller(kind: CallerKind, raw: str) -> Caller | None:
-    """The no-I/O answer for an API key this process verified seconds ago (a valid credential
-    never waits for the failure throttle); None when the full check is needed."""
-    if kind != "api_key":
-        return None
-    from apikeys.services import caller_from_api_key_cached
-
+def _cached_caller(kind: CallerKind, raw: str) -> Caller | None:
+    """The no-I/O answer for a credential this process verified seconds ago (an API key: a valid
+    credential never waits for the failure throttle); None when the full check is needed."""
     try:
-        return caller_from_api_key_cached(raw)
+        return callers.resolve_cached(kind, raw)
     except Unauthenticated:
         return None  # malformed: the full path counts the failure
 
@@ -218,7 +159,7 @@ async def aauthenticate(request: HttpRequest) -> Caller:
     found = credentials(request)
     if found is None:
         raise Unauthenticated()
-    caller = _cached_api_key_caller(*found)
+    caller = _cached_caller(*found)
     if caller is None:
         caller = await run_db(_authenticate_found, _client(request), *found)
     request.caller_label = caller.label  # type: ignore[attr-defined]

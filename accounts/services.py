@@ -16,10 +16,10 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts import auth0
-from accounts.authentication import SESSION_PREFIX, Caller
 from accounts.models import GatewaySession, User
 from accounts.signals import user_deleted
 from relay import flash
+from timepoint_billing.callers import SESSION_PREFIX, Caller
 from timepoint_billing.errors import ApiError, Unauthenticated
 
 logger = logging.getLogger("timepoint.accounts")

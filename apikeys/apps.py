@@ -6,8 +6,14 @@ class ApikeysConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # Here, not at the top: these import models, which exist once every app is loaded.
         from accounts.signals import user_deleted, user_export
         from apikeys import selectors, services
+        from timepoint_billing import callers
+
+        callers.resolver_register(
+            "api_key", services.caller_from_api_key, cached=services.caller_from_api_key_cached
+        )
 
         user_deleted.connect(services.on_user_deleted, dispatch_uid="apikeys.user_deleted")
         user_export.connect(selectors.key_export, dispatch_uid="apikeys.user_export")

@@ -24,9 +24,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import Caller
 from apikeys import limits
 from metering.services import record_usage, usage_record_id
+from timepoint_billing.callers import Caller
 from timepoint_billing.openapi import required_scope
 
 

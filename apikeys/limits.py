@@ -72,8 +72,8 @@ from django.core.cache import cache
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from accounts.authentication import Caller
 from apikeys.models import APIKey
+from timepoint_billing.callers import Caller
 from timepoint_billing.errors import RateLimited, ServiceUnavailable, Unauthenticated
 from timepoint_billing.metrics import LIMITER_DECISIONS
 

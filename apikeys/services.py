@@ -34,11 +34,11 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.authentication import API_KEY_PREFIXES, Caller
 from accounts.models import Plan, Tier, User
 from accounts.scopes import ALL_SCOPES, DEFAULT_KEY_SCOPES
 from apikeys import limits
 from apikeys.models import EXPIRY_REMINDER, APIKey, KeyMode
+from timepoint_billing.callers import API_KEY_PREFIXES, Caller
 from timepoint_billing.errors import BadRequest, Conflict, NotFound, Unauthenticated
 from webhooks import services as webhooks
 

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.http import HttpRequest
 from django.utils import timezone
 
-from accounts.authentication import Caller, auth_failure_record, auth_failures_check
+from accounts.authentication import auth_failure_record, auth_failures_check
 from accounts.models import User
 from apikeys import limits
 from apikeys.services import key_digest, key_display_prefix, key_generate, key_validate
@@ -30,6 +30,7 @@ from internal import selectors
 from internal.models import ServiceCredential
 from relay import flash
 from relay.services import reservation_total
+from timepoint_billing.callers import Caller
 from timepoint_billing.errors import NotFound, RateLimited, Unauthenticated
 
 logger = logging.getLogger("timepoint.internal")

@@ -28,12 +28,6 @@ from payments.stripe_events import (
     stripe_webhook_receive,
 )
 from payments.worker import WORKER_WAKE_KEY, worker_nudge, worker_wait
-from upstreams.flash_credit_lock import (
-    flash_user_busy_key,
-    flash_user_granting_key,
-    user_credits_give_back,
-    user_credits_take_for_grant,
-)
 
 __all__ = [
     "STRIPE_WEBHOOK_EVENTS",
@@ -42,8 +36,6 @@ __all__ = [
     "apple_transaction_verify",
     "billing_portal_create",
     "checkout_create",
-    "flash_user_busy_key",
-    "flash_user_granting_key",
     "grant_create",
     "grant_deliver",
     "grant_manual",
@@ -55,8 +47,6 @@ __all__ = [
     "stripe_event_retry",
     "stripe_events_process_due",
     "stripe_webhook_receive",
-    "user_credits_give_back",
-    "user_credits_take_for_grant",
     "user_plan_set",
     "worker_nudge",
     "worker_wait",

@@ -10,10 +10,9 @@ gateway for everything else (pitfalls 5-9), so before a generation reaches Flash
 4. reads the balance and *reserves* the cost in the shared cache: one counter per Flash user,
    incremented atomically (`cache.incr`, atomic on LocMem and Redis) and compared with the balance,
    so N parallel requests with credits for one admit exactly one, across processes;
-5. marks the user busy (`payments.services.flash_user_busy_key`) so the grant worker waits until
-   Flash has written the generation's charge back (pitfall 11), and, the other way round, waits
-   (bounded, then 503 `credits_busy`) while a grant holds the user's credits
-   (`payments.services.flash_user_granting_key`).
+5. marks the user busy (`upstreams.flash_credit_lock`, the lock grants take too) so the grant
+   worker waits until Flash has written the generation's charge back (pitfall 11), and, the other
+   way round, waits (bounded, then 503 `credits_busy`) while a grant holds the user's credits.
 Both keys carry a TTL longer than the generation timeout, so a killed worker cannot leak them.
 """
 
@@ -32,13 +31,13 @@ from typing import Any, NoReturn
 from django.conf import settings
 from django.core.cache import cache
 
-from accounts.authentication import Caller
 from accounts.services import flash_account_ensure
 from apikeys import budgets
 from relay import flash, refunds
 from relay.http import UpstreamStream
 from relay.models import Outcome
 from relay.sse import EventSplitter
+from timepoint_billing.callers import Caller
 from timepoint_billing.db import run_db
 from timepoint_billing.errors import (
     ApiError,
@@ -48,6 +47,13 @@ from timepoint_billing.errors import (
     ServiceUnavailable,
     UpstreamError,
     UpstreamTimeout,
+)
+from upstreams.flash_credit_lock import (
+    GrantInFlight,
+    counter_add,
+    counter_sub,
+    generation_busy_mark,
+    generation_busy_unmark,
 )
 
 logger = logging.getLogger("timepoint.relay")
@@ -107,52 +113,8 @@ def reservation_key(flash_user_id: str) -> str:
     return f"relay:reserved:{flash_user_id}"
 
 
-def busy_key(flash_user_id: str) -> str:
-    """The cache key the grant worker waits on while a generation is in flight (pitfall 11)."""
-    from payments.services import flash_user_busy_key
-
-    return flash_user_busy_key(flash_user_id)
-
-
-def granting_key(flash_user_id: str) -> str:
-    """The cache key the grant worker holds while it changes this user's credits in Flash."""
-    from payments.services import flash_user_granting_key
-
-    return flash_user_granting_key(flash_user_id)
-
-
 # How long a generation waits for a grant to this user to finish before answering 503.
 GRANT_WAIT_SECONDS = 3.0
-
-
-class GrantInFlight(Exception):
-    """A grant holds the user's credits; the reservation was given back."""
-
-
-def _counter_add(key: str, amount: int) -> int:
-    """Atomically add to a TTL'd counter and return the new value (raises if the cache is down)."""
-    ttl = generation_hold_seconds()
-    cache.add(key, 0, ttl)
-    try:
-        value = cache.incr(key, amount)
-    except ValueError:  # expired between add and incr
-        cache.add(key, 0, ttl)
-        value = cache.incr(key, amount)
-    if not isinstance(value, int):
-        raise ServiceUnavailable(
-            "Credit reservations are unavailable; nothing was charged.", code="reservation_failed"
-        )
-    cache.touch(key, ttl)  # a later reservation keeps the counter alive as long as itself
-    return value
-
-
-def _counter_sub(key: str, amount: int) -> None:
-    try:
-        value = cache.decr(key, amount)
-    except ValueError:  # expired: nothing left to give back
-        return
-    if isinstance(value, int) and value < 0:
-        cache.set(key, 0, generation_hold_seconds())
 
 
 def reservation_total(flash_user_id: str) -> int:
@@ -161,30 +123,29 @@ def reservation_total(flash_user_id: str) -> int:
 
 
 def reserve(*, flash_user_id: str, cost: int, balance: int) -> None:
-    """Hold `cost` against `balance`; 402 if the credits are already held by other generations."""
-    total = _counter_add(reservation_key(flash_user_id), cost)
+    """Hold `cost` against `balance` and mark the user busy; 402 if the credits are already held
+    by other generations, GrantInFlight (nothing held) while a grant changes the user's credits."""
+    ttl = generation_hold_seconds()
+    total = counter_add(reservation_key(flash_user_id), cost, ttl)
     if total > balance:
-        _counter_sub(reservation_key(flash_user_id), cost)
+        counter_sub(reservation_key(flash_user_id), cost, ttl)
         available = max(0, balance - (total - cost))
         raise InsufficientCredits(
             f"This generation costs {cost} credits; {available} are available.",
             extra={"balance": balance, "available": available, "cost": cost},
         )
     try:
-        _counter_add(busy_key(flash_user_id), 1)
-    except Exception:
-        _counter_sub(reservation_key(flash_user_id), cost)
+        generation_busy_mark(flash_user_id, ttl=ttl)
+    except BaseException:
+        counter_sub(reservation_key(flash_user_id), cost, ttl)
         raise
-    # Busy first, then look for a grant: see `payments.services.flash_user_granting_key`.
-    if cache.get(granting_key(flash_user_id)):
-        release(flash_user_id=flash_user_id, cost=cost)
-        raise GrantInFlight
 
 
 def release(*, flash_user_id: str, cost: int) -> None:
     """Give back a reservation and the busy mark (idempotence is the caller's: call once)."""
-    _counter_sub(reservation_key(flash_user_id), cost)
-    _counter_sub(busy_key(flash_user_id), 1)
+    ttl = generation_hold_seconds()
+    counter_sub(reservation_key(flash_user_id), cost, ttl)
+    generation_busy_unmark(flash_user_id, ttl=ttl)
 
 
 def release_later(*, flash_user_id: str, cost: int, delay: float) -> None:

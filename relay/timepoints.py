@@ -28,12 +28,12 @@ from typing import Any
 
 from django.utils import timezone
 
-from accounts.authentication import Caller
 from relay import async_generation, flash
 from relay.http import UpstreamResponse
 from relay.models import StreamedTimepoint, Visibility
 from relay.paths import FLASH_TIMEPOINT_ID
 from relay.services import flash_user_ensure, timepoint_public
+from timepoint_billing.callers import Caller
 from timepoint_billing.db import run_db
 from timepoint_billing.errors import ApiError, BadRequest, NotFound, UpstreamError
 

@@ -13,12 +13,13 @@ import uuid
 from django.conf import settings
 from django.core.cache import cache
 
+from timepoint_billing.errors import ServiceUnavailable
+
 
 def flash_user_busy_key(flash_user_id: str) -> str:
-    """Cache key the relay sets while a credit-changing generation for this Flash user runs.
-
-    Contract: the relay sets it (any truthy value, with a timeout ≥ its generation timeout) before
-    calling Flash and deletes it when the call ends. The grant worker waits while it is set."""
+    """Cache key counting this Flash user's credit-changing generations in flight: raised by
+    `generation_busy_mark` before Flash is called, lowered by `generation_busy_unmark` once Flash
+    has written the charge back, TTL'd past any generation. Grants wait while it is set."""
     return f"flash:busy:{flash_user_id}"
 
 
@@ -62,3 +63,49 @@ def user_credits_give_back(flash_user_id: str, token: str) -> None:
     key = flash_user_granting_key(flash_user_id)
     if cache.get(key) == token:  # never another worker's marker (ours may have expired)
         cache.delete(key)
+
+
+# --- The generation side (the relay)
+
+
+class GrantInFlight(Exception):
+    """A grant holds the user's credits; the generation's busy mark was taken back."""
+
+
+def counter_add(key: str, amount: int, ttl: int) -> int:
+    """Atomically add to a TTL'd cache counter and return the new value (raises if the cache is
+    down: nothing may be charged or sent without the count)."""
+    cache.add(key, 0, ttl)
+    try:
+        value = cache.incr(key, amount)
+    except ValueError:  # expired between add and incr
+        cache.add(key, 0, ttl)
+        value = cache.incr(key, amount)
+    if not isinstance(value, int):
+        raise ServiceUnavailable(
+            "Credit reservations are unavailable; nothing was charged.", code="reservation_failed"
+        )
+    cache.touch(key, ttl)  # a later addition keeps the counter alive as long as itself
+    return value
+
+
+def counter_sub(key: str, amount: int, ttl: int) -> None:
+    try:
+        value = cache.decr(key, amount)
+    except ValueError:  # expired: nothing left to give back
+        return
+    if isinstance(value, int) and value < 0:
+        cache.set(key, 0, ttl)
+
+
+def generation_busy_mark(flash_user_id: str, *, ttl: int) -> None:
+    """Mark a generation of this user in flight; GrantInFlight (mark taken back) while a grant
+    holds the user's credits. Busy first, then look for a grant: see `flash_user_granting_key`."""
+    counter_add(flash_user_busy_key(flash_user_id), 1, ttl)
+    if cache.get(flash_user_granting_key(flash_user_id)):
+        generation_busy_unmark(flash_user_id, ttl=ttl)
+        raise GrantInFlight
+
+
+def generation_busy_unmark(flash_user_id: str, *, ttl: int) -> None:
+    counter_sub(flash_user_busy_key(flash_user_id), 1, ttl)

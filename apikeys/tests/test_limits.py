@@ -16,9 +16,9 @@ import pytest
 from django.conf import settings as django_settings
 from django.test import Client
 
-from accounts.authentication import Caller
 from apikeys import limits
 from apikeys.services import caller_from_api_key
+from timepoint_billing.callers import Caller
 from timepoint_billing.errors import RateLimited, ServiceUnavailable
 
 pytestmark = pytest.mark.django_db
@@ -164,7 +164,7 @@ _HOLDER = """
 import os, sys, time, asyncio
 import django
 django.setup()
-from accounts.authentication import Caller
+from timepoint_billing.callers import Caller
 from accounts.models import User
 from apikeys.models import APIKey
 from apikeys import limits

@@ -16,6 +16,7 @@ from django.utils import timezone
 from accounts.models import User
 from payments import services
 from payments.models import CreditGrant, GrantSource, GrantState
+from upstreams.flash_credit_lock import flash_user_busy_key
 
 
 def _grant(user: Any, key: str = "stripe:pi_test_1", amount: int = 100) -> CreditGrant:
@@ -196,7 +197,7 @@ def test_flash_rejection_needs_attention_and_staff_retry(user: Any, flash_peer: 
 
 def test_grant_waits_for_a_generation_in_flight(user: Any, flash_peer: Any):
     grant = _grant(user)
-    cache.set(services.flash_user_busy_key(user.flash_user_id), "1", 60)
+    cache.set(flash_user_busy_key(user.flash_user_id), "1", 60)
 
     call_command("run_grants", "--once")
 
@@ -206,7 +207,7 @@ def test_grant_waits_for_a_generation_in_flight(user: Any, flash_peer: Any):
     assert grant.next_attempt_at > timezone.now()
     assert _ledger_grants(flash_peer, user) == []
 
-    cache.delete(services.flash_user_busy_key(user.flash_user_id))
+    cache.delete(flash_user_busy_key(user.flash_user_id))
     CreditGrant.objects.filter(pk=grant.pk).update(next_attempt_at=timezone.now())
     call_command("run_grants", "--once")
     grant.refresh_from_db()
@@ -216,7 +217,7 @@ def test_grant_waits_for_a_generation_in_flight(user: Any, flash_peer: Any):
 def test_grant_goes_once_the_generation_ends_within_the_wait(user: Any, flash_peer: Any, settings):
     settings.GRANT_BUSY_WAIT_SECONDS = 3
     grant = _grant(user)
-    key = services.flash_user_busy_key(user.flash_user_id)
+    key = flash_user_busy_key(user.flash_user_id)
     cache.set(key, "1", 60)
     threading.Timer(0.5, cache.delete, args=(key,)).start()
 

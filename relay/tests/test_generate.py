@@ -155,7 +155,7 @@ def test_user_is_marked_busy_while_flash_generates(
 ) -> None:
     from django.core.cache import cache
 
-    from payments.services import flash_user_busy_key
+    from upstreams.flash_credit_lock import flash_user_busy_key
 
     flash_peer.generation_delay = 0.6
     key = flash_user_busy_key(user.flash_user_id)
@@ -205,7 +205,7 @@ def test_a_generation_waits_while_a_grant_changes_the_users_credits(
 def test_a_grant_that_holds_the_credits_too_long_is_a_503_and_nothing_reaches_flash(
     gateway: Any, auth: Any, flash_peer: Any, user: Any
 ) -> None:
-    from payments.services import user_credits_give_back, user_credits_take_for_grant
+    from upstreams.flash_credit_lock import user_credits_give_back, user_credits_take_for_grant
 
     token = user_credits_take_for_grant(user.flash_user_id)
     assert token is not None

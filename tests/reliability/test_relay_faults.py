@@ -185,7 +185,7 @@ def test_disconnect_before_the_first_byte_releases_everything(
     """Regression: the stream's generator never started, so its cleanup never ran: the Flash
     response stayed open (a pool slot lost for good), the credit reservation and busy marker
     lived until their TTL (~6 min) and no usage record was written."""
-    from relay.services import busy_key
+    from upstreams.flash_credit_lock import flash_user_busy_key
 
     settings.RELAY_STREAM_SETTLE_SECONDS = 0.1
     flash_peer.stream_step_delay = 5.0  # Flash keeps the stream open
@@ -205,7 +205,7 @@ def test_disconnect_before_the_first_byte_releases_everything(
     wait_for(lambda: _reserved(user) == 0, timeout=3)
     from django.core.cache import cache
 
-    wait_for(lambda: not cache.get(busy_key(user.flash_user_id)), timeout=3)
+    wait_for(lambda: not cache.get(flash_user_busy_key(user.flash_user_id)), timeout=3)
     wait_for(lambda: len(usage()) == 1, timeout=3)
     (row,) = usage()
     assert (row.endpoint, row.partial) == (STREAM, True)
