@@ -34,6 +34,8 @@ def build_peers() -> tuple[FlashPeer, ClockchainPeer]:
         service_key=os.environ.get("CLOCKCHAIN_SERVICE_KEY", "clockchain-service-key"),
         rate_limit_public=int(os.environ.get("CLOCKCHAIN_RATE_LIMIT_PUBLIC", "60")),
     )
+    # Both add fields no contract has to every object they answer (see `UNKNOWN_FIELDS`).
+    flash.unknown_fields = clockchain.unknown_fields = _env_flag("DEVPEERS_UNKNOWN_FIELDS", False)
     return flash, clockchain
 
 

@@ -79,6 +79,39 @@ def json_response(status: int, obj: Any, headers: Headers | None = None) -> Resp
     return Response(status, dumps(obj), hdrs)
 
 
+# Fields neither upstream has: a peer told to (`unknown_fields = True`) adds them to every object
+# of every JSON answer and stream event, as an upstream release might add an owner id, an internal
+# score or a private flag tomorrow; tests prove the gateway lets none of them out.
+UNKNOWN_FIELDS: dict[str, Any] = {
+    "owner_id": "0badf00d-0000-4000-8000-0000000000ff",
+    "internal_score": 0.8125,
+    "private_flag": True,
+}
+
+
+def with_unknown_fields(value: Any, free_form: Callable[[str, Any], bool]) -> Any:
+    """`value` with `UNKNOWN_FIELDS` added to every object at every level, except inside the
+    values `free_form(key, value)` names: those the contract leaves free-form (a map such as the
+    cost table, the client's echoed `request_context`, generated content), whose keys are data,
+    not fields an upstream could add."""
+    if isinstance(value, dict):
+        result = {
+            key: item if free_form(key, item) else with_unknown_fields(item, free_form)
+            for key, item in value.items()
+        }
+        result.update(UNKNOWN_FIELDS)
+        return result
+    if isinstance(value, list):
+        return [with_unknown_fields(item, free_form) for item in value]
+    return value
+
+
+def add_unknown_fields(resp: Response, free_form: Callable[[str, Any], bool]) -> None:
+    """A JSON answer given `UNKNOWN_FIELDS` at every level (see `with_unknown_fields`)."""
+    if (b"content-type", JSON_CT) in resp.headers and resp.body:
+        resp.body = dumps(with_unknown_fields(json.loads(resp.body), free_form))
+
+
 def text_response(status: int, text: str) -> Response:
     return Response(status, text.encode(), [(b"content-type", b"text/plain; charset=utf-8")])
 

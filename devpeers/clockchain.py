@@ -28,6 +28,7 @@ from devpeers._asgi import (
     Router,
     Scope,
     Send,
+    add_unknown_fields,
     coerce_float,
     coerce_int,
     coerce_str,
@@ -375,6 +376,9 @@ class ClockchainPeer:
         # a regression that draws them from every node, so a test exercises the gateway's own
         # filter rather than the peer's. See also `add_private_moment_today`.
         self.leak_private_summaries: bool = False
+        # Every JSON answer gets `UNKNOWN_FIELDS` in each of its objects (no part of the
+        # contract is free-form).
+        self.unknown_fields: bool = False
 
         self.lock = threading.Lock()
         self.nodes: dict[str, Node] = {}
@@ -437,6 +441,8 @@ class ClockchainPeer:
         self._log.add(record(req))
         resp = await self._handle(req)
         if resp is not None:
+            if self.unknown_fields:
+                add_unknown_fields(resp, lambda key, value: False)
             await send_response(send, resp, head_only=req.method == "HEAD")
 
     async def _handle(self, req: Request) -> Response | None:

@@ -30,6 +30,7 @@ from devpeers._asgi import (
     Scope,
     Send,
     abort_connection,
+    add_unknown_fields,
     cancel_task,
     coerce_bool,
     coerce_float,
@@ -44,6 +45,7 @@ from devpeers._asgi import (
     send_response,
     validation_error,
     wait_disconnect,
+    with_unknown_fields,
 )
 
 VERSION = "2.4.0"
@@ -94,6 +96,20 @@ _PNG_B64 = (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
     "YPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
 )
+# What the contract leaves free-form (A3, A4): the cost table (a map), the client's echoed
+# `request_context`, and a full read's generated content (`metadata`'s parts, `characters`,
+# `scene`, `dialog`, `grounding`, `moment`). The characters route's `characters` is a list of
+# fixed records, so only an object under that name is free-form.
+_FREE_FORM = frozenset(
+    {"costs", "request_context", "graph", "camera", "image_prompt_data", "scene", "dialog"}
+    | {"grounding", "moment"}
+)
+
+
+def free_form(key: str, value: Any) -> bool:
+    return key in _FREE_FORM or (key == "characters" and isinstance(value, dict))
+
+
 _PROPRIETARY_HINTS = ("gpt", "claude", "gemini", "openai/", "anthropic/", "google/")
 
 # Deterministic fake "historical" content, chosen by a hash of the query.
@@ -273,6 +289,8 @@ class FlashPeer:
         # Pitfall 11: sync/stream write the balance back as an absolute value when they finish.
         self.lost_updates: bool = True
         self.image_payload_bytes: int = 0  # pad image data: URIs to this size (pitfall 15)
+        # Every JSON answer and stream event gets `UNKNOWN_FIELDS` in each of its objects.
+        self.unknown_fields: bool = False
 
         # --- observations ---
         self.stream_disconnects: int = 0
@@ -331,6 +349,8 @@ class FlashPeer:
         req.state["extra_headers"] = extra
         resp = await self._handle(req)
         if resp is not None:
+            if self.unknown_fields:
+                add_unknown_fields(resp, free_form)
             resp.headers.extend(extra)
             await send_response(send, resp, head_only=req.method == "HEAD")
 
@@ -965,6 +985,8 @@ class FlashPeer:
                     break
                 end = self.stream_line_end
                 ends = 2 if sent < len(events) - 1 else self.stream_final_line_ends
+                if self.unknown_fields:
+                    ev = with_unknown_fields(ev, free_form)
                 chunk = b"data: " + json.dumps(ev).encode() + end * ends
                 if self.stream_bytewise:
                     for i in range(len(chunk)):

@@ -502,3 +502,36 @@ def test_clockchain_rate_limit(clockchain: ClockchainPeer) -> None:
     with client(clockchain) as c:
         r = c.get("/api/v1/stats")
         assert (r.status_code, r.text) == (500, "Internal Server Error")
+
+
+def test_unknown_fields_reach_every_object_but_free_form_content(
+    flash: FlashPeer, clockchain: ClockchainPeer
+) -> None:
+    """`unknown_fields` adds fields no contract has to every object of every answer (records in
+    records included, and each stream event and its data), and leaves alone what the contract
+    leaves free-form (Flash's cost table, the echoed request_context, generated content)."""
+    from devpeers._asgi import UNKNOWN_FIELDS
+
+    extra = set(UNKNOWN_FIELDS)
+    uid = flash.add_user("dressed")
+    tp_id = flash.add_timepoint(uid, "private", request_context={"mine": 1})
+    flash.unknown_fields = clockchain.unknown_fields = True
+    with client(flash) as c:
+        path = f"/api/v1/timepoints/{tp_id}"
+        full = c.get(path, params={"full": "true"}, headers=signed("GET", path, uid)).json()
+        assert extra <= set(full) and extra <= set(full["metadata"])
+        assert full["request_context"] == {"mine": 1} and not extra & set(full["scene"])
+        assert not extra & set(full["characters"]) and not extra & set(full["metadata"]["graph"])
+        path += "/characters"
+        cast = c.get(path, headers=signed("GET", path, uid)).json()
+        assert extra <= set(cast) and all(extra <= set(item) for item in cast["characters"])
+        costs = c.get("/api/v1/credits/costs", headers=signed("GET", "/api/v1/credits/costs"))
+        assert costs.json()["costs"] == COSTS and extra <= set(costs.json())
+        events = sse_events(generate(c, uid, route="stream").text)
+        assert all(extra <= set(event) for event in events)
+        assert all(extra <= set(event["data"]) for event in events)
+    with client(clockchain) as c:
+        detail = c.get("/api/v1/moments" + CAESAR).json()
+        assert extra <= set(detail) and all(extra <= set(edge) for edge in detail["edges"])
+        listed = c.get("/api/v1/moments").json()
+        assert all(extra <= set(item) for item in listed["items"])
