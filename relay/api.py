@@ -5,6 +5,9 @@ one service or selector and writes one usage record; errors become `{"detail","c
 Nothing of the client's request is forwarded as is: upstream headers are built from scratch in
 `relay/flash.py` / `relay/clockchain.py`, bodies are validated and re-serialised, query parameters
 are allow-listed and validated, path parameters are checked against the raw path (`relay/paths.py`).
+Nothing of an upstream's answer is passed on as is either: `relay_route` builds each answer from
+the fields its route documents in the OpenAPI schema (`relay/projection.py`), so a field an
+upstream adds never reaches a client undocumented.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from functools import partial, wraps
 from typing import Any
 
@@ -28,7 +32,9 @@ from accounts.scopes import Scope
 from apikeys import limits
 from metering.services import usage_record_id
 from relay import flash, paths, selectors, services, timepoints
-from relay.openapi import RECONCILE_SCHEMA, document
+from relay.openapi import RECONCILE_SCHEMA, ROUTES, answer_projections, document
+from relay.projection import Projection
+from relay.serializers import VisibilityInputSerializer
 from timepoint_billing.errors import (
     ApiError,
     BadRequest,
@@ -40,11 +46,22 @@ from timepoint_billing.errors import (
 )
 
 AnyResponse = HttpResponse | StreamingHttpResponse
-Handler = Callable[..., Awaitable[AnyResponse]]
+Handler = Callable[..., Awaitable[Any]]
 PREFIX = "/api/v1"
 # nginx's status for "the client closed the connection before the answer": what the usage record
 # of a read abandoned by its client says.
 CLIENT_CLOSED_REQUEST = 499
+
+
+@dataclass(slots=True)
+class Answer:
+    """What a handler answers when it is not a plain 200: another documented success status,
+    extra headers. A handler may also return the body alone (200) or, for a stream, a
+    `StreamingHttpResponse` whose events it projects itself."""
+
+    body: Any
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def json_response(body: Any, status: int = 200) -> HttpResponse:
@@ -53,22 +70,42 @@ def json_response(body: Any, status: int = 200) -> HttpResponse:
     )
 
 
+def _answered(result: Any, projections: dict[int, Projection]) -> AnyResponse:
+    """The HTTP response of a handler's result: its body built from the fields documented for
+    its status (`relay.projection`), nothing else of the upstream's."""
+    if isinstance(result, StreamingHttpResponse):
+        return result
+    answer = result if isinstance(result, Answer) else Answer(result)
+    # A status the route does not document is a bug in the handler: a 500, never an answer.
+    response = json_response(projections[answer.status](answer.body), answer.status)
+    for name, value in answer.headers.items():
+        response[name] = value
+    return response
+
+
 def relay_route(
     endpoint: str,
     upstream: str,
-    methods: tuple[str, ...],
+    documented: str | tuple[str, ...],
     *,
     scope: str | dict[str, str],
     spends_credits: bool = False,
 ) -> Callable[[Handler], Any]:
-    """Authentication, the scope check, the rate-limit lease, error JSON and the usage record
-    around a handler.
+    """Authentication, the scope check, the rate-limit lease, error JSON, the usage record and
+    the answer's projection around a handler.
+
+    `documented` names the route's entries in `relay.openapi.ROUTES` (one per HTTP method): they
+    give the methods allowed, the OpenAPI schema of the view, and the serializers its answers
+    are built from (`Answer`), so what the schema shows is all that leaves the gateway.
 
     `scope` (an `accounts.scopes.Scope`, or a mapping of HTTP method to scope) is what an API
     key needs for the route; a key without it
     gets 403 `scope_required` before the limiter, any credit hold or upstream call. It is also
     what the OpenAPI document names (`relay.openapi.document` reads `view.required_scope`).
     A streaming handler takes over the lease and the record (`call.finish()` at stream end)."""
+    names = (documented,) if isinstance(documented, str) else documented
+    methods = tuple(ROUTES[name][0] for name in names)
+    projections = answer_projections(*names)
 
     def decorator(handler: Handler) -> Any:
         @csrf_exempt
@@ -93,7 +130,8 @@ def relay_route(
             )
             response: AnyResponse | None = None
             try:
-                response = await handler(request, call, **kwargs)
+                result = await handler(request, call, **kwargs)
+                response = _answered(result, projections[call.method])
             except asyncio.CancelledError:
                 call.status = CLIENT_CLOSED_REQUEST  # the client left (asgi_handler)
                 raise
@@ -113,7 +151,7 @@ def relay_route(
             return response
 
         view.required_scope = scope  # type: ignore[attr-defined]
-        return view
+        return document(*names)(view)
 
     return decorator
 
@@ -160,37 +198,36 @@ async def _flash_json(response_awaitable: Awaitable[Any]) -> Any:
 # --- Credits
 
 
-@document("credits_balance")
-@relay_route(f"{PREFIX}/credits/balance", "flash", ("GET",), scope=Scope.READ)
-async def credits_balance(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
+@relay_route(f"{PREFIX}/credits/balance", "flash", "credits_balance", scope=Scope.READ)
+async def credits_balance(request: HttpRequest, call: services.RelayCall) -> Any:
     user_id = await services.flash_user_ensure(call.caller)
-    body = await _flash_json(flash.acall("GET", "/api/v1/credits/balance", user_id=user_id))
-    return json_response(body)
+    return await _flash_json(flash.acall("GET", "/api/v1/credits/balance", user_id=user_id))
 
 
-@document("credits_history")
-@relay_route(f"{PREFIX}/credits/history", "flash", ("GET",), scope=Scope.READ)
-async def credits_history(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
+@relay_route(f"{PREFIX}/credits/history", "flash", "credits_history", scope=Scope.READ)
+async def credits_history(request: HttpRequest, call: services.RelayCall) -> Any:
     params = {
         "limit": _int_param(request, "limit", 20, 1, 100),
         "offset": _int_param(request, "offset", 0, 0, 1_000_000),
     }
     user_id = await services.flash_user_ensure(call.caller)
-    body = await _flash_json(
+    return await _flash_json(
         flash.acall("GET", "/api/v1/credits/history", user_id=user_id, params=params)
     )
-    return json_response(body)
 
 
-@document("credits_costs")
-@relay_route(f"{PREFIX}/credits/costs", "flash", ("GET",), scope=Scope.READ)
-async def credits_costs(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
-    response = json_response({"costs": await services.flash_costs()})
-    response["Cache-Control"] = "private, max-age=60"
-    return response
+@relay_route(f"{PREFIX}/credits/costs", "flash", "credits_costs", scope=Scope.READ)
+async def credits_costs(request: HttpRequest, call: services.RelayCall) -> Answer:
+    return Answer(
+        {"costs": await services.flash_costs()}, headers={"Cache-Control": "private, max-age=60"}
+    )
 
 
 # --- Generation
+
+SIMULATED = {"X-Test-Mode": "simulated"}  # a test key's answer never reached Flash
+# Each of Flash's events is passed on built from the fields documented for its name.
+STREAM_EVENT = answer_projections("generate_stream")["POST"][200]
 
 
 def _json_body(request: HttpRequest) -> dict[str, Any]:
@@ -219,30 +256,30 @@ async def _prepared_generation(
     return generation
 
 
-@document("generate")
-@relay_route(f"{PREFIX}/generate", "flash", ("POST",), scope=Scope.GENERATE, spends_credits=True)
-async def generate(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
+@relay_route(f"{PREFIX}/generate", "flash", "generate", scope=Scope.GENERATE, spends_credits=True)
+async def generate(request: HttpRequest, call: services.RelayCall) -> Any:
     generation = await _prepared_generation(request, call, stream=False)
     if call.caller.is_test_mode:
-        response = json_response(services.simulated_timepoint(generation))
-        response["X-Test-Mode"] = "simulated"
-        return response
+        return Answer(services.simulated_timepoint(generation), headers=SIMULATED)
     await services.generation_admit(generation)
-    return json_response(await services.generation_run_sync(generation, call))
+    return await services.generation_run_sync(generation, call)
 
 
-@document("generate_stream")
 @relay_route(
-    f"{PREFIX}/generate/stream", "flash", ("POST",), scope=Scope.GENERATE, spends_credits=True
+    f"{PREFIX}/generate/stream",
+    "flash",
+    "generate_stream",
+    scope=Scope.GENERATE,
+    spends_credits=True,
 )
-async def generate_stream(request: HttpRequest, call: services.RelayCall) -> AnyResponse:
+async def generate_stream(request: HttpRequest, call: services.RelayCall) -> StreamingHttpResponse:
     generation = await _prepared_generation(request, call, stream=True)
     content_type = "text/event-stream; charset=utf-8"
     if call.caller.is_test_mode:
         response = StreamingHttpResponse(
             services.simulated_stream(generation, call), content_type=content_type
         )
-        response["X-Test-Mode"] = "simulated"
+        response["X-Test-Mode"] = SIMULATED["X-Test-Mode"]
     else:
         await services.generation_admit(generation)
         generation.on_done = partial(
@@ -256,7 +293,7 @@ async def generate_stream(request: HttpRequest, call: services.RelayCall) -> Any
         except BaseException:
             services.generation_release(generation)
             raise
-        stream = services.generation_stream(generation, upstream, call)
+        stream = services.generation_stream(generation, upstream, call, STREAM_EVENT)
         await anext(stream)  # started: its `finally` (cleanup) can now run whatever happens
         response = StreamingHttpResponse(stream, content_type=content_type)
         services.stream_guard(stream, response, call)
@@ -268,14 +305,11 @@ async def generate_stream(request: HttpRequest, call: services.RelayCall) -> Any
 # --- Timepoints
 
 
-@document("timepoint_visibility")
-@relay_route(f"{PREFIX}/timepoints/{{id}}/visibility", "flash", ("PATCH",), scope=Scope.PUBLISH)
-async def timepoint_visibility(
-    request: HttpRequest, call: services.RelayCall, **_: Any
-) -> HttpResponse:
+@relay_route(
+    f"{PREFIX}/timepoints/{{id}}/visibility", "flash", "timepoint_visibility", scope=Scope.PUBLISH
+)
+async def timepoint_visibility(request: HttpRequest, call: services.RelayCall, **_: Any) -> Any:
     timepoint_id = paths.flash_timepoint_id(request, f"{PREFIX}/timepoints/", "/visibility")
-    from relay.serializers import VisibilityInputSerializer
-
     serializer = VisibilityInputSerializer(data=_json_body(request))
     serializer.is_valid(raise_exception=True)
     body = await timepoints.timepoint_set_visibility(
@@ -283,7 +317,7 @@ async def timepoint_visibility(
         timepoint_id=timepoint_id,
         visibility=serializer.validated_data["visibility"],
     )
-    return json_response(body)
+    return body
 
 
 # --- Clockchain
@@ -322,66 +356,57 @@ def _moment_list_params(request: HttpRequest) -> dict[str, Any]:
     return params
 
 
-@document("moment_list")
-@relay_route(f"{PREFIX}/moments", "clockchain", ("GET",), scope=Scope.READ)
-async def moment_list(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
-    return json_response(await selectors.moment_list(_moment_list_params(request)))
+@relay_route(f"{PREFIX}/moments", "clockchain", "moment_list", scope=Scope.READ)
+async def moment_list(request: HttpRequest, call: services.RelayCall) -> Any:
+    return await selectors.moment_list(_moment_list_params(request))
 
 
-@document("moment_detail")
-@relay_route(f"{PREFIX}/moments/{{path}}", "clockchain", ("GET",), scope=Scope.READ)
-async def moment_detail(request: HttpRequest, call: services.RelayCall, **_: Any) -> HttpResponse:
+@relay_route(f"{PREFIX}/moments/{{path}}", "clockchain", "moment_detail", scope=Scope.READ)
+async def moment_detail(request: HttpRequest, call: services.RelayCall, **_: Any) -> Any:
     path = paths.clockchain_path(request, f"{PREFIX}/moments/")
     flash_user_id = str(call.caller.user.flash_user_id or "")
-    return json_response(await selectors.moment_detail(path=path, flash_user_id=flash_user_id))
+    return await selectors.moment_detail(path=path, flash_user_id=flash_user_id)
 
 
-@document("browse_root")
-@relay_route(f"{PREFIX}/browse", "clockchain", ("GET",), scope=Scope.READ)
-async def browse_root(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
-    return json_response(await selectors.browse(""))
+@relay_route(f"{PREFIX}/browse", "clockchain", "browse_root", scope=Scope.READ)
+async def browse_root(request: HttpRequest, call: services.RelayCall) -> Any:
+    return await selectors.browse("")
 
 
-@document("browse_path")
-@relay_route(f"{PREFIX}/browse/{{path}}", "clockchain", ("GET",), scope=Scope.READ)
-async def browse_path(request: HttpRequest, call: services.RelayCall, **_: Any) -> HttpResponse:
+@relay_route(f"{PREFIX}/browse/{{path}}", "clockchain", "browse_path", scope=Scope.READ)
+async def browse_path(request: HttpRequest, call: services.RelayCall, **_: Any) -> Any:
     path = paths.clockchain_path(request, f"{PREFIX}/browse/")
-    return json_response(await selectors.browse(path))
+    return await selectors.browse(path)
 
 
-@document("today")
-@relay_route(f"{PREFIX}/today", "clockchain", ("GET",), scope=Scope.READ)
-async def today(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
-    return json_response(await selectors.today())
+@relay_route(f"{PREFIX}/today", "clockchain", "today", scope=Scope.READ)
+async def today(request: HttpRequest, call: services.RelayCall) -> Any:
+    return await selectors.today()
 
 
-@document("random")
-@relay_route(f"{PREFIX}/random", "clockchain", ("GET",), scope=Scope.READ)
-async def random_moment(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
-    return json_response(await selectors.random_moment())
+@relay_route(f"{PREFIX}/random", "clockchain", "random", scope=Scope.READ)
+async def random_moment(request: HttpRequest, call: services.RelayCall) -> Any:
+    return await selectors.random_moment()
 
 
-@document("search")
-@relay_route(f"{PREFIX}/search", "clockchain", ("GET",), scope=Scope.READ)
-async def search(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
+@relay_route(f"{PREFIX}/search", "clockchain", "search", scope=Scope.READ)
+async def search(request: HttpRequest, call: services.RelayCall) -> Any:
     q = _str_param(request, "q")
     if not q or not q.strip():
         raise BadRequest("q is required.", code="invalid_request")
-    return json_response(await selectors.search(q))
+    return await selectors.search(q)
 
 
-@document("neighbors")
-@relay_route(f"{PREFIX}/graph/neighbors/{{path}}", "clockchain", ("GET",), scope=Scope.READ)
-async def neighbors(request: HttpRequest, call: services.RelayCall, **_: Any) -> HttpResponse:
+@relay_route(f"{PREFIX}/graph/neighbors/{{path}}", "clockchain", "neighbors", scope=Scope.READ)
+async def neighbors(request: HttpRequest, call: services.RelayCall, **_: Any) -> Any:
     path = paths.clockchain_path(request, f"{PREFIX}/graph/neighbors/")
     flash_user_id = str(call.caller.user.flash_user_id or "")
-    return json_response(await selectors.moment_neighbors(path=path, flash_user_id=flash_user_id))
+    return await selectors.moment_neighbors(path=path, flash_user_id=flash_user_id)
 
 
-@document("stats")
-@relay_route(f"{PREFIX}/stats", "clockchain", ("GET",), scope=Scope.READ)
-async def stats(request: HttpRequest, call: services.RelayCall) -> HttpResponse:
-    return json_response(await selectors.stats())
+@relay_route(f"{PREFIX}/stats", "clockchain", "stats", scope=Scope.READ)
+async def stats(request: HttpRequest, call: services.RelayCall) -> Any:
+    return await selectors.stats()
 
 
 async def invalid_path(request: HttpRequest, **_: Any) -> HttpResponse:

@@ -1,4 +1,7 @@
-"""OpenAPI for the relay's plain async views.
+"""OpenAPI for the relay's plain async views, and the shapes their answers are built from.
+
+Each route's documented success responses are also what its answer is projected onto
+(`answer_projections`): the schema and the answer come from the same serializers.
 
 drf-spectacular only documents DRF views: it keeps a URL pattern whose callback has a `cls` that is
 an `APIView` subclass. `document(name)` gives each relay view a schema-only `APIView` (never
@@ -13,11 +16,16 @@ from collections.abc import Callable
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+)
 from rest_framework.views import APIView
 
 from relay import serializers as s
-from relay import timepoint_serializers as ts
+from relay.projection import Projection, projection
 from timepoint_billing.openapi import error_responses
 
 COMMON_ERRORS = (401, 429)
@@ -71,6 +79,12 @@ MOMENT_PATH = _path(
     "`invalid_path`.",
 )
 TIMEPOINT_ID = _path("id", "A Flash timepoint id (UUID).")
+
+GENERATION_EVENT = PolymorphicProxySerializer(
+    component_name="GenerationEvent",
+    serializers=s.STREAM_EVENTS,
+    resource_type_field_name="event",
+)
 
 ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
     "credits_balance": (
@@ -129,7 +143,9 @@ ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
             "description": (
                 "Flash's events are passed on one by one, each `data: <json>` + a blank line, with "
                 "`{event, step, data, progress, error}`: `start`, then `step_complete` / "
-                "`step_error`, then `done` (or `error`). A `: keep-alive` comment is sent while "
+                "`step_error`, then `done` (or `error`); each holds only the fields documented "
+                "for its name, and an event of another name is not passed on. A `: keep-alive` "
+                "comment is sent while "
                 "Flash is silent; the stream is cut after the gateway's maximum duration. Errors "
                 "before the first event are JSON. The timepoint is yours and gets the requested "
                 "`visibility` (the gateway records both from the `done` event, before passing it "
@@ -144,7 +160,8 @@ ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
             "request": s.GenerateInputSerializer,
             "responses": {
                 (200, "text/event-stream"): OpenApiResponse(
-                    response=OpenApiTypes.STR, description="Server-Sent Events"
+                    response=GENERATION_EVENT,
+                    description="Server-Sent Events: each `data:` line holds one of these",
                 ),
                 **error_responses(400, 402, 403, 404, *FLASH_ERRORS),
             },
@@ -165,7 +182,11 @@ ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
             ),
             "request": s.GenerateInputSerializer,
             "responses": {
-                202: ts.AsyncGenerateOutputSerializer,
+                202: s.AsyncGenerateOutputSerializer,
+                200: OpenApiResponse(
+                    response=s.AsyncGenerateOutputSerializer,
+                    description="A test key's simulated answer (`test_mode: true`).",
+                ),
                 **error_responses(400, 402, 403, 404, *FLASH_ERRORS),
             },
         },
@@ -198,14 +219,14 @@ ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
             "description": (
                 "A soft delete hides the timepoint everywhere (reads, slug, characters, your "
                 "list); `permanent=true` erases it in Flash, also after a soft delete. A "
-                "timepoint that is not yours answers 404, whether or not it exists."
+                "timepoint that is not yours answers 404, whether or not it exiss."
             ),
             "parameters": [
                 TIMEPOINT_ID,
                 _query("permanent", bool, "Erase instead of hiding (default false)"),
             ],
             "responses": {
-                200: ts.DeleteOutputSerializer,
+                200: s.DeleteOutputSerializer,
                 **error_responses(400, 404, *FLASH_ERRORS),
             },
         },
@@ -224,7 +245,7 @@ ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
                 _query("page_size", int, "1-100, default 20"),
                 _query("status", str, "pending, processing, completed or failed"),
             ],
-            "responses": {200: ts.MineListSerializer, **error_responses(400, *FLASH_ERRORS)},
+            "responses": {200: s.MineListSerializer, **error_responses(400, *FLASH_ERRORS)},
         },
     ),
     "timepoint_by_slug": (
@@ -254,7 +275,7 @@ ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
             ),
             "parameters": [TIMEPOINT_ID],
             "responses": {
-                200: ts.CharactersSerializer,
+                200: s.CharactersSerializer,
                 **error_responses(400, 404, *FLASH_ERRORS),
             },
         },
@@ -264,7 +285,7 @@ ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
         {
             "tags": [TAG_TIMEPOINTS],
             "summary": "Publish or unpublish your timepoint (owner only)",
-            "description": "A timepoint that is not yours answers 404, whether or not it exists.",
+            "description": "A timepoint that is not yours answers 404, whether or not it exiss.",
             "parameters": [TIMEPOINT_ID],
             "request": s.VisibilityInputSerializer,
             "responses": {
@@ -385,6 +406,21 @@ def _schema_view(*names: str) -> type[APIView]:
         handler.__doc__ = schema.get("summary", "")
         attrs[method.lower()] = extend_schema(operation_id=f"relay_{name}", **schema)(handler)
     return type(f"Relay{names[0].title().replace('_', '')}Schema", (APIView,), attrs)
+
+
+def answer_projections(*names: str) -> dict[str, dict[int, Projection]]:
+    """Method → success status → the projection its answer is built with, for routes `names`:
+    the serializers of the same documented responses the schema shows (errors are the gateway's
+    own `{"detail", "code"}` and not projected)."""
+    result: dict[str, dict[int, Projection]] = {}
+    for name in names:
+        method, schema = ROUTES[name]
+        for key, response in schema["responses"].items():
+            status = key[0] if isinstance(key, tuple) else key
+            if 200 <= status < 300:
+                shape = response.response if isinstance(response, OpenApiResponse) else response
+                result.setdefault(method, {})[status] = projection(shape)
+    return result
 
 
 def document(*names: str) -> Callable[[Any], Any]:

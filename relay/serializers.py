@@ -1,13 +1,18 @@
-"""Input validation for the relay's request bodies, and the upstream response shapes (OpenAPI).
+"""Input validation for the relay's request bodies, and the shapes of its answers.
 
-Output serializers are documentation only: the relay passes the upstream's JSON through (filtered
-where upstreams.md says it leaks), it does not re-render it through these classes.
+The output serializers are the allow-list of what leaves the gateway: they are the routes'
+OpenAPI responses (`relay/openapi.py`), and each answer is built from their fields alone
+(`relay/projection.py` compiles them once into field projections; no serializer runs per
+request). A field an upstream adds reaches nobody until it is documented here. Objects declared
+as `DictField` are free-form in the contract (a map, the client's echoed `request_context`,
+generated content) and pass whole.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 # Fields of Flash's generation body the gateway accepts (upstreams.md A4). `text_model` and
@@ -111,7 +116,13 @@ class VisibilityInputSerializer(serializers.Serializer):
     visibility = serializers.ChoiceField(choices=["public", "private"])
 
 
-# --- Response shapes (documentation)
+# --- Response shapes (what leaves the gateway)
+
+
+def _test_mode() -> serializers.BooleanField:
+    return serializers.BooleanField(
+        required=False, help_text="Present (true) only on a `tp_test_` key's simulated answer."
+    )
 
 
 class BalanceSerializer(serializers.Serializer):
@@ -133,6 +144,12 @@ class CostsSerializer(serializers.Serializer):
 
 
 _FULL = "Only with `full=true`; null until the generation has completed."
+
+
+class TimepointMetadataSerializer(serializers.Serializer):
+    graph = serializers.DictField(allow_null=True, required=False)
+    camera = serializers.DictField(allow_null=True, required=False)
+    image_prompt_data = serializers.DictField(allow_null=True, required=False)
 
 
 class TimepointSerializer(serializers.Serializer):
@@ -167,20 +184,14 @@ class TimepointSerializer(serializers.Serializer):
     preset_used = serializers.CharField()
     generation_time_ms = serializers.IntegerField(allow_null=True)
     request_context = serializers.DictField(allow_null=True)
-    test_mode = serializers.BooleanField(
-        required=False, help_text="Present (true) only on a `tp_test_` key's simulated answer."
-    )
+    test_mode = _test_mode()
     # Flash adds these to a read with `full=true` (and `image_base64` with `include_image=true`);
     # they are null until the generation has completed.
     image_prompt = serializers.CharField(required=False, allow_null=True, help_text=_FULL)
     image_base64 = serializers.CharField(
         required=False, allow_null=True, help_text="Only with `include_image=true`."
     )
-    metadata = serializers.DictField(
-        required=False,
-        allow_null=True,
-        help_text=f"`graph`, `camera`, `image_prompt_data`. {_FULL}",
-    )
+    metadata = TimepointMetadataSerializer(required=False, allow_null=True, help_text=_FULL)
     characters = serializers.DictField(required=False, allow_null=True, help_text=_FULL)
     scene = serializers.DictField(required=False, allow_null=True, help_text=_FULL)
     dialog = serializers.ListField(
@@ -188,6 +199,159 @@ class TimepointSerializer(serializers.Serializer):
     )
     grounding = serializers.DictField(required=False, allow_null=True, help_text=_FULL)
     moment = serializers.DictField(required=False, allow_null=True, help_text=_FULL)
+
+
+# --- A person's own timepoints (issue 23)
+
+
+class MineItemSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    query = serializers.CharField()
+    slug = serializers.CharField()
+    status = serializers.CharField(help_text="pending, processing, completed or failed")
+    year = serializers.IntegerField(allow_null=True)
+    location = serializers.CharField(allow_null=True)
+    has_image = serializers.BooleanField()
+    created_at = serializers.CharField(allow_null=True)
+
+
+class MineListSerializer(serializers.Serializer):
+    items = MineItemSerializer(many=True)
+    total = serializers.IntegerField()
+    page = serializers.IntegerField()
+    page_size = serializers.IntegerField()
+
+
+class CharacterSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    role = serializers.CharField()
+    system_prompt = serializers.CharField()
+    dialog_context = serializers.CharField()
+    speaks_in_scene = serializers.BooleanField()
+    personality = serializers.CharField(allow_null=True)
+    speaking_style = serializers.CharField(allow_null=True)
+    emotional_state = serializers.CharField(allow_null=True)
+    historical_note = serializers.CharField(allow_null=True)
+
+
+class CharactersSerializer(serializers.Serializer):
+    timepoint_id = serializers.CharField()
+    query = serializers.CharField()
+    year = serializers.IntegerField(allow_null=True)
+    location = serializers.CharField(allow_null=True)
+    era = serializers.CharField(allow_null=True)
+    total_characters = serializers.IntegerField()
+    speaking_characters = serializers.IntegerField()
+    characters = CharacterSerializer(many=True)
+
+
+class DeleteOutputSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    deleted = serializers.BooleanField()
+    permanent = serializers.BooleanField()
+
+
+class AsyncGenerateOutputSerializer(serializers.Serializer):
+    id = serializers.CharField(help_text="The timepoint's id: poll GET /timepoints/{id}.")
+    status = serializers.CharField(help_text="`processing` (or `completed` for a test key).")
+    poll_url = serializers.CharField()
+    request_context = serializers.DictField(allow_null=True)
+    test_mode = _test_mode()
+
+
+# --- The stream's events (`POST /generate/stream`)
+
+
+class StartDataSerializer(serializers.Serializer):
+    query = serializers.CharField()
+    generate_image = serializers.BooleanField()
+    preset = serializers.CharField()
+    test_mode = _test_mode()
+
+
+class StepDataSerializer(serializers.Serializer):
+    latency_ms = serializers.IntegerField()
+    model_used = serializers.CharField(allow_null=True)
+
+
+@extend_schema_field({"type": "object", "nullable": True, "additionalProperties": False})
+class AlwaysNullField(serializers.Field):  # type: ignore[type-arg]
+    """A key whose value is null, whatever the upstream put there (`relay.projection`)."""
+
+    def to_representation(self, value: Any) -> None:
+        return None
+
+
+class DoneDataSerializer(serializers.Serializer):
+    timepoint_id = serializers.CharField(
+        allow_null=True, help_text="null only on a test key's simulated answer"
+    )
+    slug = serializers.CharField()
+    status = serializers.CharField(help_text="completed or failed (refunded)")
+    year = serializers.IntegerField(allow_null=True)
+    location = serializers.CharField(allow_null=True)
+    total_latency_ms = serializers.IntegerField()
+    has_image = serializers.BooleanField()
+    saved = serializers.BooleanField()
+    test_mode = _test_mode()
+
+
+class ErrorDataSerializer(serializers.Serializer):
+    timepoint_id = serializers.CharField(
+        required=False, help_text="Flash could not save the timepoint (`status: save_failed`)."
+    )
+    status = serializers.CharField(required=False)
+    total_latency_ms = serializers.IntegerField(required=False)
+    saved = serializers.BooleanField(required=False)
+    code = serializers.CharField(
+        required=False,
+        help_text="`upstream_outcome_unknown`: the stream was cut before its final event; the "
+        "gateway finds out from Flash what became of the generation and refunds it if it failed.",
+    )
+    request_id = serializers.CharField(required=False, help_text="With `code`: quote it.")
+
+
+# What every event holds; each event name adds its own `data` below. (`data` is also the name of
+# a Serializer property, hence the type ignores: DRF's metaclass takes declared fields off the
+# class, so the property is untouched.)
+class StreamEventSerializer(serializers.Serializer):
+    event = serializers.CharField()
+    step = serializers.CharField(allow_null=True)
+    progress = serializers.IntegerField(help_text="0-100")
+    error = serializers.CharField(allow_null=True)
+
+
+class StartEventSerializer(StreamEventSerializer):
+    data = StartDataSerializer()  # type: ignore[assignment]
+
+
+class StepCompleteEventSerializer(StreamEventSerializer):
+    data = StepDataSerializer()  # type: ignore[assignment]
+
+
+class StepErrorEventSerializer(StreamEventSerializer):
+    data = AlwaysNullField(help_text="Always null in this event.")  # type: ignore[assignment]
+
+
+class DoneEventSerializer(StreamEventSerializer):
+    data = DoneDataSerializer()  # type: ignore[assignment]
+
+
+class ErrorEventSerializer(StreamEventSerializer):
+    data = ErrorDataSerializer(allow_null=True)  # type: ignore[assignment]
+
+
+# Each event of the stream, by its `event` name; events of other names are not passed on.
+STREAM_EVENTS: dict[str, serializers.Serializer[Any] | type[serializers.Serializer[Any]]] = {
+    "start": StartEventSerializer,
+    "step_complete": StepCompleteEventSerializer,
+    "step_error": StepErrorEventSerializer,
+    "done": DoneEventSerializer,
+    "error": ErrorEventSerializer,
+}
+
+
+# --- Clockchain
 
 
 class MomentItemSerializer(serializers.Serializer):

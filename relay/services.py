@@ -36,7 +36,8 @@ from apikeys import budgets
 from relay import flash, refunds
 from relay.http import UpstreamStream
 from relay.models import Outcome
-from relay.sse import EventSplitter
+from relay.projection import Projection
+from relay.sse import EventSplitter, event_bytes, event_data
 from timepoint_billing.callers import Caller
 from timepoint_billing.db import run_db
 from timepoint_billing.errors import (
@@ -173,9 +174,9 @@ class Generation:
     reserved: bool = False
     budget_held: bool = False  # a KeySpend row counts this generation against its key's month
     extra: dict[str, Any] = field(default_factory=dict)
-    # Streams: awaited with Flash's final `done` event before it is passed on (the owner record
-    # of the streamed timepoint, `relay.timepoints`).
-    on_done: Callable[[bytes], Awaitable[None]] | None = None
+    # Streams: awaited with Flash's final `done` event (as it is passed on, decoded) before it
+    # is passed on (the owner record of the streamed timepoint, `relay.timepoints`).
+    on_done: Callable[[dict[str, Any]], Awaitable[None]] | None = None
 
     @property
     def flash_user_id(self) -> str:
@@ -353,7 +354,7 @@ def simulated_stream_events(generation: Generation) -> list[bytes]:
 
     def event(name: str, step: str | None, data: Any, progress: int) -> bytes:
         body = {"event": name, "step": step, "data": data, "progress": progress, "error": None}
-        return b"data: " + json.dumps(body).encode() + b"\n\n"
+        return event_bytes(body)
 
     start = {
         "query": payload["query"],
@@ -485,7 +486,7 @@ async def generation_run_sync(generation: Generation, call: RelayCall) -> dict[s
         else:
             await generation_settled(generation, Outcome.COMPLETED, timepoint_id=timepoint_id)
             call.credits_spent = generation.cost
-        return timepoint_public(body)
+        return body
     finally:
         generation_release(generation)
 
@@ -542,17 +543,11 @@ async def _forwarding_failed(generation: Generation, exc: ApiError) -> NoReturn:
     ) from exc
 
 
-def timepoint_public(body: dict[str, Any]) -> dict[str, Any]:
-    """A TimepointResponse without Flash's server file-system fields (pitfall 14)."""
-    return {k: v for k, v in body.items() if not k.startswith("blob_")}
-
-
 # --- Generations: the stream
 
 
 def _sse_event(name: str, error: str, data: dict[str, Any] | None = None) -> bytes:
-    body = {"event": name, "step": None, "data": data, "progress": 0, "error": error}
-    return b"data: " + json.dumps(body).encode() + b"\n\n"
+    return event_bytes({"event": name, "step": None, "data": data, "progress": 0, "error": error})
 
 
 def _outcome_unknown_text(generation: Generation) -> str:
@@ -566,17 +561,8 @@ def _outcome_unknown_data(generation: Generation) -> dict[str, Any]:
     return {"code": refunds.OutcomeUnknown.default_code, "request_id": generation.request_id}
 
 
-def _event_outcome(block: bytes) -> tuple[str, str | None] | None:
+def _event_outcome(event: dict[str, Any]) -> tuple[str, str | None] | None:
     """(`completed`/`failed`/`error`, Flash's timepoint id) for a terminal Flash event."""
-    data = b"".join(line[5:].lstrip() for line in block.split(b"\n") if line.startswith(b"data:"))
-    if not data:
-        return None
-    try:
-        event = json.loads(data)
-    except ValueError:
-        return None
-    if not isinstance(event, dict):
-        return None
     name = event.get("event")
     payload = event.get("data")
     timepoint_id = payload.get("timepoint_id") if isinstance(payload, dict) else None
@@ -625,10 +611,12 @@ async def generation_open_stream(generation: Generation) -> UpstreamStream:
 
 
 async def generation_stream(
-    generation: Generation, upstream: UpstreamStream, call: RelayCall
+    generation: Generation, upstream: UpstreamStream, call: RelayCall, project_event: Projection
 ) -> AsyncGenerator[bytes, None]:
     """Flash's events, passed on one by one as they complete, with a heartbeat comment while
-    Flash is silent and a hard maximum duration.
+    Flash is silent and a hard maximum duration. Each is rebuilt from the fields documented for
+    its name (`project_event`); anything else Flash sends (another event name, a comment, a
+    block that is not JSON) is not passed on.
 
     Whatever ends it (done, an upstream cut, the duration limit, or the client going away, which
     cancels this generator on ASGI) the `finally` closes the upstream at once, settles credits and
@@ -654,6 +642,25 @@ async def generation_stream(
     events = EventSplitter()
     outcome: tuple[str, str | None] | None = None
     ended = "client"  # until the loop says otherwise, an exit is the client going away
+
+    async def passed_on(blocks: list[bytes]) -> list[bytes]:
+        """Whole events of Flash's, as the client gets them; a terminal one sets the outcome and
+        is handed to `on_done` first."""
+        nonlocal outcome
+        result: list[bytes] = []
+        for block in blocks:
+            event = project_event(event_data(block))
+            if event is None:
+                continue
+            terminal = _event_outcome(event)
+            if terminal is not None:
+                outcome = terminal
+                if terminal[0] in ("completed", "failed") and generation.on_done is not None:
+                    on_done, generation.on_done = generation.on_done, None
+                    await on_done(event)
+            result.append(event_bytes(event))
+        return result
+
     try:
         # The view takes this empty chunk to start the generator before handing it to Django: a
         # started generator is closed (running the `finally` below) however the request ends,
@@ -689,16 +696,8 @@ async def generation_stream(
                 ended = "upstream_closed"
                 # Flash closed the stream: an event it did not follow with an empty line is
                 # still its last word (often `done`), to pass on and settle by.
-                for block in events.close():
-                    outcome = _event_outcome(block) or outcome
-                    if (
-                        outcome is not None
-                        and outcome[0] in ("completed", "failed")
-                        and generation.on_done is not None
-                    ):
-                        on_done, generation.on_done = generation.on_done, None
-                        await on_done(block)
-                    yield block + b"\n\n"
+                for event in await passed_on(events.close()):
+                    yield event
                 if outcome is None:
                     yield _sse_event(
                         "error",
@@ -715,16 +714,8 @@ async def generation_stream(
                         _outcome_unknown_data(generation),
                     )
                 break
-            for block in events.feed(chunk):
-                outcome = _event_outcome(block) or outcome
-                if (
-                    outcome is not None
-                    and outcome[0] in ("completed", "failed")
-                    and generation.on_done is not None
-                ):
-                    on_done, generation.on_done = generation.on_done, None
-                    await on_done(block)
-                yield block + b"\n\n"
+            for event in await passed_on(events.feed(chunk)):
+                yield event
     finally:
         if pending is not None:
             pending.cancel()

@@ -8,11 +8,16 @@ a line with CRLF, LF or a lone CR, and an event with an empty line: `\\r\\n\\r\\
 the end of one chunk, `\\n` at the start of the next), and the upstream may close the stream
 without the final empty line.
 
-No library does this for a byte passthrough: SSE client libraries (httpx-sse, sseclient) decode
-events into fields and would make the relay re-encode them.
+No library does this for the relay's byte stream: SSE client libraries (httpx-sse, sseclient)
+read from their own HTTP client's response, not from chunks the relay already holds. Each event
+is then decoded (`event_data`) and passed on re-encoded (`event_bytes`) with only its documented
+fields (`relay.projection`).
 """
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 
 class EventSplitter:
@@ -57,3 +62,20 @@ class EventSplitter:
             if block:
                 events.append(block)
         return events
+
+
+def event_data(block: bytes) -> Any:
+    """The JSON value an event's `data:` lines hold (joined by LF, one leading space dropped, as
+    the grammar says), or None when it has none or they are not JSON."""
+    lines = [line[5:] for line in block.split(b"\n") if line.startswith(b"data:")]
+    if not lines:
+        return None
+    try:
+        return json.loads(b"\n".join(line.removeprefix(b" ") for line in lines))
+    except ValueError:
+        return None
+
+
+def event_bytes(value: Any) -> bytes:
+    """One event carrying `value` as JSON: a single `data:` line and the empty line ending it."""
+    return b"data: " + json.dumps(value).encode() + b"\n\n"

@@ -21,7 +21,6 @@ Flash's privacy gaps the gateway closes here (upstreams.md A5, pitfalls 5, 10, 1
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +31,7 @@ from relay import async_generation, flash
 from relay.http import UpstreamResponse
 from relay.models import StreamedTimepoint, Visibility
 from relay.paths import FLASH_TIMEPOINT_ID
-from relay.services import flash_user_ensure, timepoint_public
+from relay.services import flash_user_ensure
 from timepoint_billing.callers import Caller
 from timepoint_billing.db import run_db
 from timepoint_billing.errors import ApiError, BadRequest, NotFound, UpstreamError
@@ -44,27 +43,6 @@ STATUSES = ("pending", "processing", "completed", "failed")
 # up to the end of the requested page, so the depth is bounded.
 MINE_MAX_DEPTH = 10_000
 FLASH_PAGE_MAX = 100
-LIST_ITEM_FIELDS = ("id", "query", "slug", "status", "year", "location", "has_image", "created_at")
-CHARACTER_FIELDS = (
-    "name",
-    "role",
-    "system_prompt",
-    "dialog_context",
-    "speaks_in_scene",
-    "personality",
-    "speaking_style",
-    "emotional_state",
-    "historical_note",
-)
-CHARACTERS_FIELDS = (
-    "timepoint_id",
-    "query",
-    "year",
-    "location",
-    "era",
-    "total_characters",
-    "speaking_characters",
-)
 
 
 def not_found() -> NotFound:
@@ -119,14 +97,9 @@ def visible_to(record: StreamedTimepoint | None, caller: Caller) -> bool:
     return record.visibility == Visibility.PUBLIC or record.user_id == caller.user.pk
 
 
-def done_payload(block: bytes) -> dict[str, Any] | None:
+def done_payload(event: dict[str, Any]) -> dict[str, Any] | None:
     """The `data` of a Flash `done` event for a saved timepoint, None for any other event."""
-    data = b"".join(line[5:].lstrip() for line in block.split(b"\n") if line.startswith(b"data:"))
-    try:
-        event = json.loads(data) if data else None
-    except ValueError:
-        return None
-    if not isinstance(event, dict) or event.get("event") != "done":
+    if event.get("event") != "done":
         return None
     payload = event.get("data")
     if not isinstance(payload, dict) or payload.get("saved") is False:
@@ -168,11 +141,11 @@ def streamed_record(
 
 
 async def streamed_owner_record(
-    block: bytes, *, caller: Caller, payload: dict[str, Any], request_id: str
+    event: dict[str, Any], *, caller: Caller, payload: dict[str, Any], request_id: str
 ) -> None:
     """Called with each terminal stream event before it reaches the client: a `done` event of a
     saved timepoint records its owner, so "mine" lists it as soon as the client sees `done`."""
-    done = done_payload(block)
+    done = done_payload(event)
     if done is None:
         return
     try:
@@ -197,13 +170,12 @@ async def streamed_owner_record(
 
 
 def _apply_record(body: dict[str, Any], record: StreamedTimepoint | None) -> dict[str, Any]:
-    result = timepoint_public(body)
     if record is not None:
         # Flash says public; the gateway's record holds what the owner asked for.
-        result["visibility"] = record.visibility
+        body["visibility"] = record.visibility
         if record.visibility == Visibility.PRIVATE:
-            result["share_url"] = None
-    return result
+            body["share_url"] = None
+    return body
 
 
 async def _read(caller: Caller, flash_path: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -264,13 +236,7 @@ async def timepoint_characters(*, caller: Caller, timepoint_id: str) -> dict[str
     body = _flash_ok(characters)
     if not isinstance(body, dict) or not isinstance(body.get("characters"), list):
         raise UpstreamError("Flash returned an invalid answer.")
-    result = {name: body.get(name) for name in CHARACTERS_FIELDS}
-    result["characters"] = [
-        {name: item.get(name) for name in CHARACTER_FIELDS}
-        for item in body["characters"]
-        if isinstance(item, dict)
-    ]
-    return result
+    return body
 
 
 # --- Mine: Flash's list merged with the gateway's streamed timepoints
@@ -341,10 +307,6 @@ async def _flash_window(
     return int(pages[0].get("total") or 0), items[skip : skip + end - start]
 
 
-def _list_item(item: dict[str, Any]) -> dict[str, Any]:
-    return {name: item.get(name) for name in LIST_ITEM_FIELDS}
-
-
 async def timepoint_list_mine(
     *, caller: Caller, page: int, page_size: int, status: str | None
 ) -> dict[str, Any]:
@@ -366,9 +328,8 @@ async def timepoint_list_mine(
     )
     if streamed_total == 0:
         body = await _flash_list(user_id, page=page, page_size=page_size, status=status)
-        items = [_list_item(i) for i in body["items"] if isinstance(i, dict)]
         total = int(body.get("total") or 0)
-        return {"items": items, "total": total, "page": page, "page_size": page_size}
+        return {"items": body["items"], "total": total, "page": page, "page_size": page_size}
 
     start = max(0, offset - len(streamed)) if streamed_total <= end else 0
     flash_total, window = await _flash_window(user_id, start=start, end=end, status=status)
@@ -383,7 +344,7 @@ async def timepoint_list_mine(
         position = index + start + sum(1 for other in flash_keys if other > key)
         placed.append((position, item))
     placed.sort(key=lambda pair: pair[0])
-    items = [_list_item(item) for position, item in placed if offset <= position < end]
+    items = [item for position, item in placed if offset <= position < end]
     return {
         "items": items,
         "total": flash_total + streamed_total,
@@ -469,7 +430,7 @@ async def timepoint_set_visibility(
             raise UpstreamError("Flash returned an invalid answer.")
         if body.get("is_deleted"):
             raise not_found()
-        return timepoint_public(body)
+        return body
     if record.deleted_at is not None:
         raise not_found()
     await run_db(_streamed_set_visibility, timepoint_id, visibility)
