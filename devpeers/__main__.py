@@ -1,4 +1,9 @@
-"""Run both peers in the foreground (``python -m devpeers --flash-port 8101 ...``)."""
+"""Run both peers in the foreground (``python -m devpeers --flash-port 8101 ...``).
+
+``DEVPEERS_UNKNOWN_FIELDS=1`` makes both add fields no contract has (``owner_id``,
+``internal_score``, ``private_flag``) to every object they answer, to see by hand that the
+gateway lets none of them out.
+"""
 
 from __future__ import annotations
 
