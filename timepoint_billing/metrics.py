@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Iterator
+from datetime import datetime
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -156,6 +157,39 @@ class DatabaseCollector:
         age = (now - backlog["oldest"]).total_seconds() if backlog["oldest"] else 0.0
         unprocessed.add_metric(["stripe"], max(0.0, age))
         yield unprocessed
+        yield from _outgoing_webhooks(now)
+
+
+def _outgoing_webhooks(now: datetime) -> Iterator[Metric]:
+    """Webhooks to developers waiting in their outbox, and how late the most overdue one is (a
+    stopped or swamped worker shows here; a developer's failing endpoint shows as `retrying`)."""
+    from django.db.models import Count, Min
+
+    from webhooks.models import DeliveryState, WebhookDelivery
+
+    waiting = (DeliveryState.PENDING, DeliveryState.SENDING, DeliveryState.RETRYING)
+    counts = dict(
+        WebhookDelivery.objects.filter(state__in=waiting)
+        .values_list("state")
+        .annotate(n=Count("id"))
+        .values_list("state", "n")
+    )
+    family = GaugeMetricFamily(
+        "tpb_outgoing_webhooks",
+        "Webhook deliveries to developers not yet done, by state.",
+        labels=["state"],
+    )
+    for state in waiting:
+        family.add_metric([str(state)], counts.get(state, 0))
+    yield family
+    overdue = WebhookDelivery.objects.filter(
+        state__in=(DeliveryState.PENDING, DeliveryState.RETRYING), next_attempt_at__lte=now
+    ).aggregate(oldest=Min("next_attempt_at"))["oldest"]
+    yield GaugeMetricFamily(
+        "tpb_outgoing_webhook_overdue_seconds",
+        "How long the most overdue webhook delivery has been due without an attempt; 0 when none.",
+        value=max(0.0, (now - overdue).total_seconds()) if overdue else 0.0,
+    )
 
 
 class _ThisProcess:

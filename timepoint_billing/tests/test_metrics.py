@@ -27,6 +27,8 @@ FAMILIES = (
     "tpb_grants_needs_attention",
     "tpb_webhook_lag_seconds",
     "tpb_webhook_unprocessed_oldest_age_seconds",
+    "tpb_outgoing_webhooks",
+    "tpb_outgoing_webhook_overdue_seconds",
 )
 
 
