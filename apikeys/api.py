@@ -21,7 +21,6 @@ from apikeys.serializers import (
     KeyRollInputSerializer,
     KeyUpdateInputSerializer,
     KeyUsageOutputSerializer,
-    key_budget,
 )
 from metering.selectors import usage_for_key
 from metering.serializers import UsageQuerySerializer
@@ -98,12 +97,13 @@ class KeyDetailApi(LimitedMeteredApiView):
     @extend_schema(
         operation_id="keys_update",
         tags=["keys"],
-        summary="Change a key's name, scopes, monthly budget, origins or networks",
+        summary="Change a key's name, scopes, monthly budget, expiry, origins or networks",
         description="Only the fields sent change. Takes effect on this server at once and on "
-        "every server within a few seconds. A budget lowered under this month's spend stops "
-        "further generations; nothing spent is undone.",
+        "every server within a few seconds (a new expiry: on every server at once). A budget "
+        "lowered under this month's spend stops further generations; nothing spent is undone. "
+        "The expiry of a revoked, expired or rolled key cannot change (409 `key_not_active`).",
         request=KeyUpdateInputSerializer,
-        responses={200: KeyOutputSerializer, **error_responses(400, 401, 404, 429)},
+        responses={200: KeyOutputSerializer, **error_responses(400, 401, 404, 409, 429)},
     )
     def patch(self, request: Request, key_id: int) -> Response:
         serializer = KeyUpdateInputSerializer(data=request.data)
@@ -173,5 +173,10 @@ class KeyUsageApi(LimitedMeteredApiView):
             end=params["to"],
             granularity=params["granularity"],
         )
-        body = {"key_id": key.pk, "prefix": key.prefix, "budget": key_budget(key), **usage}
+        body = {
+            "key_id": key.pk,
+            "prefix": key.prefix,
+            "budget": selectors.key_budget(key),
+            **usage,
+        }
         return Response(KeyUsageOutputSerializer(body).data)

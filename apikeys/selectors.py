@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
@@ -23,7 +24,9 @@ def _month_spent(month: date) -> Subquery:
     )
 
 
-def _with_month_spent(queryset: QuerySet[APIKey]) -> QuerySet[APIKey]:
+def keys_with_month_spent(queryset: QuerySet[APIKey]) -> QuerySet[APIKey]:
+    """`queryset` with `month_spent` (credits spent this UTC month) and `budget_month` on each
+    key, in the same query (the keys API, the portal and the admin list)."""
     month = month_start()
     return queryset.annotate(
         month_spent=Coalesce(_month_spent(month), Value(0)), budget_month=Value(month)
@@ -44,7 +47,7 @@ def key_list(*, user: User, expiring_soon: bool = False) -> QuerySet[APIKey]:
             expires_at__lte=now + EXPIRY_REMINDER,
         )
     # A subquery, not a join: a second aggregate over a join would multiply the usage count.
-    return _with_month_spent(keys.annotate(request_count=Count("usage_records"))).order_by(
+    return keys_with_month_spent(keys.annotate(request_count=Count("usage_records"))).order_by(
         "-created_at", "-id"
     )
 
@@ -52,7 +55,7 @@ def key_list(*, user: User, expiring_soon: bool = False) -> QuerySet[APIKey]:
 def key_get(*, user: User, key_id: int) -> APIKey | None:
     """The user's key with `month_spent`, or None (also for another user's key: callers answer
     404 either way)."""
-    return _with_month_spent(APIKey.objects.filter(pk=key_id, user=user)).first()
+    return keys_with_month_spent(APIKey.objects.filter(pk=key_id, user=user)).first()
 
 
 def key_month_spent(*, key_id: int, month: date | None = None) -> int:
@@ -61,6 +64,23 @@ def key_month_spent(*, key_id: int, month: date | None = None) -> int:
         api_key_id=key_id, month=month or month_start(), refunded_at__isnull=True
     ).aggregate(total=Sum("amount"))["total"]
     return int(total or 0)
+
+
+def key_budget(key: APIKey) -> dict[str, Any]:
+    """This UTC month's spend against the key's budget: `month`, `spent`, `budget` (None: no
+    budget) and `remaining` (`month_spent` when `keys_with_month_spent` annotated it, else one
+    query)."""
+    spent = getattr(key, "month_spent", None)
+    month = getattr(key, "budget_month", None) or month_start()
+    if spent is None:
+        spent = key_month_spent(key_id=key.pk, month=month)
+    budget = key.monthly_credit_budget
+    return {
+        "month": month,
+        "spent": int(spent),
+        "budget": budget,
+        "remaining": None if budget is None else max(0, budget - int(spent)),
+    }
 
 
 def key_export(sender: object, *, user: User, **kwargs: object) -> dict[str, object]:

@@ -9,8 +9,8 @@ from rest_framework import serializers
 
 from accounts.scopes import DEFAULT_KEY_SCOPES, Scope
 from apikeys.limits import key_limits
-from apikeys.models import APIKey, KeyMode, month_start
-from apikeys.selectors import key_month_spent
+from apikeys.models import APIKey, KeyMode
+from apikeys.selectors import key_budget
 from apikeys.services import MAX_ALLOWED_ENTRIES, MAX_ROLL_GRACE_SECONDS
 from metering.serializers import UsageCountsSerializer
 
@@ -89,6 +89,12 @@ class KeyUpdateInputSerializer(StrictSerializer):
     name = serializers.CharField(max_length=100, trim_whitespace=True, required=False)
     scopes = _scopes_field(required=False, min_length=1)
     monthly_credit_budget = _budget_field(required=False)
+    expires_at = serializers.DateTimeField(
+        required=False,
+        allow_null=True,
+        help_text="When the key stops working (ISO 8601, in the future). null: never. A revoked, "
+        "expired or rolled key's expiry cannot change (409 `key_not_active`).",
+    )
     allowed_origins = _list_field(ORIGINS_HELP, required=False)
     allowed_cidrs = _list_field(CIDRS_HELP, required=False)
 
@@ -197,22 +203,6 @@ class KeyCreatedOutputSerializer(KeyOutputSerializer):
     @extend_schema_field(serializers.CharField())
     def get_key(self, key: APIKey) -> str:
         return self.context["raw_key"]
-
-
-def key_budget(key: APIKey) -> dict[str, Any]:
-    """This UTC month's spend against the key's budget (`month_spent` when the selector
-    annotated it, else one query)."""
-    spent = getattr(key, "month_spent", None)
-    month = getattr(key, "budget_month", None) or month_start()
-    if spent is None:
-        spent = key_month_spent(key_id=key.pk, month=month)
-    budget = key.monthly_credit_budget
-    return {
-        "month": month,
-        "spent": int(spent),
-        "budget": budget,
-        "remaining": None if budget is None else max(0, budget - int(spent)),
-    }
 
 
 class KeyUsageRowSerializer(UsageCountsSerializer):

@@ -360,6 +360,7 @@ _EDITABLE: dict[str, Any] = {
     "name": lambda value: str(value),
     "scopes": clean_scopes,
     "monthly_credit_budget": lambda value: value,
+    "expires_at": _clean_expiry,
     "allowed_origins": clean_origins,
     "allowed_cidrs": clean_cidrs,
 }
@@ -367,17 +368,28 @@ _EDITABLE: dict[str, Any] = {
 
 def key_update(*, user: User, key_id: int, **changes: Any) -> APIKey:
     """Change the owner-editable settings of the user's key (name, scopes, monthly budget,
-    origins, CIDRs); fields not given stay. This process forgets the cached key at once, the
-    other workers when their cache entry ends. A budget lowered under this month's spend stops
-    further generations; nothing spent is undone."""
+    expiry, origins, CIDRs); fields not given stay. This process forgets the cached key at once,
+    the other workers when their cache entry ends; a new expiry reaches every worker at once (the
+    limiter's stop marker). A budget lowered under this month's spend stops further
+    generations; nothing spent is undone.
+
+    The expiry of a key that no longer works, or of a rolled key (its grace period), cannot
+    change: 409 `key_not_active`, so an edit never brings a stopped key back."""
     unknown = sorted(set(changes) - set(_EDITABLE))
     if unknown:
         raise BadRequest(f"Not editable: {', '.join(unknown)}.", code="invalid_request")
     key = _owned_key(user, key_id)
+    if "expires_at" in changes and (not key.is_usable() or key.replaced_by_id is not None):
+        raise Conflict(
+            "This key is revoked, expired or rolled: its expiry cannot change.",
+            code="key_not_active",
+        )
     for field, value in changes.items():
         setattr(key, field, _EDITABLE[field](value))
     if changes:
         key.save(update_fields=list(changes))
+    if "expires_at" in changes:
+        key_publish_lifetime(key)
     key_cache_forget(digest=key.key_digest)
     logger.info(
         {"event": "api_key_updated", "key": key.prefix, "user": user.pk, "fields": sorted(changes)}

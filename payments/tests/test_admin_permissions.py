@@ -12,7 +12,7 @@ from django.contrib.auth.models import Group, Permission
 from django.core.management import call_command
 from django.test import Client
 
-from accounts.models import User
+from accounts.tests.staff import staff_signed_in
 from devpeers.stripe_api import StripePeer
 from payments.admin import StripeActionsGuard
 from payments.models import CreditGrant, StripeWebhookEvent
@@ -20,14 +20,6 @@ from payments.tests import factories as f
 
 EVENTS = "/admin/payments/stripewebhookevent/"
 SUBSCRIPTIONS = "/admin/djstripe/subscription/"
-
-
-def _staff_client(group: str) -> tuple[User, Client]:
-    user = User.objects.create_user(username=f"{group}-person", is_staff=True)
-    user.groups.add(Group.objects.get(name=group))
-    client = Client()
-    client.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
-    return user, client
 
 
 def _offered_actions(client: Client, changelist: str) -> set[str]:
@@ -59,7 +51,7 @@ def _retry(client: Client, event: StripeWebhookEvent) -> Any:
 
 def test_support_cannot_retry_a_webhook_event(user: Any, customer_id: str):
     event = _event_kept_for_attention(user, customer_id)
-    _, support = _staff_client("support")
+    support, _ = staff_signed_in("support")
 
     assert "retry" not in _offered_actions(support, EVENTS)
     _retry(support, event)
@@ -74,7 +66,7 @@ def test_billing_retries_a_webhook_event_once_and_it_is_logged(
     user: Any, customer_id: str, flash_peer: Any
 ):
     event = _event_kept_for_attention(user, customer_id)
-    staff, billing = _staff_client("billing")
+    billing, staff = staff_signed_in("billing")
 
     assert "retry" in _offered_actions(billing, EVENTS)
     assert _retry(billing, event).status_code == 302
@@ -112,7 +104,7 @@ def _confirm_cancel(client: Client, subscription: Any, mounted_under: str = SUBS
 
 def test_support_cannot_cancel_subscriptions(user: Any, customer_id: str, stripe_api: StripePeer):
     subscription = _mirrored_subscription(customer_id, stripe_api)
-    _, support = _staff_client("support")
+    support, _ = staff_signed_in("support")
 
     assert "_cancel" not in _offered_actions(support, SUBSCRIPTIONS)
     assert "_resync_instances" not in _offered_actions(support, SUBSCRIPTIONS)
@@ -136,7 +128,7 @@ def test_cancelling_needs_the_change_permission_on_subscriptions_and_is_logged(
     user: Any, customer_id: str, stripe_api: StripePeer
 ):
     subscription = _mirrored_subscription(customer_id, stripe_api)
-    staff, billing = _staff_client("billing")
+    billing, staff = staff_signed_in("billing")
     group = Group.objects.get(name="billing")
     change = Permission.objects.get(
         content_type__app_label="djstripe", codename="change_subscription"

@@ -237,6 +237,37 @@ def test_expiry_at_creation_reminders_and_refusal(gateway: Any, auth: Any, user:
     _error(gateway.get("/api/v1/browse", headers={"X-API-Key": raw}), 401, "invalid_api_key")
 
 
+def test_the_owner_changes_the_expiry_of_a_working_key_only(
+    gateway: Any, auth: Any, make_key: Any, user: Any
+) -> None:
+    key, raw = make_key(user)
+    url = f"/api/v1/keys/{key.pk}"
+    soon = timezone.now() + timedelta(days=2)
+    edited = gateway.patch(url, json={"expires_at": soon.isoformat()}, headers=auth)
+    assert edited.status_code == 200, edited.text
+    assert edited.json()["expires_soon"] is True
+    past = (timezone.now() - timedelta(minutes=1)).isoformat()
+    _error(gateway.patch(url, json={"expires_at": past}, headers=auth), 400, "invalid_request")
+    cleared = gateway.patch(url, json={"expires_at": None}, headers=auth).json()
+    assert (cleared["expires_at"], cleared["expires_soon"]) == (None, False)
+
+    # Ended now: the key stops at once (the stop marker), and no edit brings it back.
+    ends = timezone.now() + timedelta(seconds=1)
+    gateway.patch(url, json={"expires_at": ends.isoformat()}, headers=auth)
+    time.sleep(max(0.0, (ends - timezone.now()).total_seconds()) + 0.2)
+    _error(gateway.get("/api/v1/browse", headers={"X-API-Key": raw}), 401, "invalid_api_key")
+    _error(gateway.patch(url, json={"expires_at": None}, headers=auth), 409, "key_not_active")
+    # A rolled key's grace period is not the owner's to stretch.
+    other, _ = make_key(user)
+    gateway.post(f"/api/v1/keys/{other.pk}/roll", json={"grace_seconds": 60}, headers=auth)
+    later = (timezone.now() + timedelta(days=3)).isoformat()
+    _error(
+        gateway.patch(f"/api/v1/keys/{other.pk}", json={"expires_at": later}, headers=auth),
+        409,
+        "key_not_active",
+    )
+
+
 # --- Origins and addresses
 
 
@@ -291,7 +322,7 @@ def test_one_key_by_id_and_edits_only_for_its_owner(
     _error(gateway.get(f"/api/v1/keys/{theirs.pk}", headers=auth), 404, "key_not_found")
     patch = gateway.patch(f"/api/v1/keys/{theirs.pk}", json={"name": "x"}, headers=auth)
     _error(patch, 404, "key_not_found")
-    for body in ({"tier": "enterprise"}, {"monthly_credit_budget": -1}, {"expires_at": None}):
+    for body in ({"tier": "enterprise"}, {"monthly_credit_budget": -1}, {"mode": "test"}):
         response = gateway.patch(f"/api/v1/keys/{mine.pk}", json=body, headers=auth)
         _error(response, 400, "invalid_request")
     renamed = gateway.patch(f"/api/v1/keys/{mine.pk}", json={"name": "prod"}, headers=auth)

@@ -7,18 +7,9 @@ from typing import Any
 
 import pytest
 from django.contrib.admin.models import LogEntry
-from django.contrib.auth.models import Group
-from django.test import Client
 
 from accounts.models import User
-
-
-def _staff_client(group: str) -> tuple[Client, User]:
-    staff = User.objects.create_user(username=f"{group}-staff", is_staff=True)
-    staff.groups.add(Group.objects.get(name=group))
-    client = Client()
-    client.force_login(staff, backend="django.contrib.auth.backends.ModelBackend")
-    return client, staff
+from accounts.tests.staff import staff_signed_in
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +38,7 @@ def test_manual_grant_goes_through_once_even_when_posted_twice(user: User, flash
     from payments.models import CreditGrant
     from payments.services import grants_deliver_due
 
-    client, staff = _staff_client("billing")
+    client, staff = staff_signed_in("billing")
     form = client.get("/admin/payments/creditgrant/manual/")
     assert form.status_code == 200
     data = {
@@ -69,7 +60,7 @@ def test_manual_grant_goes_through_once_even_when_posted_twice(user: User, flash
 
 @pytest.mark.django_db
 def test_support_staff_cannot_grant_or_retry(user: User) -> None:
-    client, _ = _staff_client("support")
+    client, _ = staff_signed_in("support")
     assert client.get("/admin/payments/creditgrant/manual/").status_code == 403
     listing = client.get("/admin/payments/creditgrant/")
     assert listing.status_code == 200
@@ -82,7 +73,7 @@ def test_retry_puts_a_stuck_grant_through(user: User, flash_peer: Any) -> None:
     from payments.services import grants_deliver_due
 
     grant = _needs_attention_grant(user)
-    client, staff = _staff_client("billing")
+    client, staff = staff_signed_in("billing")
     response = client.post(
         "/admin/payments/creditgrant/",
         {"action": "retry", "_selected_action": [grant.pk]},
@@ -101,7 +92,7 @@ def test_mark_resolved_takes_a_grant_out_of_the_queue_for_good(user: User, flash
     from payments.services import grants_deliver_due
 
     grant = _needs_attention_grant(user)
-    client, staff = _staff_client("billing")
+    client, staff = staff_signed_in("billing")
     response = client.post(
         "/admin/payments/creditgrant/",
         {"action": "mark_resolved", "_selected_action": [grant.pk]},
@@ -118,7 +109,7 @@ def test_mark_resolved_takes_a_grant_out_of_the_queue_for_good(user: User, flash
 
 @pytest.mark.django_db
 def test_user_page_shows_the_live_flash_balance(user: User, flash_peer: Any) -> None:
-    client, _ = _staff_client("support")
+    client, _ = staff_signed_in("support")
     page = client.get(f"/admin/accounts/user/{user.pk}/change/").content.decode()
     assert "50 credits (earned 50, spent 0)" in page
     assert f"/admin/apikeys/apikey/?user__id__exact={user.pk}" in page
@@ -136,7 +127,7 @@ def test_staff_revoke_a_key_and_review_a_dispute(user: User) -> None:
     payment = Payment.objects.create(
         provider="stripe", reference="stripe:pi_d", user=user, amount_cents=499, needs_review=True
     )
-    client, _ = _staff_client("billing")
+    client, _ = staff_signed_in("billing")
     client.post("/admin/apikeys/apikey/", {"action": "revoke", "_selected_action": [key.pk]})
     assert APIKey.objects.get(pk=key.pk).revoked_at is not None
     client.post(
@@ -164,7 +155,7 @@ def test_usage_list_charts_requests_errors_and_credits_for_the_filter(user: User
             p50_ms=1,
             p95_ms=2,
         )
-    client, _ = _staff_client("support")
+    client, _ = staff_signed_in("support")
     page = client.get(f"/admin/metering/usagedaily/?user__id__exact={user.pk}")
     assert page.status_code == 200
     html = page.content.decode()
