@@ -14,7 +14,7 @@ from django.db import transaction
 SUPPORT = "support"
 BILLING = "billing"
 # Apps whose rows staff look at; djstripe is Stripe's mirror (customers, subscriptions, invoices).
-VIEWED_APPS = ("accounts", "apikeys", "metering", "payments", "djstripe")
+VIEWED_APPS = ("accounts", "apikeys", "metering", "payments", "webhooks", "djstripe")
 # On top of support's view permissions (app_label, codename).
 BILLING_EXTRA = (
     ("payments", "add_creditgrant"),  # the manual-grant form
@@ -23,6 +23,8 @@ BILLING_EXTRA = (
     ("apikeys", "change_apikey"),  # revoke, change tier, enterprise limits
     ("accounts", "change_user"),  # plan and tier
     ("djstripe", "change_subscription"),  # cancel (guarded and logged in payments/admin.py)
+    ("webhooks", "change_webhookdelivery"),  # resend a developer's webhook delivery
+    ("webhooks", "change_webhookendpoint"),  # turn a misbehaving endpoint off
 )
 
 
