@@ -18,9 +18,9 @@ from django.utils import timezone
 from accounts import auth0
 from accounts.models import GatewaySession, User
 from accounts.signals import user_deleted
-from relay import flash
 from timepoint_billing.callers import SESSION_PREFIX, Caller
 from timepoint_billing.errors import ApiError, Unauthenticated
+from upstreams import flash
 
 logger = logging.getLogger("timepoint.accounts")
 

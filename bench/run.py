@@ -39,7 +39,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from relay.flash import sign  # noqa: E402  (the same signing the gateway uses)
+from upstreams.flash import sign  # noqa: E402  (the same signing the gateway uses)
 
 FLASH_SERVICE_KEY = "bench-flash-service-key"
 FLASH_ADMIN_KEY = "bench-flash-admin-key"
@@ -279,7 +279,7 @@ call_command("setup_database", verbosity=0)
 
 from accounts.models import User
 from apikeys import services as keys
-from relay import flash
+from upstreams import flash
 
 flash_id = flash.resolve_user(external_id="auth0|bench", email="bench@example.com")
 user, _ = User.objects.get_or_create(

@@ -28,10 +28,10 @@ from apikeys import limits
 from apikeys.services import key_digest, key_display_prefix, key_generate, key_validate
 from internal import selectors
 from internal.models import ServiceCredential
-from relay import flash
 from relay.services import reservation_total
 from timepoint_billing.callers import Caller
 from timepoint_billing.errors import NotFound, RateLimited, Unauthenticated
+from upstreams import flash
 
 logger = logging.getLogger("timepoint.internal")
 

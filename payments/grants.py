@@ -26,8 +26,8 @@ from django.utils.dateparse import parse_datetime
 from accounts.models import User
 from payments.models import CreditGrant, GrantSource, GrantState
 from payments.worker import backoff_seconds, worker_nudge
-from relay import flash
 from timepoint_billing.errors import ApiError, BadRequest, UpstreamError
+from upstreams import flash
 from upstreams.flash_credit_lock import user_credits_give_back, user_credits_take_for_grant
 from webhooks import services as webhooks
 

@@ -26,8 +26,8 @@ from payments import selectors as billing_selectors
 from payments import services as billing_services
 from portal import forms
 from portal.charts import Series, bar_chart
-from relay import flash
 from timepoint_billing.errors import ApiError, error_response
+from upstreams import flash
 
 ROLL_GRACE_SECONDS = 24 * 3600  # the old key keeps working a day after a roll
 USAGE_PERIODS = (7, 30, 90)

@@ -3,8 +3,9 @@ path, issue 9), an explicit allow-list. Each view authenticates, takes a rate-li
 one service or selector and writes one usage record; errors become `{"detail","code"}` JSON.
 
 Nothing of the client's request is forwarded as is: upstream headers are built from scratch in
-`relay/flash.py` / `relay/clockchain.py`, bodies are validated and re-serialised, query parameters
-are allow-listed and validated, path parameters are checked against the raw path (`relay/paths.py`).
+`upstreams/flash.py` / `upstreams/clockchain.py`, bodies are validated and re-serialised, query
+parameters are allow-listed and validated, path parameters are checked against the raw path
+(`relay/paths.py`).
 Nothing of an upstream's answer is passed on as is either: `relay_route` builds each answer from
 the fields its route documents in the OpenAPI schema (`relay/projection.py`), so a field an
 upstream adds never reaches a client undocumented.
@@ -31,7 +32,7 @@ from accounts.authentication import aauthenticate
 from accounts.scopes import Scope
 from apikeys import limits
 from metering.services import usage_record_id
-from relay import flash, paths, selectors, services, timepoints
+from relay import paths, selectors, services, timepoints
 from relay.openapi import RECONCILE_SCHEMA, ROUTES, answer_projections, document
 from relay.projection import Projection
 from relay.serializers import VisibilityInputSerializer
@@ -44,6 +45,7 @@ from timepoint_billing.errors import (
     error_response,
     exception_to_response,
 )
+from upstreams import flash
 
 AnyResponse = HttpResponse | StreamingHttpResponse
 Handler = Callable[..., Awaitable[Any]]

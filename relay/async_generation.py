@@ -39,7 +39,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import User
-from relay import flash, refunds
+from relay import refunds
 from relay.models import AsyncGeneration, AsyncGenerationState, Outcome
 from relay.paths import FLASH_TIMEPOINT_ID
 from relay.services import (
@@ -51,6 +51,7 @@ from relay.services import (
 )
 from timepoint_billing.db import run_db
 from timepoint_billing.errors import ApiError
+from upstreams import flash
 
 logger = logging.getLogger("timepoint.relay")
 

@@ -52,10 +52,10 @@ from apikeys import budgets
 from metering.services import usage_credits_set
 from payments.models import GrantSource
 from payments.services import grant_create
-from relay import flash
-from relay.http import PoolTimeout
 from relay.models import ForwardedGeneration, Outcome, OutcomeState
 from timepoint_billing.errors import ApiError, UpstreamError, UpstreamTimeout
+from upstreams import flash
+from upstreams.http import PoolTimeout
 
 logger = logging.getLogger("timepoint.relay")
 

@@ -29,9 +29,9 @@ from django.conf import settings
 from django.core import signing
 from django.core.cache import cache
 
-from relay import clockchain
-from relay.flash import LedgerEntry
 from timepoint_billing.errors import BadRequest, NotFound, UpstreamError, UpstreamTimeout
+from upstreams import clockchain
+from upstreams.flash import LedgerEntry
 
 ACTOR_FIELDS = ("created_by", "proposed_by", "challenged_by")
 
@@ -242,7 +242,7 @@ def credits_reconcile(*, user_id: int, cursor: str = "") -> dict[str, Any]:
 
     from accounts.models import User
     from metering.models import UsageRecord
-    from relay import flash
+    from upstreams import flash
 
     user = User.objects.filter(pk=user_id).first()
     if user is None or not user.flash_user_id:

@@ -33,8 +33,7 @@ from django.core.cache import cache
 
 from accounts.services import flash_account_ensure
 from apikeys import budgets
-from relay import flash, refunds
-from relay.http import UpstreamStream
+from relay import refunds
 from relay.models import Outcome
 from relay.projection import Projection
 from relay.sse import EventSplitter, event_bytes, event_data
@@ -49,6 +48,7 @@ from timepoint_billing.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from upstreams import flash
 from upstreams.flash_credit_lock import (
     GrantInFlight,
     counter_add,
@@ -56,6 +56,7 @@ from upstreams.flash_credit_lock import (
     generation_busy_mark,
     generation_busy_unmark,
 )
+from upstreams.http import UpstreamStream
 
 logger = logging.getLogger("timepoint.relay")
 

@@ -27,14 +27,15 @@ from typing import Any
 
 from django.utils import timezone
 
-from relay import async_generation, flash
-from relay.http import UpstreamResponse
+from relay import async_generation
 from relay.models import StreamedTimepoint, Visibility
 from relay.paths import FLASH_TIMEPOINT_ID
 from relay.services import flash_user_ensure
 from timepoint_billing.callers import Caller
 from timepoint_billing.db import run_db
 from timepoint_billing.errors import ApiError, BadRequest, NotFound, UpstreamError
+from upstreams import flash
+from upstreams.http import UpstreamResponse
 
 logger = logging.getLogger("timepoint.relay")
 

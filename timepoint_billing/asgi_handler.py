@@ -238,8 +238,8 @@ class GatewayASGIHandler(ASGIHandler):
         default handler, and the process dies of it. The lifespan shutdown runs after the last
         request and before that."""
         from metering.services import usage_flush_at_shutdown
-        from relay.clockchain import CLOCKCHAIN
-        from relay.flash import FLASH
+        from upstreams.clockchain import CLOCKCHAIN
+        from upstreams.flash import FLASH
 
         while True:
             message = await receive()

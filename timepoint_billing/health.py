@@ -15,9 +15,9 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
 from accounts.authentication import aauthenticate
-from relay import clockchain, flash
 from timepoint_billing.db import run_db
 from timepoint_billing.errors import Forbidden, api_error_response
+from upstreams import clockchain, flash
 
 
 def _database_ok() -> bool:

@@ -57,7 +57,7 @@ HTTP_LATENCY = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 
-# --- Upstreams (relay/http.py)
+# --- Upstreams (upstreams/http.py)
 UPSTREAM_LATENCY = Histogram(
     "tpb_upstream_request_duration_seconds",
     "Time from sending a call to an upstream to its response headers, by upstream.",

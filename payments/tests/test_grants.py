@@ -145,7 +145,7 @@ def test_gateway_killed_while_sending(user: Any, flash_peer: Any, flash_applied:
     grant = _grant(user)
     if flash_applied:
         flash_peer.grant_then_drop = 0
-        from relay import flash
+        from upstreams import flash
 
         flash.admin_grant(
             flash_user_id=user.flash_user_id,

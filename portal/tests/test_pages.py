@@ -168,7 +168,7 @@ def test_usage_page_charts_calls_per_day_and_per_key(portal_client: Client, user
 def test_billing_shows_flash_balance_and_history(
     portal_client: Client, user: Any, flash_peer: Any
 ) -> None:
-    from relay import flash
+    from upstreams import flash
 
     flash.admin_grant(
         flash_user_id=user.flash_user_id,

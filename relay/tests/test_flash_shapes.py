@@ -1,4 +1,4 @@
-"""Flash's answers are given their shapes at the client boundary (relay/flash.py): what the
+"""Flash's answers are given their shapes at the client boundary (upstreams/flash.py): what the
 gateway reads is checked there once, and an answer of another shape is Flash's error (502),
 never read as zero credits or a KeyError deep inside a service."""
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from relay.flash import credit_balance_from, ledger_entries_from
 from timepoint_billing.errors import UpstreamError
+from upstreams.flash import credit_balance_from, ledger_entries_from
 
 ROW = {
     "amount": -5,
@@ -57,7 +57,7 @@ def test_a_history_of_another_shape_is_refused(body: Any) -> None:
 
 
 def test_clockchain_browse_items_are_typed_and_checked() -> None:
-    from relay.clockchain import browse_items_from
+    from upstreams.clockchain import browse_items_from
 
     body = {"prefix": "/", "items": [{"segment": "1969", "count": 3, "label": "1969"}]}
     assert browse_items_from(body) == [{"segment": "1969", "count": 3}]

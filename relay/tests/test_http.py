@@ -1,4 +1,4 @@
-"""The relay's pooled upstream sessions (relay/http.py): one per event loop, closed with it."""
+"""The relay's pooled upstream sessions (upstreams/http.py): one per event loop, closed with it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from relay import clockchain
+from upstreams import clockchain
 
 
 def test_a_pool_is_closed_when_its_event_loop_shuts_down(clockchain_peer: Any) -> None:

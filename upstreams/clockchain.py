@@ -6,8 +6,8 @@ from typing import Any, TypedDict
 
 from django.conf import settings
 
-from relay.http import ResponseLike, Upstream, UpstreamResponse, error_from_upstream
 from timepoint_billing.errors import ApiError, UpstreamError
+from upstreams.http import ResponseLike, Upstream, UpstreamResponse, error_from_upstream
 
 CLOCKCHAIN = Upstream("Clockchain", "CLOCKCHAIN_URL")
 

@@ -11,7 +11,14 @@ from typing import Any, TypedDict, TypeGuard
 import httpx
 from django.conf import settings
 
-from relay.http import (
+from timepoint_billing.errors import (
+    ApiError,
+    FlashAccountRefused,
+    FlashUnavailable,
+    InsufficientCredits,
+    UpstreamError,
+)
+from upstreams.http import (
     TRANSPORT_ERRORS,
     ResponseLike,
     Upstream,
@@ -19,13 +26,6 @@ from relay.http import (
     UpstreamStream,
     error_from_upstream,
     timeout,
-)
-from timepoint_billing.errors import (
-    ApiError,
-    FlashAccountRefused,
-    FlashUnavailable,
-    InsufficientCredits,
-    UpstreamError,
 )
 
 logger = logging.getLogger("timepoint.relay")
