@@ -64,7 +64,12 @@ def test_a_burst_admits_exactly_the_limit(
     answers = asyncio.run(_burst(gateway.url, "/api/v1/moments", {"X-API-Key": raw}, burst))
 
     statuses = Counter(response.status_code for response in answers)
-    assert statuses == {200: 50, 429: burst - 50}, (statuses, gateway.log_tail())
+    # Exactly 50 admitted. The Clockchain peer answers from a thread of this process, which the
+    # 1 000-connection client starves of the GIL on two busy cores: an admitted call may time out
+    # at the upstream (504), and it was still counted against the limit, as it should be.
+    admitted = statuses[200] + statuses[504]
+    assert (admitted, statuses[429]) == (50, burst - 50), (statuses, gateway.log_tail())
+    assert set(statuses) <= {200, 429, 504}, (statuses, gateway.log_tail())
     for response in answers:
         if response.status_code == 429:
             assert response.json()["code"] == "rate_limited"
