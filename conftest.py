@@ -86,7 +86,7 @@ def _isolated_state(settings: Any) -> Iterator[None]:
     flush usage themselves (`flush_usage()`), so the background flusher is off."""
     from django.core.cache import cache
 
-    from apikeys.limits import reset_breaker
+    from apikeys.limiter_redis import reset_breaker
     from apikeys.services import key_cache_forget
     from metering import services as metering
 

@@ -36,7 +36,7 @@ from django.utils import timezone
 
 from accounts.models import Plan, Tier, User
 from accounts.scopes import ALL_SCOPES, DEFAULT_KEY_SCOPES
-from apikeys import limits
+from apikeys import key_stops
 from apikeys.models import EXPIRY_REMINDER, APIKey, KeyMode
 from timepoint_billing.callers import API_KEY_PREFIXES, Caller
 from timepoint_billing.errors import BadRequest, Conflict, NotFound, Unauthenticated
@@ -192,7 +192,7 @@ def key_validate(*, raw: str) -> Caller:
     is refused at once. Sync: call it from async code through `run_db`."""
     caller = caller_from_api_key(raw)
     assert caller.api_key is not None
-    if caller.api_key.is_expired() or limits.key_has_stopped(key_id=caller.api_key.pk):
+    if caller.api_key.is_expired() or key_stops.key_has_stopped(key_id=caller.api_key.pk):
         key_cache_forget(digest=caller.api_key.key_digest)
         raise Unauthenticated(_INVALID, code="invalid_api_key")
     return caller
@@ -208,7 +208,7 @@ def key_publish_lifetime(key: APIKey) -> None:
         moment = key.expires_at.timestamp()
     else:
         moment = None
-    limits.key_stops_at(key_id=key.pk, moment=moment)
+    key_stops.key_stops_at(key_id=key.pk, moment=moment)
     key_cache_forget(digest=key.key_digest)
 
 

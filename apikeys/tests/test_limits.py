@@ -16,7 +16,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.test import Client
 
-from apikeys import limits
+from apikeys import limiter_redis, limits
 from apikeys.services import caller_from_api_key
 from timepoint_billing.callers import Caller
 from timepoint_billing.errors import RateLimited, ServiceUnavailable
@@ -132,7 +132,7 @@ def test_redis_down_reads_fail_open_spends_fail_closed(
     assert raised.value.headers["Retry-After"] == "1"
 
     async def async_path() -> None:
-        limits.reset_breaker()
+        limiter_redis.reset_breaker()
         read = await limits.acquire(caller, route="/t", spends_credits=False)
         assert read.backend == "none"
         await read.release()
@@ -150,7 +150,7 @@ def test_every_limiter_key_has_a_ttl(user: Any, make_key: Any) -> None:
     caller = _caller(make_key, user, concurrency_limit=5)
     held = limits.acquire_sync(caller, route="/t", spends_credits=False, lease_seconds=120)
     limits.acquire_sync(caller, route="/t", spends_credits=False).release_sync()
-    client = limits.sync_redis().client
+    client = limiter_redis.sync_redis().client
     keys = list(client.scan_iter(match="rl:*"))
     assert len(keys) == 3  # minute window, day window, lease set
     for key in keys:
@@ -167,7 +167,7 @@ django.setup()
 from timepoint_billing.callers import Caller
 from accounts.models import User
 from apikeys.models import APIKey
-from apikeys import limits
+from apikeys import limiter_redis, limits
 user = User(pk=int(sys.argv[1]))
 key = APIKey(pk=int(sys.argv[2]), user=user, tier="free")
 caller = Caller(user=user, kind="api_key", tier="free", api_key=key)
@@ -223,7 +223,7 @@ def test_a_full_redis_pool_waits_instead_of_failing_open(
     settings.REDIS_MAX_CONNECTIONS = 2
     settings.REDIS_SOCKET_TIMEOUT = 2.0
     caller = _caller(make_key, user, rate_limit_per_minute=1000, concurrency_limit=1000)
-    limits.reset_breaker()
+    limiter_redis.reset_breaker()
 
     async def burst() -> list[limits.Lease]:
         leases = await asyncio.gather(
@@ -235,4 +235,4 @@ def test_a_full_redis_pool_waits_instead_of_failing_open(
 
     leases = asyncio.run(burst())
     assert {lease.backend for lease in leases} == {"redis"}
-    assert leases[-1].headers and limits._redis_available()
+    assert leases[-1].headers and limiter_redis.redis_available()

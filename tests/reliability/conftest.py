@@ -37,7 +37,7 @@ def _gateway_server() -> Iterator[Any]:
 @pytest.fixture(autouse=True)
 def _reliability_settings(settings: Any) -> Iterator[None]:
     """Limits high enough not to interfere; usage flushed by the tests themselves."""
-    from apikeys.limits import reset_breaker
+    from apikeys.limiter_redis import reset_breaker
     from metering import services as metering
 
     settings.USER_RATE_LIMIT_PER_MINUTE = 10_000

@@ -56,7 +56,7 @@ def test_redis_on_a_non_loopback_address_is_refused(
 ) -> None:
     """redis.asyncio connects with `asyncio.open_connection`, i.e. the loop's own
     `create_connection`: under uvloop that never touches `socket.socket.connect`."""
-    from apikeys.limits import reset_breaker
+    from apikeys.limiter_redis import reset_breaker
 
     settings.REDIS_URL = "redis://{}:{}/0".format(*OUTSIDE)
     reset_breaker()
