@@ -6,7 +6,11 @@ rules where the gateway depends on them:
 - products and prices: create, update (metadata is merged, `""` deletes a key; a price's amount
   cannot change), retrieve, list (newest first; `active`, `product`, `limit`, `starting_after`);
 - customers, billing-portal sessions, Checkout sessions (`checkout_complete`, or the pay page at
-  `/checkout/<id>` that `make run` links to, completes one as the customer paying would);
+  `/checkout/<id>` that `make run` links to, completes one as the customer paying would, with one
+  of Stripe's test cards);
+- card payments (`stripe_payments`): Stripe's test payment methods, saved cards and a customer's
+  default payment method, PaymentIntents on and off session (declines, authentication
+  required), and idempotency keys kept as Stripe keeps them;
 - subscriptions: retrieve, update (a price change with `proration_behavior` `always_invoice`,
   `create_prorations` or `none`, prorated by the second as Stripe does; `cancel_at_period_end`),
   cancel; a declined card (`decline`) refuses an `error_if_incomplete` update with a 402;
@@ -15,7 +19,8 @@ rules where the gateway depends on them:
   renews with a paid `subscription_cycle` invoice, or ends when cancelled at period end;
 - events: every change is recorded as a Stripe event (`events`, `GET /v1/events`) and delivered,
   signed with Stripe's scheme, to the webhook receivers given to `deliver_to` (a background
-  thread, retried as Stripe retries).
+  thread, retried as Stripe retries); `hold_events` holds them back until `release_events`, and
+  `redeliver` sends one again (a late or a duplicated webhook).
 
 It starts with the design memo's plans and credit packs (`MEMO_CATALOGUE`), their gateway terms
 in metadata (`tp_*`, read by `payments.catalogue`). Events carry their objects in the API version
@@ -40,18 +45,14 @@ import urllib.request
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from devpeers.stripe_objects import PUBLISHED, StripeError, charge_object, flag, published
+from devpeers.stripe_payments import TEST_CARDS, CardPayments, legacy_intent
+
 CURRENT = "2026-05-27.dahlia"  # the gateway's STRIPE_API_VERSION
 LEGACY = "2024-06-20"
-# Stripe's published example objects (github.com/stripe/openapi fixtures3.json): the shape of
-# everything this server makes, with our fields put over them.
-PUBLISHED: dict[str, dict[str, Any]] = json.loads(
-    Path(__file__).with_name("stripe_fixtures.json").read_text()
-)["resources"]
-
 # The design memo's catalogue: (product id, name, product metadata, price id, cents, price
 # metadata). Plans are monthly prices; packs are one-time prices.
 MEMO_CATALOGUE: tuple[tuple[str, str, dict[str, str], str, int, dict[str, str]], ...] = (
@@ -128,15 +129,6 @@ LISTABLE = frozenset({"product", "price", "invoice_payment", "webhook_endpoint",
 DELIVERY_ATTEMPTS = 5
 
 
-class StripeError(Exception):
-    """An API error in Stripe's shape: `{"error": {"type", "message", "code"?, "param"?}}`."""
-
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", **more: str):
-        super().__init__(message)
-        self.status = status
-        self.body = {"error": {"type": kind, "message": message, **more}}
-
-
 def _unflatten(pairs: list[tuple[str, str]]) -> dict[str, Any]:
     """`metadata[plan]=x&line_items[0][price]=p` → nested dicts (lists stay index-keyed dicts)."""
     result: dict[str, Any] = {}
@@ -154,16 +146,6 @@ def _listed(value: Any) -> list[Any]:
     if isinstance(value, dict):
         return [value[k] for k in sorted(value, key=lambda k: int(k) if k.isdigit() else 0)]
     return list(value or [])
-
-
-def _flag(value: Any) -> bool:
-    return str(value).lower() == "true"
-
-
-def _published(kind: str, **fields: Any) -> dict[str, Any]:
-    obj = copy.deepcopy(PUBLISHED[kind])
-    obj.update(fields)
-    return obj
 
 
 def add_months(moment: int, months: int, anchor_day: int) -> int:
@@ -237,7 +219,7 @@ def subscription_object(
         "current_period_start": start,
         "current_period_end": end,
     }
-    return _published(
+    return published(
         "subscription",
         id=sub_id,
         customer=customer,
@@ -287,7 +269,7 @@ def line_object(
     quantity: int = 1,
 ) -> dict[str, Any]:
     """An invoice line billing a subscription item at a price (a proration when said)."""
-    return _published(
+    return published(
         "line_item",
         id=line_id,
         invoice=invoice_id,
@@ -331,7 +313,7 @@ def invoice_object(
     than nothing, is not paid: Stripe puts it on the customer's balance)."""
     total = sum(int(line["amount"]) for line in lines)
     paid = max(0, total) if amount_paid is None else amount_paid
-    return _published(
+    return published(
         "invoice",
         id=invoice_id,
         customer=customer,
@@ -385,7 +367,7 @@ def invoice_payment_object(
     *, payment_id: str, invoice_id: str, payment_intent: str, amount: int, now: int
 ) -> dict[str, Any]:
     """The InvoicePayment linking an invoice to the payment intent that paid it."""
-    return _published(
+    return published(
         "invoice_payment",
         id=payment_id,
         invoice=invoice_id,
@@ -401,32 +383,7 @@ def invoice_payment_object(
     )
 
 
-def charge_object(
-    *, charge_id: str, customer: str, payment_intent: str, amount: int, now: int
-) -> dict[str, Any]:
-    """A succeeded card charge."""
-    return _published(
-        "charge",
-        id=charge_id,
-        customer=customer,
-        payment_intent=payment_intent,
-        amount=amount,
-        amount_captured=amount,
-        amount_refunded=0,
-        captured=True,
-        paid=True,
-        refunded=False,
-        currency="usd",
-        created=now,
-        balance_transaction=None,
-        payment_method=None,
-        source=None,
-        transfer_data=None,
-        refunds={**PUBLISHED["charge"]["refunds"], "url": f"/v1/charges/{charge_id}/refunds"},
-    )
-
-
-class StripePeer:
+class StripePeer(CardPayments):
     def __init__(self, *, catalogue: bool = True, public_url: str = "") -> None:
         self.lock = threading.RLock()
         self.objects: dict[str, dict[str, Any]] = {}
@@ -448,6 +405,10 @@ class StripePeer:
         self._paid_by: dict[str, tuple[str, str]] = {}
         self._outbox: queue.Queue[tuple[str, str, bytes]] = queue.Queue()
         self._sender: threading.Thread | None = None
+        # While set, events wait here instead of going out (a webhook Stripe is slow to send).
+        self.hold_events = False
+        self._held: list[tuple[str, str, bytes]] = []
+        self.card_payments_start()
         self.account = {
             "id": "acct_test_platform",
             "object": "account",
@@ -508,7 +469,30 @@ class StripePeer:
             self.objects[event["id"]] = event
             receivers = list(self._receivers)
         for url, secret in receivers:
-            self._outbox.put((url, secret, self.event_body(event)))
+            self._send(url, secret, self.event_body(event))
+
+    def _send(self, url: str, secret: str, body: bytes) -> None:
+        with self.lock:
+            if self.hold_events:
+                self._held.append((url, secret, body))
+                return
+        self._outbox.put((url, secret, body))
+
+    def release_events(self) -> None:
+        """Send the events held back while `hold_events` was set, in order, and stop holding."""
+        with self.lock:
+            self.hold_events = False
+            held, self._held = self._held, []
+        for item in held:
+            self._outbox.put(item)
+
+    def redeliver(self, event_id: str) -> None:
+        """Send an event again to every receiver, as Stripe sometimes does (a duplicate)."""
+        with self.lock:
+            event = self.get(event_id, "event")
+            receivers = list(self._receivers)
+        for url, secret in receivers:
+            self._send(url, secret, self.event_body(event))
 
     def event_body(self, event: dict[str, Any]) -> bytes:
         """The event as a receiver on `event_version` gets it."""
@@ -585,7 +569,7 @@ class StripePeer:
             {
                 "id": product_id,
                 "object": "product",
-                "active": _flag(params.get("active", "true")),
+                "active": flag(params.get("active", "true")),
                 "name": str(params.get("name") or ""),
                 "description": params.get("description"),
                 "default_price": None,
@@ -613,7 +597,7 @@ class StripePeer:
         for name in fields & set(params):
             value: Any = params[name]
             if name == "active":
-                value = _flag(value)
+                value = flag(value)
             if obj.get(name) != value:
                 previous[name] = obj.get(name)
                 obj[name] = value
@@ -642,7 +626,7 @@ class StripePeer:
             {
                 "id": price_id,
                 "object": "price",
-                "active": _flag(params.get("active", "true")),
+                "active": flag(params.get("active", "true")),
                 "billing_scheme": "per_unit",
                 "created": created or self.now(),
                 "currency": str(params.get("currency") or "usd"),
@@ -676,9 +660,12 @@ class StripePeer:
 
     # --- Checkout: what the customer does on Stripe's page
 
-    def checkout_complete(self, session_id: str) -> dict[str, Any]:
-        """The customer pays: a pack's payment, or a plan's subscription and its first invoice,
-        with the events Stripe sends for them (the session's completion last)."""
+    def checkout_complete(self, session_id: str, card: str = "pm_card_visa") -> dict[str, Any]:
+        """The customer pays with `card` (a test payment method): a pack's payment, or a plan's
+        subscription and its first invoice, with the events Stripe sends for them (the
+        session's completion last). A declined card raises the card error and leaves the
+        session open. A pack bought with `payment_intent_data[setup_future_usage]` saves the card
+        on the customer, as a subscription always does."""
         with self.lock:
             session = self.get(session_id, "checkout.session")
             if session["status"] != "open":
@@ -691,6 +678,7 @@ class StripePeer:
             amount = int(price["unit_amount"]) * quantity
             now = self.now()
             if session["mode"] == "subscription":
+                saved = self.payment_method_attach(card, str(session["customer"]))
                 subscription = self.subscription_create(
                     customer=str(session["customer"]),
                     price=price,
@@ -702,9 +690,20 @@ class StripePeer:
                 invoice = self.invoice_create(
                     subscription, "subscription_create", [self._line(subscription, price, amount)]
                 )
+                subscription["default_payment_method"] = saved["id"]
                 session.update(subscription=subscription["id"], invoice=invoice["id"])
             else:
-                session["payment_intent"] = self._payment(str(session["customer"]), amount)[0]
+                intent_data = created_with.get("payment_intent_data") or {}
+                intent = self.payment_intent_open(
+                    customer=str(session["customer"]),
+                    amount=amount,
+                    currency=str(price["currency"]),
+                    method=self.payment_method(card),
+                    metadata=dict(intent_data.get("metadata") or {}),
+                    setup_future_usage=intent_data.get("setup_future_usage"),
+                )
+                self.payment_intent_confirm(intent, customer_present="page")
+                session["payment_intent"] = intent["id"]
             session.update(
                 status="complete",
                 payment_status="paid",
@@ -884,7 +883,7 @@ class StripePeer:
                         self._refuse_if_declined()
                 self._item_price(item, new_price, quantity)
             if "cancel_at_period_end" in params:
-                ending = _flag(params["cancel_at_period_end"])
+                ending = flag(params["cancel_at_period_end"])
                 subscription["cancel_at_period_end"] = ending
                 subscription["cancel_at"] = item["current_period_end"] if ending else None
                 subscription["canceled_at"] = self.now() if ending else None
@@ -975,13 +974,16 @@ class StripePeer:
         content_type = b"application/json"
         extra: list[tuple[bytes, bytes]] = []
         if path.startswith("/checkout/"):
-            status, page, location = self.pay_page(method, path.removeprefix("/checkout/"))
+            status, page, location = self.pay_page(
+                method, path.removeprefix("/checkout/"), str(params.get("card") or "")
+            )
             raw = page.encode()
             content_type = b"text/html; charset=utf-8"
             if location:
                 extra.append((b"location", location.encode()))
         else:
-            status, payload = self.handle(method, path, params)
+            idempotency_key = headers.get(b"idempotency-key", b"").decode()
+            status, payload = self.handle(method, path, params, idempotency_key)
             raw = json.dumps(payload).encode()
         await send(
             {
@@ -996,15 +998,16 @@ class StripePeer:
         )
         await send({"type": "http.response.body", "body": raw})
 
-    def pay_page(self, method: str, session_id: str) -> tuple[int, str, str]:
-        """`make run`'s stand-in for Stripe's hosted Checkout page: GET shows what is bought,
-        POST pays (always succeeds) and sends the browser to the session's success URL."""
+    def pay_page(self, method: str, session_id: str, card: str = "") -> tuple[int, str, str]:
+        """`make run`'s stand-in for Stripe's hosted Checkout page: GET shows what is bought and
+        a choice of Stripe's test cards, POST pays with the chosen one and sends the browser to
+        the session's success URL (a declined card shows the error instead)."""
         session = self.objects.get(session_id)
         if session is None or session.get("object") != "checkout.session":
             return 404, "<h1>No such Checkout Session</h1>", ""
         if method == "POST":
             try:
-                self.checkout_complete(session_id)
+                self.checkout_complete(session_id, card if card in TEST_CARDS else "pm_card_visa")
             except StripeError as exc:
                 return exc.status, f"<h1>{html.escape(str(exc))}</h1>", ""
             return 303, "", str(session.get("success_url") or "/")
@@ -1018,18 +1021,30 @@ class StripePeer:
             f"<h1>{html.escape(str(product.get('name') or price.get('id')))}</h1>"
             f"<p>{cents // 100}.{cents % 100:02d} {html.escape(str(price.get('currency')))}"
             f"{every}</p><p>Local Stripe-compatible server: no card is charged.</p>"
-            f'<form method="post"><button type="submit">Pay</button></form>'
+            '<form method="post"><label>Test card <select name="card">'
+            + "".join(
+                f'<option value="{token}">{token} (…{card.last4})</option>'
+                for token, card in TEST_CARDS.items()
+            )
+            + '</select></label> <button type="submit">Pay</button></form>'
         )
         return 200, page, ""
 
     def listed(self, kind: str, rest: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         """A list's items: an invoice's `/lines` as stored on it; products, prices and events
         newest first (filtered by `active`, `product`, `type`); InvoicePayments filtered by
-        `invoice` and `payment[...]` as Stripe filters them; nothing for any other list."""
+        `invoice` and `payment[...]` as Stripe filters them; a customer's payment methods
+        (`/v1/payment_methods?customer=`, `/v1/customers/{id}/payment_methods`) newest first;
+        nothing for any other list."""
         with self.lock:
             if kind == "invoice" and rest.endswith("/lines"):
                 invoice = self.objects.get(rest.split("/", 1)[0]) or {}
                 return list((invoice.get("lines") or {}).get("data") or [])
+            if kind == "customer" and rest.endswith("/payment_methods"):
+                return self.payment_methods_of(self.get(rest.split("/", 1)[0], "customer")["id"])
+            if kind == "payment_method" and not rest:
+                customer = str(params.get("customer") or "")
+                return self.payment_methods_of(customer) if customer else []
             if kind not in LISTABLE or rest:
                 return []
             rows = [obj for obj in self.objects.values() if obj.get("object") == kind]
@@ -1038,7 +1053,7 @@ class StripePeer:
         if kind in ("product", "price", "event"):
             rows.sort(key=lambda row: (row["created"], row["id"]), reverse=True)
             if "active" in params:
-                rows = [row for row in rows if row["active"] == _flag(params["active"])]
+                rows = [row for row in rows if row["active"] == flag(params["active"])]
             if "product" in params:
                 rows = [row for row in rows if row["product"] == params["product"]]
             if "type" in params:
@@ -1052,9 +1067,37 @@ class StripePeer:
             and all(row["payment"].get(name) == value for name, value in wanted.items())
         ]
 
-    def handle(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, Any]:
+    def handle(
+        self, method: str, path: str, params: dict[str, Any], idempotency_key: str = ""
+    ) -> tuple[int, Any]:
         if self.down:
             return 500, {"error": {"type": "api_error", "message": "Stripe is down (test)."}}
+        if method != "POST" or not idempotency_key:
+            return self._answer(method, path, params)
+        with self.lock:
+            first = self.idempotent.get(idempotency_key)
+            if first is not None:
+                first_path, first_params, status, payload = first
+                if (first_path, first_params) != (path, params):
+                    return 400, {
+                        "error": {
+                            "type": "idempotency_error",
+                            "message": "Keys for idempotent requests can only be used with the "
+                            "same parameters they were first used with. Try using a key other "
+                            f"than '{idempotency_key}' if you meant to execute a different "
+                            "request.",
+                        }
+                    }
+                self.idempotent_replays.append(idempotency_key)
+                return status, copy.deepcopy(payload)
+            status, payload = self._answer(method, path, params)
+            # As Stripe: a request that ran is answered the same way again (a card error too);
+            # one refused before it ran (invalid parameters, a missing object) is not kept.
+            if status < 400 or status == 402:
+                self.idempotent[idempotency_key] = (path, params, status, copy.deepcopy(payload))
+            return status, payload
+
+    def _answer(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, Any]:
         try:
             return 200, self.route(method, path, params)
         except StripeError as exc:
@@ -1117,6 +1160,14 @@ class StripePeer:
             return price
         if len(parts) == 3 and parts[1] == "subscriptions":
             return self.subscription_update(parts[2], params)
+        if len(parts) == 3 and parts[1] == "customers":
+            return self.customer_update(parts[2], params)
+        if path == "/v1/payment_intents":
+            return self.payment_intent_create(params)
+        if len(parts) == 4 and parts[1] == "payment_methods" and parts[3] == "attach":
+            return self.payment_method_attach(parts[2], str(params.get("customer") or ""))
+        if len(parts) == 4 and parts[1] == "payment_methods" and parts[3] == "detach":
+            return self.payment_method_detach(parts[2])
         if path == "/v1/customers":
             customer = self.put(
                 {
@@ -1130,7 +1181,12 @@ class StripePeer:
                     "balance": 0,
                     "currency": "usd",
                     "delinquent": False,
-                    "invoice_settings": {},
+                    "invoice_settings": {
+                        "custom_fields": None,
+                        "default_payment_method": None,
+                        "footer": None,
+                        "rendering_options": None,
+                    },
                     "preferred_locales": [],
                 }
             )
@@ -1227,6 +1283,8 @@ def legacy_shape(
             "current_period_start": item["current_period_start"],
             "current_period_end": item["current_period_end"],
         }
+    if obj.get("object") == "payment_intent":
+        return legacy_intent(obj)
     if obj.get("object") != "invoice":
         return obj
     details = (obj.get("parent") or {}).get("subscription_details") or {}

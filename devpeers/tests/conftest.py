@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import stripe
 
 from devpeers.clockchain import ClockchainPeer
 from devpeers.flash import FlashPeer
-from devpeers.server import RunningPeer, SwitchApp, start_switch
+from devpeers.server import RunningPeer, SwitchApp, start_peer, start_switch
+from devpeers.stripe_api import StripePeer
 
 
 @pytest.fixture(autouse=True)
@@ -47,3 +49,18 @@ def clockchain(_clockchain_running: tuple[SwitchApp, RunningPeer]) -> Clockchain
     peer.url = running.url
     switch.target = peer
     return peer
+
+
+@pytest.fixture
+def peer() -> Iterator[tuple[StripePeer, stripe.StripeClient]]:
+    """A fresh Stripe-compatible server, and the official SDK talking to it."""
+    fake = StripePeer()
+    running: RunningPeer = start_peer(fake)
+    client = stripe.StripeClient(
+        "sk_test_peer",
+        base_addresses={"api": running.url},
+        http_client=stripe.RequestsClient(),
+        max_network_retries=0,
+    )
+    yield fake, client
+    running.stop()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -14,25 +13,10 @@ from typing import Any
 import pytest
 import stripe
 
-from devpeers.server import RunningPeer, start_peer
 from devpeers.stripe_api import LEGACY, StripePeer, add_months, signature
 
 DAY = 86400
 START = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp())
-
-
-@pytest.fixture
-def peer() -> Iterator[tuple[StripePeer, stripe.StripeClient]]:
-    fake = StripePeer()
-    running: RunningPeer = start_peer(fake)
-    client = stripe.StripeClient(
-        "sk_test_peer",
-        base_addresses={"api": running.url},
-        http_client=stripe.RequestsClient(),
-        max_network_retries=0,
-    )
-    yield fake, client
-    running.stop()
 
 
 def _subscribe(fake: StripePeer, customer: str, price: str) -> dict[str, Any]:

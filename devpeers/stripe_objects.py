@@ -1,0 +1,73 @@
+"""What the Stripe-compatible server's topics share: Stripe's published example objects, its error
+shape, and the charge object (a subscription's invoice, a Checkout payment and a PaymentIntent all
+make one)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+# Stripe's published example objects (github.com/stripe/openapi fixtures3.json): the shape of
+# everything the server makes, with our fields put over them.
+PUBLISHED: dict[str, dict[str, Any]] = json.loads(
+    Path(__file__).with_name("stripe_fixtures.json").read_text()
+)["resources"]
+
+
+class StripeError(Exception):
+    """An API error in Stripe's shape: `{"error": {"type", "message", "code"?, "param"?, …}}`
+    (a card error also carries `decline_code`, `payment_intent` and `charge`)."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", **more: Any):
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"type": kind, "message": message, **more}}
+
+
+def flag(value: Any) -> bool:
+    """A form-encoded boolean."""
+    return str(value).lower() == "true"
+
+
+def published(kind: str, **fields: Any) -> dict[str, Any]:
+    """Stripe's published example of `kind`, with `fields` put over it."""
+    obj = copy.deepcopy(PUBLISHED[kind])
+    obj.update(fields)
+    return obj
+
+
+def charge_object(
+    *,
+    charge_id: str,
+    customer: str,
+    payment_intent: str,
+    amount: int,
+    now: int,
+    payment_method: str | None = None,
+    failure: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """A card charge: succeeded, or failed with `failure` (code, message)."""
+    return published(
+        "charge",
+        id=charge_id,
+        customer=customer,
+        payment_intent=payment_intent,
+        amount=amount,
+        amount_captured=0 if failure else amount,
+        amount_refunded=0,
+        captured=not failure,
+        paid=not failure,
+        status="failed" if failure else "succeeded",
+        failure_code=failure[0] if failure else None,
+        failure_message=failure[1] if failure else None,
+        refunded=False,
+        currency="usd",
+        created=now,
+        balance_transaction=None,
+        payment_method=payment_method,
+        source=None,
+        transfer_data=None,
+        refunds={**PUBLISHED["charge"]["refunds"], "url": f"/v1/charges/{charge_id}/refunds"},
+    )
