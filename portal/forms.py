@@ -2,13 +2,79 @@
 
 from __future__ import annotations
 
-from django import forms
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
-from apikeys.models import KeyMode
+from django import forms
+from django.utils import timezone
+
+from accounts.scopes import DEFAULT_KEY_SCOPES
+from apikeys import forms as key_forms
+from apikeys.models import APIKey, KeyMode
 from webhooks.models import EventType
 
 
-class KeyCreateForm(forms.Form):
+class KeyControlsForm(forms.Form):
+    """What the owner controls on a key: scopes, monthly budget, expiry, origins, networks. The
+    fields clean with the keys API's own checks (`apikeys.forms`)."""
+
+    scopes = key_forms.ScopesField(initial=list(DEFAULT_KEY_SCOPES))
+    monthly_credit_budget = key_forms.budget_field(
+        widget=forms.NumberInput(attrs={"placeholder": "no budget", "inputmode": "numeric"})
+    )
+    expires_on = forms.DateField(
+        required=False,
+        label="Expires on",
+        widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
+        help_text="The key works through this day (UTC) and stops at its end. Empty: never. "
+        "The portal and the keys API remind you 7 days before.",
+    )
+    allowed_origins = key_forms.origins_field()
+    allowed_cidrs = key_forms.cidrs_field()
+
+    def clean_expires_on(self) -> date | None:
+        day: date | None = self.cleaned_data.get("expires_on")
+        if day is None:
+            return None
+        if day < timezone.now().astimezone(UTC).date():
+            raise forms.ValidationError("Choose today or a later day.")
+        if day >= date.max:  # its end would be past the last representable moment
+            raise forms.ValidationError("Choose an earlier day.")
+        return day
+
+    def expires_at(self) -> datetime | None:
+        """The moment the key stops: the end of the chosen UTC day."""
+        day = self.cleaned_data.get("expires_on")
+        if day is None:
+            return None
+        return datetime.combine(day + timedelta(days=1), time(), tzinfo=UTC)
+
+    def controls(self) -> dict[str, Any]:
+        """The cleaned controls as `apikeys.services.key_create` takes them."""
+        data = self.cleaned_data
+        return {
+            "scopes": data["scopes"],
+            "monthly_credit_budget": data["monthly_credit_budget"],
+            "expires_at": self.expires_at(),
+            "allowed_origins": data["allowed_origins"],
+            "allowed_cidrs": data["allowed_cidrs"],
+        }
+
+
+# Passed to `key_update` as they are when changed (the expiry goes as a moment).
+EDITABLE = ("name", "scopes", "monthly_credit_budget", "allowed_origins", "allowed_cidrs")
+
+
+def expiry_day(expires_at: datetime | None) -> date | None:
+    """The UTC day a key works through (the form's `expires_on`) for its expiry moment."""
+    if expires_at is None:
+        return None
+    return (expires_at.astimezone(UTC) - timedelta(microseconds=1)).date()
+
+
+class KeyCreateForm(KeyControlsForm):
+    field_order = ["name", "mode"]
+
     name = forms.CharField(
         max_length=100,
         strip=True,
@@ -19,6 +85,42 @@ class KeyCreateForm(forms.Form):
         initial=KeyMode.LIVE,
         help_text="Test keys are limited and metered like live keys but never spend credits.",
     )
+
+
+class KeyEditForm(KeyControlsForm):
+    """A key's settings; only what changed is sent to `apikeys.services.key_update` (an expiry
+    set to the minute through the API stays as it is unless the day is changed here)."""
+
+    field_order = ["name"]
+
+    name = forms.CharField(max_length=100, strip=True)
+
+    def __init__(self, *args: Any, key: APIKey, **kwargs: Any) -> None:
+        kwargs.setdefault(
+            "initial",
+            {
+                "name": key.name,
+                "scopes": list(key.scopes or ()),
+                "monthly_credit_budget": key.monthly_credit_budget,
+                "expires_on": expiry_day(key.expires_at),
+                "allowed_origins": list(key.allowed_origins or ()),
+                "allowed_cidrs": list(key.allowed_cidrs or ()),
+            },
+        )
+        super().__init__(*args, **kwargs)
+        if key.replaced_by_id is not None:
+            # A rolled key stops when its grace period ends; that is not the owner's to move.
+            self.fields["expires_on"].disabled = True
+            self.fields["expires_on"].help_text = "Rolled: it stops when its grace period ends."
+
+    def changes(self) -> dict[str, Any]:
+        """The changed fields as `apikeys.services.key_update` takes them."""
+        changes = {
+            field: self.cleaned_data[field] for field in EDITABLE if field in self.changed_data
+        }
+        if "expires_on" in self.changed_data:
+            changes["expires_at"] = self.expires_at()
+        return changes
 
 
 class CheckoutForm(forms.Form):

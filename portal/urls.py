@@ -1,6 +1,6 @@
 from django.urls import path
 
-from portal import views, webhook_pages
+from portal import key_pages, views, webhook_pages
 
 app_name = "portal"
 
@@ -9,9 +9,10 @@ urlpatterns = [
     path("login/", views.login_page, name="login"),
     path("login/local/", views.local_signin, name="local-signin"),
     path("docs/", views.docs_page, name="docs"),
-    path("keys/", views.KeyListPage.as_view(), name="keys"),
-    path("keys/<int:key_id>/roll/", views.KeyRollPage.as_view(), name="key-roll"),
-    path("keys/<int:key_id>/revoke/", views.KeyRevokePage.as_view(), name="key-revoke"),
+    path("keys/", key_pages.KeyListPage.as_view(), name="keys"),
+    path("keys/<int:key_id>/", key_pages.KeyEditPage.as_view(), name="key"),
+    path("keys/<int:key_id>/roll/", key_pages.KeyRollPage.as_view(), name="key-roll"),
+    path("keys/<int:key_id>/revoke/", key_pages.KeyRevokePage.as_view(), name="key-revoke"),
     path("usage/", views.UsagePage.as_view(), name="usage"),
     path("billing/", views.BillingPage.as_view(), name="billing"),
     path("billing/checkout/", views.CheckoutPage.as_view(), name="checkout"),

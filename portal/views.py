@@ -20,7 +20,6 @@ from django.views import View
 from accounts.models import User
 from accounts.services import balance_lookup, user_provision
 from apikeys import selectors as key_selectors
-from apikeys import services as key_services
 from metering import selectors as usage_selectors
 from payments import selectors as billing_selectors
 from payments import services as billing_services
@@ -29,7 +28,6 @@ from portal.charts import Series, bar_chart
 from timepoint_billing.errors import ApiError, error_response
 from upstreams import flash
 
-ROLL_GRACE_SECONDS = 24 * 3600  # the old key keeps working a day after a roll
 USAGE_PERIODS = (7, 30, 90)
 HISTORY_ROWS = 25
 
@@ -121,61 +119,6 @@ class HomePage(PortalPage):
         )
 
 
-class KeyListPage(PortalPage):
-    section = "keys"
-
-    def get(self, request: HttpRequest) -> HttpResponse:
-        return self.render_list(request, forms.KeyCreateForm())
-
-    def render_list(self, request: HttpRequest, form: forms.KeyCreateForm) -> HttpResponse:
-        keys = key_selectors.key_list(user=request.user)  # type: ignore[arg-type]
-        return self.page(request, "keys.html", keys=keys, form=form, page_title="API keys")
-
-    def post(self, request: HttpRequest) -> HttpResponse:
-        """Create a key and show its secret on this response only: it is never stored, so a
-        reload cannot show it again."""
-        form = forms.KeyCreateForm(request.POST)
-        if not form.is_valid():
-            return self.render_list(request, form)
-        try:
-            key, raw = key_services.key_create(
-                user=request.user,  # type: ignore[arg-type]
-                name=form.cleaned_data["name"],
-                mode=form.cleaned_data["mode"],
-            )
-        except ApiError as exc:
-            messages.error(request, exc.detail_text)
-            return self.render_list(request, form)
-        return secret_page(request, key=key, raw=raw, rolled=False)
-
-
-class KeyRollPage(PortalPage):
-    section = "keys"
-
-    def post(self, request: HttpRequest, key_id: int) -> HttpResponse:
-        try:
-            key, raw = key_services.key_roll(
-                user=request.user,  # type: ignore[arg-type]
-                key_id=key_id,
-                grace_seconds=ROLL_GRACE_SECONDS,
-            )
-        except ApiError as exc:
-            messages.error(request, exc.detail_text)
-            return redirect("portal:keys")
-        return secret_page(request, key=key, raw=raw, rolled=True)
-
-
-class KeyRevokePage(PortalPage):
-    def post(self, request: HttpRequest, key_id: int) -> HttpResponse:
-        try:
-            key = key_services.key_revoke(user=request.user, key_id=key_id)  # type: ignore[arg-type]
-        except ApiError as exc:
-            messages.error(request, exc.detail_text)
-        else:
-            messages.success(request, f"Key {key.prefix}… revoked. It stops working at once.")
-        return redirect("portal:keys")
-
-
 class UsagePage(PortalPage):
     """Requests, errors and credits per day (all keys, or one), from metering's daily roll-ups."""
 
@@ -190,6 +133,8 @@ class UsagePage(PortalPage):
         summary = usage_selectors.usage_summary(
             user_id=user.pk, start=start, end=end, granularity="day"
         )
+        keys = list(key_selectors.key_list(user=user))
+        keys_by_id = {one.pk: one for one in keys}
         key = None
         key_id = _int_param(request, "key", 0)
         if key_id:
@@ -213,9 +158,10 @@ class UsagePage(PortalPage):
             period=period,
             periods=USAGE_PERIODS,
             key=key,
-            keys=key_selectors.key_list(user=user),
+            keys=keys,
             totals=totals,
-            by_key=summary["by_key"],
+            # Each key's row carries the key: its spend this UTC month against its budget.
+            by_key=[{**row, "key": keys_by_id.get(row["api_key_id"])} for row in summary["by_key"]],
             table=table,
             requests_chart=bar_chart(
                 labels,
@@ -314,17 +260,6 @@ class CheckoutPage(PortalPage):
             messages.error(request, exc.detail_text)
             return redirect("portal:billing")
         return checkout_redirect(url)
-
-
-def secret_page(request: HttpRequest, *, key: Any, raw: str, rolled: bool) -> HttpResponse:
-    response = render(
-        request,
-        "portal/key_secret.html",
-        {"key": key, "raw": raw, "rolled": rolled, "section": "keys", "page_title": "Your new key"},
-    )
-    # The one response that carries a secret: no browser or proxy may keep a copy.
-    response["Cache-Control"] = "no-store"
-    return response
 
 
 def checkout_redirect(url: str) -> HttpResponseRedirect:

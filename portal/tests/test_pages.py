@@ -71,7 +71,9 @@ def test_oidc_sign_in_round_trip(oidc_provider: Any, flash_peer: Any) -> None:
 
 @pytest.mark.django_db
 def test_a_new_key_is_shown_once_and_authenticates(portal_client: Client, user: Any) -> None:
-    created = portal_client.post("/portal/keys/", {"name": "laptop", "mode": "live"})
+    created = portal_client.post(
+        "/portal/keys/", {"name": "laptop", "mode": "live", "scopes": ["read", "generate"]}
+    )
     assert created.status_code == 200
     assert created["Cache-Control"] == "no-store"
     raw = _secret(created)

@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from tests.reliability.conftest import ProductionGateway, live_database_url
 CHROMIUM = Path(os.environ.get("TPB_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("TPB_CHROMEDRIVER", "/usr/bin/chromedriver"))
 ARTIFACTS = Path(django_settings.BASE_DIR) / "test-artifacts"
+PHONE_WIDTH = 390  # CSS pixels, as an iPhone 14
 
 
 def _missing() -> str | None:
@@ -186,6 +188,27 @@ class Page:
         self.assert_clean("before " + path)
         self.driver.get(self.base_url + path)
         self.assert_clean(path)
+
+    @contextmanager
+    def phone(self) -> Iterator[None]:
+        """The browser with a phone's screen (as an iPhone 14) until the end."""
+        self.driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": PHONE_WIDTH, "height": 844, "deviceScaleFactor": 1, "mobile": True},
+        )
+        try:
+            yield
+        finally:
+            self.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+    def open_fitting(self, path: str) -> None:
+        """Inside `phone()`: `open` the page and check it fits the phone's width (no sideways
+        scrolling)."""
+        self.open(path)
+        inner, scroll = self.driver.execute_script(
+            "return [window.innerWidth, document.documentElement.scrollWidth]"
+        )
+        assert inner == PHONE_WIDTH and scroll <= inner, (path, inner, scroll)
 
     def stylesheets_applied(self) -> int:
         """How many stylesheets the page loaded that hold rules (a 404 or an empty one has none)."""

@@ -105,22 +105,12 @@ def test_developer_signs_in_manages_a_key_sees_usage_and_checks_out(
     assert f"{label}: 1 requests" in titles
     assert browser.find_element(By.ID, "total-requests").text == "1"
     screenshot("portal-usage")
-    # A phone (390 px wide, as an iPhone 14): every portal page fits without sideways scrolling.
-    browser.execute_cdp_cmd(
-        "Emulation.setDeviceMetricsOverride",
-        {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True},
-    )
-    try:
+    # A phone: every portal page fits without sideways scrolling.
+    with page.phone():
         for name in ("usage", "keys", "billing", "docs", ""):
-            page.open(f"/portal/{name}{'/' if name else ''}")
-            inner, scroll = browser.execute_script(
-                "return [window.innerWidth, document.documentElement.scrollWidth]"
-            )
-            assert inner == 390 and scroll <= inner, (name, inner, scroll)
+            page.open_fitting(f"/portal/{name}{'/' if name else ''}")
         page.open("/portal/usage/")
         screenshot("portal-usage-phone")
-    finally:
-        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
     # Roll: a new key is shown; both work during the grace period.
     page.open("/portal/keys/")

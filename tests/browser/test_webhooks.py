@@ -109,17 +109,7 @@ def test_developer_adds_an_endpoint_sees_deliveries_resends_and_rotates(
     assert "also signs until" in browser.page_source
     page.assert_clean()
 
-    browser.execute_cdp_cmd(
-        "Emulation.setDeviceMetricsOverride",
-        {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True},
-    )
-    try:
-        for path in ("/portal/webhooks/", f"/portal/webhooks/{delivery.endpoint.public_id}/"):
-            page.open(path)
-            inner, scroll = browser.execute_script(
-                "return [window.innerWidth, document.documentElement.scrollWidth]"
-            )
-            assert inner == 390 and scroll <= inner, (path, inner, scroll)
+    with page.phone():
+        page.open_fitting("/portal/webhooks/")
+        page.open_fitting(f"/portal/webhooks/{delivery.endpoint.public_id}/")
         screenshot("portal-webhook-deliveries-phone")
-    finally:
-        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
