@@ -56,6 +56,9 @@ def test_schema_validates_against_the_openapi_spec(schema: dict[str, Any]) -> No
     validate_schema(schema)
     assert schema["info"]["title"] == "TIMEPOINT API"
     assert "Getting started" in schema["info"]["description"]
+    # The spend controls on keys, and where each operation's scope is named.
+    for words in ("x-required-scope", "scope_required", "budget_exhausted", "key_not_allowed_here"):
+        assert words in schema["info"]["description"], words
 
 
 def test_every_api_v1_route_is_documented(schema: dict[str, Any]) -> None:
