@@ -231,20 +231,31 @@ def oidc_provider(settings: Any) -> Iterator[Any]:
 
 @pytest.fixture
 def stripe_api(settings: Any) -> Iterator[Any]:
-    """payments' Stripe-compatible test server on loopback, with its test price ids."""
+    """The Stripe-compatible server on loopback (devpeers), with the memo's catalogue."""
     from devpeers.server import start_peer
     from devpeers.stripe_api import StripePeer
-    from payments.tests.factories import PRICE_IDS
 
     fake = StripePeer()
     running = start_peer(fake)
     settings.STRIPE_API_BASE = running.url
-    settings.STRIPE_SECRET_KEY = "sk_test_portal"
-    settings.STRIPE_TEST_SECRET_KEY = "sk_test_portal"
+    settings.STRIPE_SECRET_KEY = "sk_test_51GatewayTestKey0000000000000000"
+    settings.STRIPE_TEST_SECRET_KEY = "sk_test_51GatewayTestKey0000000000000000"
     settings.STRIPE_LIVE_MODE = False
-    settings.STRIPE_PRICE_IDS = dict(PRICE_IDS)
     yield fake
     running.stop()
+
+
+@pytest.fixture
+def catalogue(request: pytest.FixtureRequest, stripe_api: Any) -> Any:
+    """The Stripe server's catalogue, synced into the gateway's database (as its worker does at
+    start); the test's database, transactional or not."""
+    from payments.catalogue import catalogue_sync
+    from tests.database import database_of
+
+    if not database_of(request):
+        request.getfixturevalue("db")
+    catalogue_sync()
+    return stripe_api
 
 
 # --- What was not run, and why (issue 15)

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.forms import UserChangeForm
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from accounts.models import GatewaySession, User
+from accounts.selectors import plan_terms
 from accounts.services import balance_lookup, flash_account_ensure
 from apikeys.services import keys_set_tier_for_user
 from timepoint_billing.errors import ApiError
@@ -29,16 +32,51 @@ class GatewaySessionInline(admin.TabularInline):
         return False
 
 
+class GatewayUserChangeForm(UserChangeForm):
+    """A plan set by hand must be one the catalogue knows: its HD access and key tier come with
+    it (staff-set plans with no subscription stay until a Stripe event about the user)."""
+
+    def clean_plan(self) -> str:
+        plan = str(self.cleaned_data["plan"]).strip()
+        if "plan" in self.changed_data:
+            terms = plan_terms(plan)
+            if terms is None:
+                raise forms.ValidationError(f"{plan!r} is not a plan in the catalogue.")
+            self.instance.plan_hd_access = bool(terms["hd_access"])
+            self.instance.plan_key_tier = str(terms["key_tier"])
+        return plan
+
+
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
+    form = GatewayUserChangeForm
     list_display = ("username", "email", "plan", "tier", "flash_user_id", "is_staff", "date_joined")
     list_filter = ("plan", "tier", "is_staff", "is_active")
     search_fields = ("username", "email", "auth0_sub", "flash_user_id")
-    readonly_fields = ("auth0_sub", "flash_user_id", "flash_balance", "related", "deleted_at")
+    readonly_fields = (
+        "auth0_sub",
+        "flash_user_id",
+        "flash_balance",
+        "plan_hd_access",
+        "plan_key_tier",
+        "related",
+        "deleted_at",
+    )
     fieldsets = (
         (
             "TIMEPOINT",
-            {"fields": ("auth0_sub", "flash_user_id", "flash_balance", "plan", "tier", "related")},
+            {
+                "fields": (
+                    "auth0_sub",
+                    "flash_user_id",
+                    "flash_balance",
+                    "plan",
+                    "plan_hd_access",
+                    "plan_key_tier",
+                    "tier",
+                    "related",
+                )
+            },
         ),
         *(DjangoUserAdmin.fieldsets or ()),
         ("Deletion", {"fields": ("deleted_at",)}),

@@ -6,12 +6,9 @@ from django.contrib.auth.models import AbstractUser
 from django.db import models
 from django.utils import timezone
 
-
-class Plan(models.TextChoices):
-    FREE = "free", "Free"
-    EXPLORER = "explorer", "Explorer"
-    HISTORIAN = "historian", "Historian"
-    API_PRO = "api_pro", "API Pro"
+# Plans are data: a plan is a catalogue key from Stripe's products and prices (payments.catalogue),
+# so a plan added in Stripe needs no migration. Free (no subscription) is the only built-in one.
+FREE_PLAN = "free"
 
 
 class Tier(models.TextChoices):
@@ -25,17 +22,18 @@ class User(AbstractUser):
     auth0_sub = models.CharField(max_length=255, unique=True, null=True, blank=True)
     # Set once by Flash's /users/resolve and never changed: credits live under this id in Flash.
     flash_user_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
-    plan = models.CharField(max_length=16, choices=Plan.choices, default=Plan.FREE)
-    # Follows the plan (API Pro → pro); staff may set enterprise in the admin.
+    # The catalogue key of the plan in force, and what it gives, as it was when it took effect
+    # (payments keeps them; a subscriber keeps them however the catalogue changes later).
+    plan = models.CharField(max_length=64, default=FREE_PLAN, db_index=True)
+    plan_hd_access = models.BooleanField(default=False)
+    plan_key_tier = models.CharField(max_length=16, choices=Tier.choices, default=Tier.FREE)
+    # Follows the plan's key tier; staff may set pro or enterprise in the admin.
     tier = models.CharField(max_length=16, choices=Tier.choices, default=Tier.FREE)
     deleted_at = models.DateTimeField(null=True, blank=True)
 
     @property
     def has_hd_access(self) -> bool:
-        return self.plan in (Plan.HISTORIAN, Plan.API_PRO) or self.tier in (
-            Tier.PRO,
-            Tier.ENTERPRISE,
-        )
+        return self.plan_hd_access or self.tier in (Tier.PRO, Tier.ENTERPRISE)
 
 
 class GatewaySession(models.Model):

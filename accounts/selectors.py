@@ -8,6 +8,7 @@ from typing import Any
 from django.utils import timezone
 
 from accounts.models import GatewaySession, User
+from accounts.signals import plan_terms as plan_terms_signal
 from accounts.signals import user_export as user_export_signal
 
 EXPORT_PROFILE_FIELDS = (
@@ -19,6 +20,8 @@ EXPORT_PROFILE_FIELDS = (
     "auth0_sub",
     "flash_user_id",
     "plan",
+    "plan_hd_access",
+    "plan_key_tier",
     "tier",
     "date_joined",
     "last_login",
@@ -50,3 +53,12 @@ def user_export(*, user: User) -> dict[str, Any]:
         added: Any = sections
         document.update(added or {})
     return document
+
+
+def plan_terms(plan: str) -> dict[str, Any] | None:
+    """What a plan key gives (`hd_access`, `key_tier`), from whichever app knows the catalogue
+    (`accounts.signals.plan_terms`); None for a key nobody knows."""
+    for _, answer in plan_terms_signal.send(sender=User, plan=plan):
+        if isinstance(answer, dict):
+            return dict(answer)
+    return None

@@ -11,6 +11,11 @@
     Collected by `accounts.selectors.user_export` into `GET /api/v1/users/me/export`. Data must be
     JSON-serialisable (ISO strings for datetimes) and must never include secrets or digests.
 
+`plan_terms(sender=User, plan=<catalogue key>)` → a receiver returns `{"hd_access": bool,
+    "key_tier": str}` for a plan it knows, else None. The users admin asks it when staff set a
+    plan by hand, so the plan's HD access and key tier come with it (payments answers from the
+    catalogue; accounts never imports payments).
+
 Connect receivers in the app's `AppConfig.ready()`, e.g.
 `user_deleted.connect(on_user_deleted, dispatch_uid="apikeys.user_deleted")`.
 """
@@ -21,3 +26,4 @@ from django.dispatch import Signal
 
 user_deleted = Signal()
 user_export = Signal()
+plan_terms = Signal()

@@ -34,7 +34,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.models import Plan, Tier, User
+from accounts.models import Tier, User
 from accounts.scopes import ALL_SCOPES, DEFAULT_KEY_SCOPES
 from apikeys import key_stops
 from apikeys.models import EXPIRY_REMINDER, APIKey, KeyMode
@@ -219,10 +219,10 @@ _TIER_RANK = {Tier.FREE: 0, Tier.PRO: 1, Tier.ENTERPRISE: 2}
 
 
 def tier_for_user(user: User) -> str:
-    """The tier the user's keys carry: the higher of the tier their plan gives (API Pro → pro,
-    any other plan → free) and the user's own tier, which staff may raise to pro or enterprise in
-    the users admin (payments keeps it equal to the plan's tier otherwise)."""
-    plan_tier = Tier.PRO if user.plan == Plan.API_PRO else Tier.FREE
+    """The tier the user's keys carry: the higher of the tier their plan gives (its catalogue
+    terms when it took effect, `plan_key_tier`) and the user's own tier, which staff may raise to
+    pro or enterprise in the users admin (payments keeps it equal to the plan's tier otherwise)."""
+    plan_tier = Tier(user.plan_key_tier) if user.plan_key_tier in Tier.values else Tier.FREE
     own = Tier(user.tier) if user.tier in Tier.values else Tier.FREE
     return max(plan_tier, own, key=_TIER_RANK.__getitem__)
 

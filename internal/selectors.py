@@ -6,11 +6,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from accounts.models import User
+from accounts.models import FREE_PLAN, User
 from apikeys.models import APIKey
 from apikeys.services import tier_for_user
-from payments import catalogue
-from payments.selectors import subscription_list_for_user
+from payments.selectors import (
+    plan_subscription_for_user,
+    plan_terms_for_key,
+    subscription_list_for_user,
+)
 
 # Stripe's subscription statuses → the MCP server's contract
 # (`active | trialing | past_due | canceled | none`). `unpaid` is a renewal whose retries ran out
@@ -61,7 +64,8 @@ def _iso_from_unix(value: Any) -> str | None:
 def _rank(subscription: dict[str, Any]) -> tuple[int, int]:
     status = subscription["status"]
     order = _STATUS_ORDER.index(status) if status in _STATUS_ORDER else len(_STATUS_ORDER)
-    return order, -catalogue.PLAN_RANK.get(subscription["plan"], 0)
+    terms = plan_terms_for_key(subscription["plan"])
+    return order, -(terms.monthly_credits if terms is not None else 0)
 
 
 def billing_status(*, user: User) -> dict[str, Any]:
@@ -74,22 +78,28 @@ def billing_status(*, user: User) -> dict[str, Any]:
     staff) is `active` with `status_source: "staff"`."""
     subscriptions = sorted(subscription_list_for_user(user=user), key=_rank)
     chosen = subscriptions[0] if subscriptions else None
-    offer = catalogue.PLANS.get(user.plan, catalogue.PLANS["free"])
+    # The subscriber's own terms (grandfathered), else what the plan key gives now.
+    bought = plan_subscription_for_user(user=user)
+    if bought is not None and bought.plan == user.plan:
+        monthly_credits = bought.monthly_credits
+    else:
+        terms = plan_terms_for_key(user.plan)
+        monthly_credits = terms.monthly_credits if terms is not None else 0
     if chosen is not None:
         status = CONTRACT_STATUS.get(chosen["status"], "none")
         source = "stripe"
-    elif offer.name != "free":
+    elif user.plan != FREE_PLAN:
         status, source = "active", "staff"
     else:
         status, source = "none", "none"
     return {
         "user_id": str(user.pk),
-        "subscription_tier": offer.name,
+        "subscription_tier": user.plan,
         "status": status,
         "status_source": source,
         "hd_access": user.has_hd_access,
         "key_tier": tier_for_user(user),
-        "monthly_credits": offer.monthly_credits,
+        "monthly_credits": monthly_credits,
         "current_period_end": _iso_from_unix(chosen["current_period_end"]) if chosen else None,
         "cancel_at_period_end": bool(chosen and chosen["cancel_at_period_end"]),
         "stripe_status": chosen["status"] if chosen else None,

@@ -6,8 +6,9 @@ class PaymentsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from accounts.signals import user_deleted, user_export
+        from accounts.signals import plan_terms, user_deleted, user_export
         from payments import selectors, services
 
         user_deleted.connect(services.on_user_deleted, dispatch_uid="payments.user_deleted")
+        plan_terms.connect(services.plan_terms_for_staff, dispatch_uid="payments.plan_terms")
         user_export.connect(selectors.billing_export, dispatch_uid="payments.user_export")

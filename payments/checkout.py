@@ -2,36 +2,36 @@
 
 from __future__ import annotations
 
-from accounts.models import Plan, User
-from payments import catalogue, stripe_client
-from timepoint_billing.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
+from accounts.models import FREE_PLAN, User
+from payments import selectors, stripe_client
+from payments.models import CatalogueKind
+from timepoint_billing.errors import BadRequest, Conflict, NotFound
 
 
 def checkout_create(*, user: User, package: str = "", plan: str = "") -> dict[str, str]:
-    """A Stripe Checkout session for a credit pack (payment) or a plan (subscription)."""
+    """A Stripe Checkout session for the price sold under a pack's or a plan's catalogue key
+    (payment, or subscription). The price goes into the session's metadata, so what is granted
+    is what was sold, whatever the catalogue says by the time the payment lands."""
     if bool(package) == bool(plan):
         raise BadRequest("Send either `package` or `plan`.", code="invalid_request")
     if package:
-        pack = catalogue.PACKS.get(package)
-        if pack is None:
+        item = selectors.item_on_sale(kind=CatalogueKind.PACK, key=package)
+        if item is None:
             raise BadRequest(f"Unknown package {package!r}.", code="unknown_package")
-        price_id, mode = pack.stripe_price_id, "payment"
-        metadata = {"user_id": str(user.pk), "package": pack.name}
+        mode, metadata = "payment", {"user_id": str(user.pk), "package": item.key}
     else:
-        offer = catalogue.PLANS.get(plan)
-        if offer is None or offer.name == Plan.FREE:
+        item = selectors.item_on_sale(kind=CatalogueKind.PLAN, key=plan)
+        if item is None:
             raise BadRequest(f"Unknown plan {plan!r}.", code="unknown_plan")
-        if user.plan != Plan.FREE:
+        if selectors.plan_subscription_for_user(user=user) is not None or user.plan != FREE_PLAN:
             raise Conflict(
-                "You already have a plan; change or cancel it in the billing portal.",
+                "You already have a plan; change it with POST /api/v1/billing/subscription/"
+                "change (or in the billing portal).",
                 code="already_subscribed",
             )
-        price_id, mode = offer.stripe_price_id, "subscription"
-        metadata = {"user_id": str(user.pk), "plan": offer.name}
-    if not price_id:
-        raise ServiceUnavailable(
-            "This item is not on sale right now.", code="price_not_configured", retry_after=3600
-        )
+        mode, metadata = "subscription", {"user_id": str(user.pk), "plan": item.key}
+    metadata["price"] = item.stripe_price_id
+    price_id = item.stripe_price_id
     customer_id = stripe_client.customer_for_user(user)
     return stripe_client.checkout_session_create(
         customer_id=customer_id,

@@ -109,6 +109,8 @@ class StripeWebhookEvent(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(default=timezone.now)
     last_error = models.TextField(blank=True, default="")
+    # False while what the event means (its grant) waits for the catalogue to know its price.
+    recorded = models.BooleanField(default=True)
     received_at = models.DateTimeField(default=timezone.now)
     processed_at = models.DateTimeField(null=True, blank=True)
 
@@ -200,3 +202,136 @@ class AppleAccountToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id}: {self.token}"
+
+
+# --- The catalogue (from Stripe's products and prices) and what subscribers bought
+
+
+class CatalogueKind(models.TextChoices):
+    PLAN = "plan", "Plan (monthly)"
+    PACK = "pack", "Credit pack"
+
+
+class CatalogueItem(models.Model):
+    """One Stripe price as the gateway reads it: the terms its `tp_*` metadata gives, or why it
+    is refused (`problems`). Rebuilt from dj-stripe's mirror by `payments.catalogue`, never
+    edited here: billing people change prices in Stripe."""
+
+    stripe_price_id = models.CharField(max_length=255, unique=True)
+    stripe_product_id = models.CharField(max_length=255, blank=True, default="")
+    kind = models.CharField(max_length=8, choices=CatalogueKind.choices, blank=True, default="")
+    key = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    name = models.CharField(max_length=255, blank=True, default="")
+    unit_amount = models.IntegerField(null=True, blank=True)  # cents
+    currency = models.CharField(max_length=8, blank=True, default="")
+    credits = models.PositiveIntegerField(default=0)  # a plan's monthly credits, a pack's credits
+    hd_access = models.BooleanField(default=False)
+    key_tier = models.CharField(max_length=16, blank=True, default="free")
+    display_order = models.IntegerField(default=0)
+    visible = models.BooleanField(default=True)
+    active = models.BooleanField(default=False)  # the price and its product are active in Stripe
+    # The price sold under its key now (the newest valid, active, visible one); older ones stay
+    # here for the subscribers and purchases made at them.
+    current = models.BooleanField(default=False)
+    problems = models.JSONField(default=list, blank=True)  # empty: valid
+    price_created = models.DateTimeField(null=True, blank=True)
+    refreshed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["kind", "display_order", "unit_amount", "stripe_price_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "key"],
+                condition=models.Q(current=True),
+                name="catalogue_one_current_price_per_key",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind or '?'} {self.key or '?'} ({self.stripe_price_id})"
+
+    @property
+    def on_sale(self) -> bool:
+        return not self.problems and self.active and self.visible and self.current
+
+
+class PlanSubscription(models.Model):
+    """What a subscriber bought, one row per Stripe subscription: the plan, price and terms in
+    force (monthly credits, HD access, key tier). The terms are copied when the plan takes effect
+    and kept until the subscriber changes plan, whatever the catalogue says later
+    (grandfathering)."""
+
+    stripe_subscription_id = models.CharField(max_length=255, unique=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="plan_subscriptions"
+    )
+    plan = models.CharField(max_length=64, db_index=True)
+    stripe_price_id = models.CharField(max_length=255, db_index=True)
+    monthly_credits = models.PositiveIntegerField(default=0)
+    hd_access = models.BooleanField(default=False)
+    key_tier = models.CharField(max_length=16, default="free")
+    unit_amount = models.IntegerField(null=True, blank=True)
+    currency = models.CharField(max_length=8, blank=True, default="")
+    status = models.CharField(max_length=32, blank=True, default="")  # Stripe's
+    cancel_at_period_end = models.BooleanField(default=False)
+    current_period_end = models.DateTimeField(null=True, blank=True)
+    terms_since = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.stripe_subscription_id} ({self.plan} at {self.stripe_price_id})"
+
+
+class PlanChangeKind(models.TextChoices):
+    UPGRADE = "upgrade", "Upgrade (now, prorated)"
+    DOWNGRADE = "downgrade", "Downgrade (at period end)"
+
+
+class PlanChangeState(models.TextChoices):
+    SCHEDULED = "scheduled", "Scheduled"
+    APPLIED = "applied", "Applied"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class PlanChange(models.Model):
+    """One change of a subscription's plan and the terms on both sides, recorded before Stripe
+    is asked for it: an upgrade's prorated credits are granted from these terms when its invoice
+    is paid; a downgrade waits here until the period it was asked in has ended."""
+
+    subscription = models.ForeignKey(
+        PlanSubscription, on_delete=models.CASCADE, related_name="changes"
+    )
+    kind = models.CharField(max_length=16, choices=PlanChangeKind.choices)
+    state = models.CharField(
+        max_length=16, choices=PlanChangeState.choices, default=PlanChangeState.SCHEDULED
+    )
+    from_plan = models.CharField(max_length=64)
+    from_price = models.CharField(max_length=255)
+    from_monthly_credits = models.PositiveIntegerField()
+    to_plan = models.CharField(max_length=64)
+    to_price = models.CharField(max_length=255)
+    to_monthly_credits = models.PositiveIntegerField()
+    to_hd_access = models.BooleanField(default=False)
+    to_key_tier = models.CharField(max_length=16, default="free")
+    to_unit_amount = models.IntegerField(null=True, blank=True)
+    to_currency = models.CharField(max_length=8, blank=True, default="")
+    effective_at = models.DateTimeField()
+    applied_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription"],
+                condition=models.Q(state="scheduled"),
+                name="plan_change_one_scheduled_per_subscription",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.from_plan} → {self.to_plan} ({self.state})"

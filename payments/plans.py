@@ -1,74 +1,471 @@
-"""Plans and subscriptions: the plan a user's live Stripe subscriptions give (HD access and key
-tiers follow it), and ending those subscriptions when the account is deleted."""
+"""Plans and subscriptions: what each subscriber bought (`PlanSubscription`, kept however the
+catalogue changes later), changing plan (upgrade now with proration, downgrade at period end),
+cancelling at period end and resuming, and the plan each user holds (HD access and key tiers
+follow it when it takes effect).
+
+How a change reaches a subscriber:
+- Upgrade: Stripe moves the subscription to the new price and invoices the rest of the period at
+  once (`always_invoice`; a declined card changes nothing). The new plan applies as soon as
+  Stripe says so; when the invoice is paid (`invoice.paid`, `subscription_update`) the difference
+  in monthly credits for the rest of the period is granted once, keyed on the invoice:
+  `round((new monthly credits - old) * the share of the new price Stripe billed for the period)`.
+  The old credits are the subscriber's own (grandfathered) terms.
+- Downgrade: Stripe bills the new price from the next period (`proration_behavior: none`); the
+  change waits here (`PlanChange`, scheduled) and applies at the renewal, or once its period
+  has ended, whichever the gateway learns first.
+- A change made elsewhere (Stripe's billing portal) is recognised when its subscription or
+  invoice event arrives, with the same rules.
+"""
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from fractions import Fraction
 from typing import Any
 
-from accounts.models import Plan, Tier, User
-from payments import catalogue, stripe_client
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Tier, User
+from apikeys.services import keys_set_tier_for_user
+from payments import selectors, stripe_client, stripe_shapes
+from payments.catalogue import FREE_TERMS, PlanTerms
+from payments.models import (
+    CatalogueKind,
+    PlanChange,
+    PlanChangeKind,
+    PlanChangeState,
+    PlanSubscription,
+)
+from timepoint_billing.errors import BadRequest, Conflict
 
 logger = logging.getLogger("timepoint.payments")
 
 LIVE_SUBSCRIPTION_STATUSES = frozenset({"active", "trialing", "past_due"})
 
 
-def user_plan_set(*, user: User, plan: str) -> User:
-    """Move the user's plan; HD access follows it and the user's API keys get the plan's tier."""
-    offer = catalogue.PLANS[plan]
-    fields: dict[str, Any] = {"plan": offer.name}
-    if user.tier != Tier.ENTERPRISE:  # staff-set enterprise is never changed by billing
-        fields["tier"] = offer.key_tier
+class UnknownPlanPrice(Exception):
+    """A subscription or invoice names a price the catalogue does not hold as a valid plan."""
+
+
+def _terms(row: PlanSubscription) -> PlanTerms:
+    return PlanTerms(
+        plan=row.plan,
+        price_id=row.stripe_price_id,
+        monthly_credits=row.monthly_credits,
+        hd_access=row.hd_access,
+        key_tier=row.key_tier,
+        unit_amount=row.unit_amount,
+        currency=row.currency,
+        name=selectors.plan_label(row.plan),
+    )
+
+
+def _set_terms(row: PlanSubscription, terms: PlanTerms) -> None:
+    row.plan = terms.plan
+    row.stripe_price_id = terms.price_id
+    row.monthly_credits = terms.monthly_credits
+    row.hd_access = terms.hd_access
+    row.key_tier = terms.key_tier
+    row.unit_amount = terms.unit_amount
+    row.currency = terms.currency
+    row.terms_since = timezone.now()
+
+
+def _price_terms(price_id: str) -> PlanTerms:
+    terms = selectors.plan_terms_for_price(price_id)
+    if terms is None:
+        raise UnknownPlanPrice(f"The price {price_id!r} is not a valid plan in the catalogue.")
+    return terms
+
+
+# --- The user's plan
+
+
+def user_plan_set(*, user: User, terms: PlanTerms) -> User:
+    """Give the user a plan and what it gives: HD access, and its tier on their API keys (a
+    staff-set enterprise tier is never changed by billing)."""
+    fields: dict[str, Any] = {
+        "plan": terms.plan,
+        "plan_hd_access": terms.hd_access,
+        "plan_key_tier": terms.key_tier,
+    }
+    if user.tier != Tier.ENTERPRISE:
+        fields["tier"] = terms.key_tier
     changed = any(getattr(user, name) != value for name, value in fields.items())
     for name, value in fields.items():
         setattr(user, name, value)
     if changed:
         User.objects.filter(pk=user.pk).update(**fields)
-        logger.info({"event": "plan_changed", "user": user.pk, "plan": offer.name})
-    try:
-        from apikeys.services import keys_set_tier_for_user
-    except ImportError:  # pragma: no cover - apikeys ships it; guard for partial deploys
-        logger.error("apikeys.services.keys_set_tier_for_user is missing; key tiers not moved")
-    else:
-        keys_set_tier_for_user(user=user)
+        logger.info({"event": "plan_changed", "user": user.pk, "plan": terms.plan})
+    keys_set_tier_for_user(user=user)
     return user
 
 
-def subscription_plan(subscription: dict[str, Any]) -> str:
-    """The plan a live subscription gives, from its price (or our metadata when unpriced)."""
-    best = Plan.FREE
-    items = (subscription.get("items") or {}).get("data") or []
-    for item in items:
-        price = item.get("price") or item.get("plan") or {}
-        price_id = price.get("id") if isinstance(price, dict) else str(price)
-        offer = catalogue.plan_for_price(str(price_id or ""))
-        if offer and catalogue.PLAN_RANK[offer.name] > catalogue.PLAN_RANK[best]:
-            best = Plan(offer.name)
-    if best == Plan.FREE:
-        meta_plan = (subscription.get("metadata") or {}).get("plan", "")
-        if meta_plan in catalogue.PLANS:
-            best = Plan(meta_plan)
-    return best
+def plan_sync_for_user(*, user: User) -> User:
+    """The user's plan is the best among their live subscriptions' terms (free when none). A
+    cancellation at period end keeps the plan until Stripe ends the subscription."""
+    live = PlanSubscription.objects.filter(user=user, status__in=LIVE_SUBSCRIPTION_STATUSES)
+    best = max((_terms(row) for row in live), key=PlanTerms.rank, default=FREE_TERMS)
+    return user_plan_set(user=user, terms=best)
+
+
+def plan_terms_for_staff(sender: object, *, plan: str, **kwargs: object) -> dict[str, Any] | None:
+    """`accounts.signals.plan_terms` receiver: what a plan key gives, for a plan staff set by
+    hand in the users admin (None: not a plan the catalogue knows)."""
+    terms = selectors.plan_terms_for_key(plan)
+    if terms is None:
+        return None
+    return {"hd_access": terms.hd_access, "key_tier": terms.key_tier}
+
+
+# --- Subscriptions as Stripe reports them
+
+
+def _item(data: dict[str, Any]) -> dict[str, Any]:
+    items = (data.get("items") or {}).get("data") or []
+    return items[0] if items else {}
+
+
+def _moment(value: Any) -> datetime | None:
+    return datetime.fromtimestamp(int(value), tz=UTC) if isinstance(value, int | float) else None
+
+
+def _period(data: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
+    """The current period (on the item since 2025-03-31.basil, on the subscription before)."""
+    item = _item(data)
+    start = item.get("current_period_start") or data.get("current_period_start")
+    end = item.get("current_period_end") or data.get("current_period_end")
+    return _moment(start), _moment(end)
+
+
+def _change_record(
+    row: PlanSubscription, terms: PlanTerms, *, scheduled_for: datetime | None = None
+) -> PlanChange:
+    """Record a change from the row's terms to `terms` (applied now unless scheduled)."""
+    kind = PlanChangeKind.UPGRADE if terms.rank() > _terms(row).rank() else PlanChangeKind.DOWNGRADE
+    return PlanChange.objects.create(
+        subscription=row,
+        kind=kind,
+        state=PlanChangeState.SCHEDULED if scheduled_for else PlanChangeState.APPLIED,
+        from_plan=row.plan,
+        from_price=row.stripe_price_id,
+        from_monthly_credits=row.monthly_credits,
+        to_plan=terms.plan,
+        to_price=terms.price_id,
+        to_monthly_credits=terms.monthly_credits,
+        to_hd_access=terms.hd_access,
+        to_key_tier=terms.key_tier,
+        to_unit_amount=terms.unit_amount,
+        to_currency=terms.currency,
+        effective_at=scheduled_for or timezone.now(),
+        applied_at=None if scheduled_for else timezone.now(),
+    )
+
+
+def _change_terms(change: PlanChange) -> PlanTerms:
+    return PlanTerms(
+        plan=change.to_plan,
+        price_id=change.to_price,
+        monthly_credits=change.to_monthly_credits,
+        hd_access=change.to_hd_access,
+        key_tier=change.to_key_tier,
+        unit_amount=change.to_unit_amount,
+        currency=change.to_currency,
+    )
+
+
+def _change_apply(row: PlanSubscription, change: PlanChange) -> None:
+    _set_terms(row, _change_terms(change))
+    row.save()
+    PlanChange.objects.filter(pk=change.pk).update(
+        state=PlanChangeState.APPLIED, applied_at=timezone.now()
+    )
+    logger.info({"event": "plan_change_applied", "subscription": row.stripe_subscription_id})
+
+
+def _price_moved(row: PlanSubscription, price_id: str, *, new_period: bool) -> None:
+    """Stripe bills the subscription at another price: apply the change it is, unless it is a
+    downgrade still waiting for the end of the period it was asked in."""
+    scheduled = row.changes.filter(state=PlanChangeState.SCHEDULED).first()
+    if scheduled is not None and scheduled.to_price == price_id:
+        if new_period or scheduled.effective_at <= timezone.now():
+            _change_apply(row, scheduled)
+        return
+    if scheduled is not None:  # another change replaced the one that waited
+        PlanChange.objects.filter(pk=scheduled.pk).update(state=PlanChangeState.CANCELLED)
+    terms = _price_terms(price_id)
+    _change_record(row, terms)
+    _set_terms(row, terms)
+    row.save()
+
+
+def subscription_record(
+    *, user: User, data: dict[str, Any], price_id: str = "", new_period: bool = False
+) -> PlanSubscription:
+    """Bring the subscriber's record in line with a Stripe subscription (its status, period
+    and price; `price_id` overrides the item's, as billed by an invoice). A first sight takes the
+    terms of its price; later, the terms change only with the plan (grandfathering).
+    `new_period`: a period billed at `price_id` has begun (a renewal)."""
+    sub_id = str(data["id"])
+    price_id = price_id or stripe_shapes.object_id(_item(data).get("price"))
+    with transaction.atomic():
+        row = PlanSubscription.objects.select_for_update().filter(stripe_subscription_id=sub_id)
+        found = row.first()
+        if found is None:
+            terms = _price_terms(price_id)
+            # First seen through a paid invoice (before its subscription's event): live.
+            found = PlanSubscription(stripe_subscription_id=sub_id, user=user, status="active")
+            _set_terms(found, terms)
+            logger.info({"event": "subscription_recorded", "subscription": sub_id})
+        elif found.stripe_price_id != price_id:
+            _price_moved(found, price_id, new_period=new_period)
+        if data.get("status"):
+            found.status = str(data["status"])
+            found.cancel_at_period_end = bool(data.get("cancel_at_period_end"))
+            found.current_period_end = _period(data)[1] or found.current_period_end
+        found.save()
+        if found.status not in LIVE_SUBSCRIPTION_STATUSES:
+            found.changes.filter(state=PlanChangeState.SCHEDULED).update(
+                state=PlanChangeState.CANCELLED
+            )
+    return found
 
 
 def plan_sync_for_customer(*, customer_id: str) -> User | None:
-    """Set the customer's user to the best plan among its live mirrored subscriptions (free when
-    none). A cancellation at period end keeps the plan until Stripe ends the subscription."""
+    """After a subscription, checkout or invoice event is mirrored: record each of the
+    customer's subscriptions as dj-stripe has them, then set the user's plan."""
     from djstripe.models import Customer
 
     customer = Customer.objects.filter(id=customer_id).select_related("subscriber").first()
     user = customer.subscriber if customer is not None else None
     if user is None:
         return None
-    best = Plan.FREE
-    for subscription in stripe_client.subscriptions_for_customer(customer_id):
-        if subscription.get("status") not in LIVE_SUBSCRIPTION_STATUSES:
-            continue
-        plan = subscription_plan(subscription)
-        if catalogue.PLAN_RANK[plan] > catalogue.PLAN_RANK[best]:
-            best = Plan(plan)
-    return user_plan_set(user=user, plan=best)
+    for data in stripe_client.subscriptions_for_customer(customer_id):
+        row = PlanSubscription.objects.filter(stripe_subscription_id=str(data["id"])).first()
+        start, _ = _period(data)
+        scheduled = row.changes.filter(state=PlanChangeState.SCHEDULED).first() if row else None
+        # The period that began after a downgrade's effective time is billed at its price.
+        new_period = bool(scheduled and start and start >= scheduled.effective_at)
+        subscription_record(user=user, data=data, new_period=new_period)
+    return plan_sync_for_user(user=user)
+
+
+def plan_changes_apply_due() -> int:
+    """Apply scheduled downgrades whose period has ended (the worker's pass; normally the
+    renewal applies them first). Returns how many were applied."""
+    applied = 0
+    due = PlanChange.objects.filter(
+        state=PlanChangeState.SCHEDULED, effective_at__lte=timezone.now()
+    ).select_related("subscription__user")
+    for change in due:
+        with transaction.atomic():
+            row = PlanSubscription.objects.select_for_update().get(pk=change.subscription_id)
+            if not PlanChange.objects.filter(
+                pk=change.pk, state=PlanChangeState.SCHEDULED
+            ).exists():
+                continue
+            _change_apply(row, change)
+        plan_sync_for_user(user=row.user)
+        applied += 1
+    return applied
+
+
+# --- What an invoice grants
+
+
+def period_terms(
+    *, user: User, subscription_id: str, price_id: str, period_end: int | None = None
+) -> PlanTerms:
+    """The terms a subscription's period billed at `price_id` grants: the subscriber's own when
+    that is the price they are on (grandfathered); a scheduled downgrade to that price takes
+    effect with it (its renewal); otherwise that price's terms. Only the subscription's own events
+    move the subscriber to another price: an invoice may arrive late, after a later change.
+    Raises UnknownPlanPrice for a price outside the catalogue. `period_end`: when the billed
+    period ends (unix time), kept until the subscription's own event says."""
+    with transaction.atomic():
+        row = (
+            PlanSubscription.objects.select_for_update()
+            .filter(stripe_subscription_id=subscription_id)
+            .first()
+        )
+        if row is None:
+            row = subscription_record(user=user, data={"id": subscription_id}, price_id=price_id)
+        ends = _moment(period_end)
+        if ends is not None and (row.current_period_end is None or row.current_period_end < ends):
+            row.current_period_end = ends
+            row.save(update_fields=["current_period_end", "updated_at"])
+        if row.stripe_price_id != price_id:
+            scheduled = row.changes.filter(
+                state=PlanChangeState.SCHEDULED, to_price=price_id
+            ).first()
+            if scheduled is None:
+                return _price_terms(price_id)
+            _change_apply(row, scheduled)
+    plan_sync_for_user(user=user)
+    return _terms(row)
+
+
+def upgrade_credits(*, user: User, subscription_id: str, lines: list[dict[str, Any]]) -> int:
+    """The monthly credits an invoice's prorations grant for the rest of the period (0 without
+    any, or for a downgrade's): the difference between the old and new terms, times the share of
+    the new price Stripe billed for the period. `lines`: the invoice's priced lines."""
+    prorations = stripe_shapes.invoice_prorations(lines)
+    charged = [line for line in prorations if line.amount > 0]
+    credited = [line for line in prorations if line.amount < 0]
+    if not charged:
+        return 0
+    to_price = charged[-1].price
+    from_price = credited[0].price if credited else ""
+    row = PlanSubscription.objects.filter(stripe_subscription_id=subscription_id).first()
+    change = (
+        PlanChange.objects.filter(
+            subscription__stripe_subscription_id=subscription_id,
+            kind=PlanChangeKind.UPGRADE,
+            to_price=to_price,
+            from_price=from_price,
+        )
+        .exclude(state=PlanChangeState.CANCELLED)
+        .order_by("-created_at")
+        .first()
+    )
+    if change is not None:
+        old_credits, new = change.from_monthly_credits, _change_terms(change)
+    else:
+        # The invoice came before the subscription event: the change starts from the row.
+        new = _price_terms(to_price)
+        old_terms = _terms(row) if row is not None and row.stripe_price_id == from_price else None
+        old_credits = (old_terms or _price_terms(from_price)).monthly_credits if from_price else 0
+        if row is not None and row.stripe_price_id == from_price:
+            subscription_record(user=user, data={"id": subscription_id}, price_id=to_price)
+            plan_sync_for_user(user=user)
+    full_price = (new.unit_amount or 0) * max(1, charged[-1].quantity)
+    if full_price <= 0 or new.monthly_credits <= old_credits:
+        return 0
+    share = min(Fraction(1), Fraction(sum(line.amount for line in charged), full_price))
+    exact = Decimal((new.monthly_credits - old_credits) * share.numerator) / share.denominator
+    return int(exact.to_integral_value(rounding=ROUND_HALF_UP))
+
+
+# --- Changing plan (the API and the portal)
+
+
+def _live_subscription(user: User) -> PlanSubscription:
+    rows = PlanSubscription.objects.select_for_update().filter(
+        user=user, status__in=LIVE_SUBSCRIPTION_STATUSES
+    )
+    best = max(rows, key=lambda row: _terms(row).rank(), default=None)
+    if best is None:
+        raise Conflict(
+            "You have no subscription; subscribe to a plan first.", code="no_subscription"
+        )
+    return best
+
+
+def _stripe_price_set(
+    row: PlanSubscription, price_id: str, *, behaviour: str, why: str
+) -> dict[str, Any]:
+    """Ask Stripe to bill the subscription's item at `price_id` (`behaviour`: its proration)."""
+    data = stripe_client.subscription_update(
+        row.stripe_subscription_id,
+        idempotency_key=f"{why}:{row.stripe_subscription_id}:{price_id}:{row.terms_since.timestamp()}",
+        items=[{"id": _subscription_item_id(row), "price": price_id}],
+        proration_behavior=behaviour,
+        payment_behavior="error_if_incomplete",
+    )
+    return data
+
+
+def _subscription_item_id(row: PlanSubscription) -> str:
+    from djstripe.models import Subscription
+
+    mirrored = Subscription.objects.filter(id=row.stripe_subscription_id).first()
+    item_id = str(_item(dict(mirrored.stripe_data or {})).get("id") or "") if mirrored else ""
+    if not item_id:
+        raise Conflict(
+            "This subscription is still being set up; try again in a minute.",
+            code="subscription_not_ready",
+        )
+    return item_id
+
+
+def plan_change(*, user: User, plan: str) -> PlanSubscription:
+    """Move the caller's subscription to the plan sold under `plan`: an upgrade now (prorated,
+    charged at once), a downgrade at the end of the period. Asking for the plan a scheduled
+    downgrade is leaving keeps the plan and cancels the downgrade."""
+    item = selectors.item_on_sale(kind=CatalogueKind.PLAN, key=plan)
+    if item is None:
+        raise BadRequest(f"Unknown plan {plan!r}.", code="unknown_plan")
+    target = PlanTerms.of_item(item)
+    with transaction.atomic():
+        row = _live_subscription(user)
+        if row.cancel_at_period_end:
+            raise Conflict(
+                "The subscription ends at the end of the period; resume it first.",
+                code="subscription_ending",
+            )
+        scheduled = row.changes.filter(state=PlanChangeState.SCHEDULED).first()
+        if target.price_id == row.stripe_price_id:
+            if scheduled is None:
+                raise Conflict("You are on this plan already.", code="already_on_plan")
+            # Back to what they pay for now: Stripe bills it again from the next period.
+            _stripe_price_set(row, row.stripe_price_id, behaviour="none", why="plan-keep")
+            PlanChange.objects.filter(pk=scheduled.pk).update(state=PlanChangeState.CANCELLED)
+            return row
+        if scheduled is not None:
+            # Stripe bills the downgraded price already: restore what the period was paid at,
+            # so an upgrade is prorated from it.
+            _stripe_price_set(row, row.stripe_price_id, behaviour="none", why="plan-keep")
+            PlanChange.objects.filter(pk=scheduled.pk).update(state=PlanChangeState.CANCELLED)
+        if target.rank() > _terms(row).rank():
+            change = _change_record(row, target)
+            data = _stripe_price_set(row, target.price_id, behaviour="always_invoice", why="up")
+            _set_terms(row, target)
+            row.status = str(data.get("status") or row.status)
+            row.save()
+            logger.info({"event": "plan_upgraded", "user": user.pk, "change": change.pk})
+        else:
+            period_end = row.current_period_end or timezone.now()
+            change = _change_record(row, target, scheduled_for=period_end)
+            _stripe_price_set(row, target.price_id, behaviour="none", why="down")
+            logger.info({"event": "plan_downgrade_scheduled", "user": user.pk, "change": change.pk})
+    plan_sync_for_user(user=user)
+    return row
+
+
+def _cancel_flag_set(*, user: User, ending: bool) -> PlanSubscription:
+    with transaction.atomic():
+        row = _live_subscription(user)
+        if row.cancel_at_period_end == ending:
+            raise Conflict(
+                "The subscription already ends at period end."
+                if ending
+                else "The subscription is not set to end.",
+                code="already_cancelled" if ending else "not_cancelled",
+            )
+        data = stripe_client.subscription_update(
+            row.stripe_subscription_id,
+            idempotency_key=f"cancel-{ending}:{row.stripe_subscription_id}:{row.updated_at.timestamp()}",
+            cancel_at_period_end=ending,
+        )
+        row.cancel_at_period_end = bool(data.get("cancel_at_period_end", ending))
+        row.save()
+    logger.info(
+        {"event": "subscription_ending" if ending else "subscription_resumed", "user": user.pk}
+    )
+    return row
+
+
+def subscription_cancel(*, user: User) -> PlanSubscription:
+    """Cancel at the end of the period: the plan and its credits stay until then."""
+    return _cancel_flag_set(user=user, ending=True)
+
+
+def subscription_resume(*, user: User) -> PlanSubscription:
+    """Undo a cancellation before the period ends."""
+    return _cancel_flag_set(user=user, ending=False)
 
 
 # --- Account lifecycle (accounts.signals receivers)
@@ -87,4 +484,5 @@ def on_user_deleted(sender: object, *, user: User, **kwargs: object) -> None:
                 logger.info(
                     {"event": "subscription_cancelled", "user": user.pk, "why": "account_deleted"}
                 )
-    user_plan_set(user=user, plan=Plan.FREE)
+    PlanSubscription.objects.filter(user=user).update(status="canceled")
+    user_plan_set(user=user, terms=FREE_TERMS)

@@ -8,40 +8,120 @@ from typing import Any
 from django.db.models import QuerySet, Sum
 from django.db.models.functions import TruncDate
 
-from accounts.models import User
-from payments import catalogue
-from payments.models import AppleNotification, CreditGrant, GrantState, Payment, PaymentProvider
-from payments.plans import subscription_plan
+from accounts.models import FREE_PLAN, User
+from payments.catalogue import FREE_TERMS, PlanTerms
+from payments.models import (
+    AppleNotification,
+    CatalogueItem,
+    CatalogueKind,
+    CreditGrant,
+    GrantState,
+    Payment,
+    PaymentProvider,
+    PlanSubscription,
+)
+
+# --- The catalogue (payments.catalogue builds it from Stripe)
+
+
+def catalogue_item(price_id: str) -> CatalogueItem | None:
+    return CatalogueItem.objects.filter(stripe_price_id=price_id).first() if price_id else None
+
+
+def item_on_sale(*, kind: str, key: str) -> CatalogueItem | None:
+    """The price sold under `key` now, if it is on sale."""
+    item = CatalogueItem.objects.filter(kind=kind, key=key, current=True).first()
+    return item if item is not None and item.on_sale else None
+
+
+def plan_terms_for_price(price_id: str) -> PlanTerms | None:
+    """The terms of a valid plan price, on sale or not (subscribers keep prices taken off sale)."""
+    item = catalogue_item(price_id)
+    if item is None or item.problems or item.kind != CatalogueKind.PLAN:
+        return None
+    return PlanTerms.of_item(item)
+
+
+def plan_terms_for_key(key: str) -> PlanTerms | None:
+    """What a plan key gives: free's terms, else those of the price sold under it (or, off
+    sale, of its newest valid price); None for a key the catalogue never had."""
+    if key == FREE_PLAN:
+        return FREE_TERMS
+    item = (
+        CatalogueItem.objects.filter(kind=CatalogueKind.PLAN, key=key, problems=[])
+        .order_by("-current", "-price_created")
+        .first()
+    )
+    return PlanTerms.of_item(item) if item is not None else None
+
+
+def plan_label(key: str) -> str:
+    terms = plan_terms_for_key(key)
+    return terms.name if terms is not None and terms.name else key
+
+
+def _on_sale(kind: str) -> list[CatalogueItem]:
+    items = CatalogueItem.objects.filter(kind=kind, current=True, active=True, visible=True)
+    return [item for item in items.filter(problems=[]).order_by("display_order", "unit_amount")]
 
 
 def plan_list() -> list[dict[str, Any]]:
-    return [
+    """Free, then the plans on sale in display order."""
+    free = {
+        "name": FREE_PLAN,
+        "display_name": FREE_TERMS.name,
+        "monthly_credits": 0,
+        "price_cents": 0,
+        "currency": "usd",
+        "hd_access": False,
+        "api_key_tier": FREE_TERMS.key_tier,
+        "purchasable": False,
+    }
+    return [free] + [
         {
-            "name": offer.name,
-            "display_name": offer.label,
-            "monthly_credits": offer.monthly_credits,
-            "price_cents": offer.price_cents,
-            "currency": "usd",
-            "hd_access": offer.hd_access,
-            "api_key_tier": offer.key_tier,
-            "purchasable": offer.monthly_credits > 0 and bool(offer.stripe_price_id),
+            "name": item.key,
+            "display_name": item.name,
+            "monthly_credits": item.credits,
+            "price_cents": item.unit_amount,
+            "currency": item.currency,
+            "hd_access": item.hd_access,
+            "api_key_tier": item.key_tier,
+            "purchasable": True,
         }
-        for offer in catalogue.PLANS.values()
+        for item in _on_sale(CatalogueKind.PLAN)
     ]
 
 
 def pack_list() -> list[dict[str, Any]]:
+    """The credit packs on sale, in display order."""
     return [
         {
-            "name": pack.name,
-            "display_name": pack.label,
-            "credits": pack.credits,
-            "price_cents": pack.price_cents,
-            "currency": "usd",
-            "purchasable": bool(pack.stripe_price_id),
+            "name": item.key,
+            "display_name": item.name,
+            "credits": item.credits,
+            "price_cents": item.unit_amount,
+            "currency": item.currency,
+            "purchasable": True,
         }
-        for pack in catalogue.PACKS.values()
+        for item in _on_sale(CatalogueKind.PACK)
     ]
+
+
+def plan_subscription(subscription_id: str) -> PlanSubscription | None:
+    return PlanSubscription.objects.filter(stripe_subscription_id=subscription_id).first()
+
+
+def plan_subscription_for_user(*, user: User) -> PlanSubscription | None:
+    """The user's live subscription record (the best, when several)."""
+    rows = PlanSubscription.objects.filter(
+        user=user, status__in=("active", "trialing", "past_due")
+    ).order_by("-monthly_credits", "-unit_amount", "-created_at")
+    return rows.first()
+
+
+def catalogue_refused() -> QuerySet[CatalogueItem]:
+    """Prices the catalogue refuses (missing or invalid metadata), for staff."""
+    return CatalogueItem.objects.exclude(problems=[]).order_by("stripe_price_id")
 
 
 def grant_list_for_user(*, user: User, limit: int = 100) -> QuerySet[CreditGrant]:
@@ -52,8 +132,21 @@ def payment_list_for_user(*, user: User, limit: int = 100) -> QuerySet[Payment]:
     return Payment.objects.filter(user=user).order_by("-created_at")[:limit]
 
 
+def subscription_plan(subscription_id: str, data: dict[str, Any]) -> str:
+    """The plan a mirrored subscription gives: what its subscriber bought (their terms), else the
+    catalogue key of its price; "" for a price outside the catalogue."""
+    row = PlanSubscription.objects.filter(stripe_subscription_id=subscription_id).first()
+    if row is not None:
+        return row.plan
+    items = (data.get("items") or {}).get("data") or []
+    price = (items[0].get("price") or {}) if items else {}
+    terms = plan_terms_for_price(str(price.get("id") if isinstance(price, dict) else price or ""))
+    return terms.plan if terms is not None else ""
+
+
 def subscription_list_for_user(*, user: User) -> list[dict[str, Any]]:
-    """The user's subscriptions as mirrored by dj-stripe."""
+    """The user's subscriptions as mirrored by dj-stripe, and those the gateway recorded from a
+    paid invoice before the mirror caught up."""
     from djstripe.models import Subscription
 
     result = []
@@ -63,9 +156,23 @@ def subscription_list_for_user(*, user: User) -> list[dict[str, Any]]:
             {
                 "id": subscription.id,
                 "status": data.get("status", ""),
-                "plan": subscription_plan(data),
+                "plan": subscription_plan(str(subscription.id), data),
                 "cancel_at_period_end": bool(data.get("cancel_at_period_end")),
                 "current_period_end": data.get("current_period_end") or _item_period_end(data),
+            }
+        )
+    mirrored = {row["id"] for row in result}
+    for bought in PlanSubscription.objects.filter(user=user).exclude(
+        stripe_subscription_id__in=mirrored
+    ):
+        end = bought.current_period_end
+        result.append(
+            {
+                "id": bought.stripe_subscription_id,
+                "status": bought.status,
+                "plan": bought.plan,
+                "cancel_at_period_end": bought.cancel_at_period_end,
+                "current_period_end": int(end.timestamp()) if end else None,
             }
         )
     return result
@@ -110,8 +217,8 @@ def active_subscriptions_by_plan() -> list[tuple[str, int]]:
         data = subscription.stripe_data or {}
         if data.get("status") not in ("active", "trialing", "past_due"):
             continue
-        offer = catalogue.PLANS.get(subscription_plan(data))
-        label = offer.label if offer else "Unknown plan"
+        plan = subscription_plan(str(subscription.id), data)
+        label = plan_label(plan) if plan else "Unknown plan"
         counts[label] = counts.get(label, 0) + 1
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
@@ -159,7 +266,7 @@ def stripe_export(*, user: User) -> dict[str, Any]:
                 "id": str(subscription.id),
                 "customer_id": str(subscription.customer_id),
                 "status": (subscription.stripe_data or {}).get("status", ""),
-                "plan": subscription_plan(subscription.stripe_data or {}),
+                "plan": subscription_plan(str(subscription.id), subscription.stripe_data or {}),
                 "cancel_at_period_end": bool(
                     (subscription.stripe_data or {}).get("cancel_at_period_end")
                 ),

@@ -7,10 +7,13 @@ to change payments state. Each topic lives in its own module:
 - `stripe_events` / `stripe_records`: Stripe webhooks, and what each event records (grants,
   payments, refunds, disputes);
 - `apple`: App Store transactions and server notifications;
-- `plans`: plans from subscriptions, and cancelling them when an account is deleted.
+- `catalogue`: plans and packs from Stripe's products and prices (their `tp_*` metadata);
+- `plans`: what each subscriber bought (grandfathered terms), plan changes (upgrade with
+  proration, downgrade at period end), cancel and resume, and the plan each user holds.
 """
 
 from payments.apple import apple_notification_receive, apple_transaction_verify
+from payments.catalogue import catalogue_refresh, catalogue_sync
 from payments.checkout import billing_portal_create, checkout_create
 from payments.grants import (
     grant_create,
@@ -20,7 +23,16 @@ from payments.grants import (
     grant_retry,
     grants_deliver_due,
 )
-from payments.plans import on_user_deleted, plan_sync_for_customer, user_plan_set
+from payments.plans import (
+    on_user_deleted,
+    plan_change,
+    plan_changes_apply_due,
+    plan_sync_for_customer,
+    plan_terms_for_staff,
+    subscription_cancel,
+    subscription_resume,
+    user_plan_set,
+)
 from payments.stripe_events import (
     STRIPE_WEBHOOK_EVENTS,
     stripe_event_retry,
@@ -35,6 +47,8 @@ __all__ = [
     "apple_notification_receive",
     "apple_transaction_verify",
     "billing_portal_create",
+    "catalogue_refresh",
+    "catalogue_sync",
     "checkout_create",
     "grant_create",
     "grant_deliver",
@@ -43,10 +57,15 @@ __all__ = [
     "grant_retry",
     "grants_deliver_due",
     "on_user_deleted",
+    "plan_change",
+    "plan_changes_apply_due",
     "plan_sync_for_customer",
+    "plan_terms_for_staff",
     "stripe_event_retry",
     "stripe_events_process_due",
     "stripe_webhook_receive",
+    "subscription_cancel",
+    "subscription_resume",
     "user_plan_set",
     "worker_nudge",
     "worker_wait",

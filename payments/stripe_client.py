@@ -6,12 +6,13 @@ dj-stripe). Transport and API failures become our typed errors here, once.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import stripe
 from django.conf import settings
 
-from timepoint_billing.errors import UpstreamError, UpstreamUnavailable
+from timepoint_billing.errors import PaymentDeclined, UpstreamError, UpstreamUnavailable
 
 STRIPE_TIMEOUT_SECONDS = 10.0
 _configured: tuple[str, str, str] | None = None
@@ -198,3 +199,49 @@ def webhook_endpoint_create(*, url: str, events: list[str]) -> dict[str, Any]:
     except stripe.StripeError as exc:
         raise _map_error(exc) from exc
     return dict(endpoint.to_dict())
+
+
+def _plain(obj: stripe.StripeObject) -> dict[str, Any]:
+    """The object as Stripe sent it (its JSON), decimal strings kept as strings: `to_dict()`
+    turns those into Decimals, which no JSON column stores."""
+    plain: dict[str, Any] = json.loads(str(obj))
+    return plain
+
+
+def _list_all(resource: Any) -> list[dict[str, Any]]:
+    configure()
+    try:
+        return [_plain(obj) for obj in resource.list(limit=100).auto_paging_iter()]
+    except stripe.StripeError as exc:
+        raise _map_error(exc) from exc
+
+
+def products_list() -> list[dict[str, Any]]:
+    """Every product of the account (active or archived), as Stripe has them now."""
+    return _list_all(stripe.Product)
+
+
+def prices_list() -> list[dict[str, Any]]:
+    """Every price of the account (active or archived), as Stripe has them now."""
+    return _list_all(stripe.Price)
+
+
+def subscription_update(
+    subscription_id: str, *, idempotency_key: str, **params: Any
+) -> dict[str, Any]:
+    """Change a subscription (its item's price, `proration_behavior`, `cancel_at_period_end`).
+    A declined or unconfirmed card is 402 `payment_declined`: Stripe changed nothing
+    (`payment_behavior=error_if_incomplete`). The key makes a retried change the same change."""
+    configure()
+    try:
+        subscription = stripe.Subscription.modify(
+            subscription_id, idempotency_key=idempotency_key, **params
+        )
+    except stripe.CardError as exc:
+        raise PaymentDeclined(
+            "Your card was declined; update it in the billing portal and try again.",
+            code="payment_declined",
+        ) from exc
+    except stripe.StripeError as exc:
+        raise _map_error(exc) from exc
+    return dict(subscription.to_dict())

@@ -16,9 +16,10 @@ from django.db.models import F
 from django.utils import timezone
 
 from payments import stripe_client
+from payments.catalogue import catalogue_refresh, catalogue_sync
 from payments.models import EventState, StripeWebhookEvent
 from payments.plans import plan_sync_for_customer
-from payments.stripe_records import RECORDERS, NeedsAttention
+from payments.stripe_records import RECORDERS, NeedsAttention, RecordLater
 from payments.stripe_shapes import object_id
 from payments.worker import backoff_seconds, worker_nudge
 from timepoint_billing.errors import BadRequest
@@ -34,8 +35,12 @@ SUBSCRIPTION_EVENTS = frozenset(
     }
 )
 PLAN_EVENTS = SUBSCRIPTION_EVENTS | {"checkout.session.completed", "invoice.paid"}
-# What the webhook endpoint must send: what is recorded, and what moves plans.
-STRIPE_WEBHOOK_EVENTS = sorted({*RECORDERS, *SUBSCRIPTION_EVENTS})
+# Products and prices: the catalogue is rebuilt from the mirror after each (payments.catalogue).
+CATALOGUE_EVENTS = frozenset(
+    f"{kind}.{verb}" for kind in ("product", "price") for verb in ("created", "updated", "deleted")
+)
+# What the webhook endpoint must send: what is recorded, what moves plans, what prices things.
+STRIPE_WEBHOOK_EVENTS = sorted({*RECORDERS, *SUBSCRIPTION_EVENTS, *CATALOGUE_EVENTS})
 
 
 def _parse_stripe_event(payload: bytes) -> dict[str, Any]:
@@ -89,13 +94,18 @@ def _stripe_event_record(event: StripeWebhookEvent) -> bool:
     """Record what a stored event means (grants, payments, refunds) in a savepoint of the caller's
     transaction. Every recorder is idempotent by its grant/payment key, so running it again (a
     staff retry) finds what an earlier run made. An event the gateway cannot act on alone is kept
-    as needs-attention; returns False then."""
+    as needs-attention; returns False then. One naming a price the catalogue does not hold yet
+    is left to the worker (`recorded` False), which syncs the catalogue and records it again."""
     recorder = RECORDERS.get(event.type)
     if recorder is None:
         return True
     try:
         with transaction.atomic():
             recorder(event, event.payload["data"]["object"])
+    except RecordLater as exc:
+        event.recorded = False
+        event.last_error = str(exc)[:1000]
+        event.save(update_fields=["recorded", "last_error"])
     except (NeedsAttention, KeyError, TypeError, ValueError) as exc:
         logger.error({"event": "stripe_event_unusable", "id": event.stripe_id})
         event.state = EventState.NEEDS_ATTENTION
@@ -103,6 +113,15 @@ def _stripe_event_record(event: StripeWebhookEvent) -> bool:
         event.save(update_fields=["state", "last_error"])
         return False
     return True
+
+
+def _record_after_sync(event: StripeWebhookEvent) -> None:
+    """The worker's second try at an event whose price was unknown: sync the catalogue from
+    Stripe, then record it; still unknown → raise, and the event is retried later."""
+    catalogue_sync()
+    with transaction.atomic():
+        RECORDERS[event.type](event, event.payload["data"]["object"])
+        StripeWebhookEvent.objects.filter(pk=event.pk).update(recorded=True)
 
 
 def stripe_event_process(event_id: int) -> bool:
@@ -119,6 +138,10 @@ def stripe_event_process(event_id: int) -> bool:
     event = StripeWebhookEvent.objects.get(pk=event_id)
     try:
         stripe_client.event_mirror(event.payload)
+        if not event.recorded:
+            _record_after_sync(event)
+        if event.type in CATALOGUE_EVENTS:
+            catalogue_refresh()
         if event.type in PLAN_EVENTS:
             customer_id = object_id(event.payload["data"]["object"].get("customer"))
             if customer_id:

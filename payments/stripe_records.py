@@ -13,9 +13,15 @@ from typing import Any
 from django.utils import timezone
 
 from accounts.models import User
-from payments import catalogue, stripe_shapes
+from payments import plans, selectors, stripe_shapes
 from payments.grants import grant_create
-from payments.models import GrantSource, Payment, PaymentProvider, StripeWebhookEvent
+from payments.models import (
+    CatalogueKind,
+    GrantSource,
+    Payment,
+    PaymentProvider,
+    StripeWebhookEvent,
+)
 from payments.stripe_shapes import object_id
 from webhooks import services as webhooks
 
@@ -39,6 +45,11 @@ def _stripe_user(customer_id: str, metadata: dict[str, Any] | None) -> User | No
 
 class NeedsAttention(Exception):
     """The event is stored but the gateway cannot act on it alone; staff must look."""
+
+
+class RecordLater(Exception):
+    """The event names a price the catalogue does not hold yet (its `price.created` may still
+    be on its way): the worker records it again after syncing the catalogue from Stripe."""
 
 
 def _payment_record(*, reference: str, user: User | None, **fields: Any) -> Payment:
@@ -70,18 +81,23 @@ def _record_checkout(event: StripeWebhookEvent, session: dict[str, Any]) -> None
     user = _stripe_user(object_id(session.get("customer")), metadata)
     if user is None:
         raise NeedsAttention("No user for this checkout session.")
+    # The price checkout_create sold (our metadata, signed back by Stripe); sessions made before
+    # prices were recorded name the pack or plan key only.
+    price_id = str(metadata.get("price") or "")
     if session.get("mode") == "subscription":
         invoice_id = object_id(session.get("invoice"))
-        offer = catalogue.PLANS.get(str(metadata.get("plan") or ""))
-        if not invoice_id or offer is None:
+        subscription_id = object_id(session.get("subscription"))
+        if not invoice_id or not subscription_id or not price_id:
             return  # invoice.paid grants it
-        _subscription_grant(event, user, offer, invoice_id, session)
+        _subscription_grant(event, user, subscription_id, price_id, invoice_id, session)
         return
-    pack = catalogue.PACKS.get(str(metadata.get("package") or ""))
-    if pack is None:
+    item = selectors.catalogue_item(price_id) if price_id else None
+    if item is None:
+        item = selectors.item_on_sale(kind=CatalogueKind.PACK, key=str(metadata.get("package")))
+    if item is None or item.problems or item.kind != CatalogueKind.PACK:
         raise NeedsAttention("The checkout session names no known credit pack.")
     intent = object_id(session.get("payment_intent"))
-    purchase = (pack.name, pack.label, pack.credits, "stripe_purchase")
+    purchase = (item.key, item.name, item.credits, "stripe_purchase")
     paid_by = intent or str(session["id"])
     _purchase_record(event, user, session, purchase, paid_by, stripe_payment_intent=intent)
 
@@ -89,12 +105,36 @@ def _record_checkout(event: StripeWebhookEvent, session: dict[str, Any]) -> None
 def _subscription_grant(
     event: StripeWebhookEvent,
     user: User,
-    offer: catalogue.PlanOffer,
+    subscription_id: str,
+    price_id: str,
+    invoice_id: str,
+    source: dict[str, Any],
+) -> None:
+    """A subscription's first period, paid at checkout: its monthly credits on the terms of
+    the price sold (the same grant `invoice.paid` makes, keyed on the same invoice)."""
+    try:
+        terms = plans.period_terms(user=user, subscription_id=subscription_id, price_id=price_id)
+    except plans.UnknownPlanPrice as exc:
+        raise RecordLater(str(exc)) from exc
+    if terms.monthly_credits <= 0:
+        raise NeedsAttention(f"The plan {terms.plan!r} grants no monthly credits.")
+    purchase = (
+        terms.plan,
+        selectors.plan_label(terms.plan),
+        terms.monthly_credits,
+        "subscription_grant",
+    )
+    _invoice_purchase(event, user, purchase, invoice_id, source)
+
+
+def _invoice_purchase(
+    event: StripeWebhookEvent,
+    user: User,
+    purchase: tuple[str, str, int, str],
     invoice_id: str,
     source: dict[str, Any],
 ) -> None:
     payment_intent, charge = stripe_shapes.invoice_payment_refs(source)
-    purchase = (offer.name, offer.label, offer.monthly_credits, "subscription_grant")
     _purchase_record(
         event,
         user,
@@ -142,17 +182,49 @@ def _purchase_record(
 
 
 def _record_invoice_paid(event: StripeWebhookEvent, invoice: dict[str, Any]) -> None:
+    """A paid subscription invoice grants, once (keyed on the invoice): the monthly credits of
+    the period it bills (`subscription_create`, `subscription_cycle`), on the subscriber's terms,
+    plus what its prorations give (an upgrade's difference for the rest of the period, on its
+    own `subscription_update` invoice or carried onto the next)."""
     subscription_id, metadata = stripe_shapes.invoice_subscription(invoice)
     if not subscription_id:
         return  # not a subscription invoice: nothing to grant
-    if invoice.get("billing_reason") not in (None, "subscription_create", "subscription_cycle"):
-        return  # prorations and manual invoices grant nothing; dj-stripe mirrors them
+    reason = invoice.get("billing_reason")
+    if reason not in (None, "subscription_create", "subscription_cycle", "subscription_update"):
+        return  # manual invoices grant nothing; dj-stripe mirrors them
     user = _stripe_user(object_id(invoice.get("customer")), metadata)
-    # What Stripe billed, never metadata.plan: a portal plan change leaves that on the old plan.
-    offer = stripe_shapes.invoice_plan_billed(invoice)
-    if user is None or offer is None or offer.monthly_credits <= 0:
-        raise NeedsAttention("Paid subscription invoice with no known user or plan.")
-    _subscription_grant(event, user, offer, str(invoice["id"]), invoice)
+    if user is None:
+        raise NeedsAttention("Paid subscription invoice with no known user.")
+    lines = stripe_shapes.invoice_lines_priced(invoice)
+    try:
+        upgrade = plans.upgrade_credits(user=user, subscription_id=subscription_id, lines=lines)
+        terms = None
+        if reason != "subscription_update":
+            # What Stripe billed, never metadata.plan: a portal change leaves that behind.
+            prices = stripe_shapes.invoice_prices_billed(lines)
+            if not prices:
+                raise NeedsAttention("Paid subscription invoice with no plan price.")
+            terms = plans.period_terms(
+                user=user,
+                subscription_id=subscription_id,
+                price_id=prices[-1],
+                period_end=stripe_shapes.invoice_period_end(lines),
+            )
+            if terms.monthly_credits <= 0:
+                raise NeedsAttention(f"The plan {terms.plan!r} grants no monthly credits.")
+    except plans.UnknownPlanPrice as exc:
+        raise RecordLater(str(exc)) from exc
+    if terms is None and upgrade <= 0:
+        return  # a downgrade's or an unchanged plan's prorations grant nothing
+    subscription = selectors.plan_subscription(subscription_id)
+    plan = terms.plan if terms else subscription.plan if subscription else ""
+    label = selectors.plan_label(plan)
+    if upgrade:
+        label += " (upgrade: the rest of the period)" if terms is None else " (with an upgrade)"
+    credits = upgrade + (terms.monthly_credits if terms else 0)
+    _invoice_purchase(
+        event, user, (plan, label, credits, "subscription_grant"), str(invoice["id"]), invoice
+    )
 
 
 def _payment_for_refs(refs: stripe_shapes.ChargeRefs) -> Payment | None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from payments import catalogue, stripe_client
+from payments import stripe_client
 
 
 def object_id(value: Any) -> str:
@@ -84,34 +84,56 @@ def line_is_proration(line: dict[str, Any]) -> bool:
     )
 
 
-def _plan_billed(lines: list[dict[str, Any]]) -> catalogue.PlanOffer | None:
-    """The plan the invoice's own period is billed for: its non-proration lines' prices. Several
-    (never in one of our subscriptions) → the best, so the choice does not depend on line order."""
-    best: catalogue.PlanOffer | None = None
-    for line in lines:
-        if not isinstance(line, dict) or line_is_proration(line):
-            continue
-        if int(line.get("amount") or 0) < 0:
-            continue
-        offer = catalogue.plan_for_price(line_price_id(line))
-        if offer is not None and (
-            best is None or catalogue.PLAN_RANK[offer.name] > catalogue.PLAN_RANK[best.name]
-        ):
-            best = offer
-    return best
+def invoice_lines_priced(invoice: dict[str, Any]) -> list[dict[str, Any]]:
+    """The invoice's lines, each naming its price: the event's copy, or Stripe's when that copy
+    lacks a line's price or holds only the first page of lines."""
+    listed = _dict(invoice.get("lines"))
+    lines = [line for line in listed.get("data") or [] if isinstance(line, dict)]
+    complete = not listed.get("has_more") and all(line_price_id(line) for line in lines)
+    if not complete and invoice.get("id"):
+        lines = stripe_client.invoice_lines(str(invoice["id"]))
+    return lines
 
 
-def invoice_plan_billed(invoice: dict[str, Any]) -> catalogue.PlanOffer | None:
-    """The plan Stripe says this invoice billed, from its lines' prices; the lines are fetched
-    when the event's copy does not name one (a line without its price, or only the first page).
+def invoice_prices_billed(lines: list[dict[str, Any]]) -> list[str]:
+    """The prices an invoice bills its period at, from its priced lines (non-proration,
+    non-credit). Never from the subscription's metadata: a plan change in the billing portal
+    does not update it, so it would name the plan the customer left."""
+    return [
+        line_price_id(line)
+        for line in lines
+        if not line_is_proration(line) and int(line.get("amount") or 0) >= 0 and line_price_id(line)
+    ]
 
-    Never from the subscription's metadata: a plan change in the billing portal does not update
-    it, so it would name the plan the customer left."""
-    lines = _dict(invoice.get("lines"))
-    offer = _plan_billed(list(lines.get("data") or []))
-    if offer is None and invoice.get("id"):
-        offer = _plan_billed(stripe_client.invoice_lines(str(invoice["id"])))
-    return offer
+
+def invoice_period_end(lines: list[dict[str, Any]]) -> int | None:
+    """When the period an invoice bills ends (its non-proration lines' period), unix time."""
+    ends = [
+        int(_dict(line.get("period")).get("end") or 0)
+        for line in lines
+        if not line_is_proration(line)
+    ]
+    latest = max(ends, default=0)
+    return latest or None
+
+
+@dataclass(frozen=True)
+class ProrationLine:
+    price: str
+    amount: int  # cents; a credit for unused time is negative
+    quantity: int
+
+
+def invoice_prorations(lines: list[dict[str, Any]]) -> list[ProrationLine]:
+    """The proration lines among an invoice's priced lines: the unused time of a plan left
+    (negative) and the rest of the period under the plan joined."""
+    return [
+        ProrationLine(
+            line_price_id(line), int(line.get("amount") or 0), int(line.get("quantity") or 1)
+        )
+        for line in lines
+        if line_is_proration(line) and line_price_id(line)
+    ]
 
 
 # --- Charges, refunds and disputes

@@ -116,6 +116,7 @@ class HomePage(PortalPage):
             balance=balance_lookup(user=_with_flash_id(user)),
             live_keys=[key for key in keys if key.is_usable()],
             requests_7d=week["totals"]["requests"],
+            plan_label=billing_selectors.plan_label(user.plan),
         )
 
 
@@ -232,6 +233,7 @@ class BillingPage(PortalPage):
             history=history,
             packs=billing_selectors.pack_list(),
             plans=[plan for plan in billing_selectors.plan_list() if plan["monthly_credits"]],
+            plan_label=billing_selectors.plan_label(user.plan),
             subscriptions=billing_selectors.subscription_list_for_user(user=user),
             payments=billing_selectors.payment_list_for_user(user=user, limit=10),
         )

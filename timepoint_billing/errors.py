@@ -113,6 +113,12 @@ class BudgetExhausted(ApiError):
     default_detail = "This API key's monthly credit budget does not cover this generation."
 
 
+class PaymentDeclined(ApiError):
+    status_code = 402
+    default_code = "payment_declined"
+    default_detail = "The payment was declined."
+
+
 class NotFound(ApiError):
     status_code = 404
     default_code = "not_found"

@@ -321,11 +321,9 @@ STRIPE_API_BASE = env_str("STRIPE_API_BASE", "")  # a Stripe-compatible server i
 # version changes object shapes, so moving it is a code change with its tests. Webhook payloads
 # follow the version of the webhook *endpoint* instead; README says to create it with this one.
 STRIPE_API_VERSION = "2026-05-27.dahlia"
-STRIPE_PRICE_IDS = {
-    key[len("STRIPE_PRICE_") :].lower(): value
-    for key, value in os.environ.items()
-    if key.startswith("STRIPE_PRICE_") and value.strip()
-}
+# Plans and packs come from Stripe's products and prices (payments.catalogue); webhooks keep the
+# catalogue fresh, and the worker re-reads it this often in case one was missed (0: never).
+CATALOGUE_SYNC_SECONDS = env_int("CATALOGUE_SYNC_SECONDS", 3600)
 CHECKOUT_SUCCESS_URL = env_str(
     "CHECKOUT_SUCCESS_URL",
     "https://app.timepointai.com/billing/success?session_id={CHECKOUT_SESSION_ID}",

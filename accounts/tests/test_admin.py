@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from accounts.models import Plan, Tier, User
+from accounts.models import Tier, User
 from apikeys.models import APIKey
 
 pytestmark = pytest.mark.django_db
@@ -75,7 +75,7 @@ def staff_client(db: Any) -> Client:
 
 
 def test_changing_plan_or_tier_in_the_admin_moves_the_users_keys(
-    staff_client: Client, user: User, make_key: Any
+    staff_client: Client, user: User, make_key: Any, catalogue: Any
 ) -> None:
     _, live_raw = make_key(user)
     make_key(user, name="sandbox", mode="test")
@@ -87,10 +87,15 @@ def test_changing_plan_or_tier_in_the_admin_moves_the_users_keys(
 
     assert per_minute_limit() == "10"  # free; the key's lookup is now cached in this process
 
-    response = _change_user(staff_client, user, plan=Plan.API_PRO)
+    refused = _change_user(staff_client, user, plan="emperor")  # not in the catalogue
+    assert refused.status_code == 200
+    assert "not a plan in the catalogue" in str(refused.context["adminform"].form.errors)
+
+    response = _change_user(staff_client, user, plan="api_pro")
     assert response.status_code == 302, response.context["adminform"].form.errors
     user.refresh_from_db()
-    assert user.plan == Plan.API_PRO
+    # The plan's terms come with it, from the catalogue (Stripe's metadata).
+    assert user.plan == "api_pro" and user.plan_hd_access and user.plan_key_tier == Tier.PRO
     assert set(APIKey.objects.filter(user=user).values_list("tier", flat=True)) == {Tier.PRO}
     assert per_minute_limit() == "60"  # the limiter applies the pro tier at once
 

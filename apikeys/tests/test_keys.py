@@ -9,7 +9,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from accounts.models import Plan, Tier
+from accounts.models import Tier
 from apikeys.models import APIKey
 from apikeys.services import (
     key_cache_forget,
@@ -263,7 +263,11 @@ def test_rolling_with_grace_counts_toward_the_live_key_cap(
 def test_key_tier_follows_its_owner_in_both_directions(
     client: Client, user: Any, make_key: Any
 ) -> None:
+    from payments.catalogue import PlanTerms
     from payments.services import user_plan_set
+
+    api_pro = PlanTerms("api_pro", "price_plan_api_pro", 1000, hd_access=True, key_tier=Tier.PRO)
+    explorer = PlanTerms("explorer", "price_plan_explorer", 50, hd_access=False, key_tier="free")
 
     _, raw = make_key(user)
     deal, deal_raw = make_key(user, name="deal", rate_limit_per_minute=7)  # a per-key override
@@ -283,12 +287,12 @@ def test_key_tier_follows_its_owner_in_both_directions(
 
     assert seen(raw) == ("free", "10") and seen(deal_raw) == ("free", "7")
 
-    user_plan_set(user=user, plan=Plan.API_PRO)
+    user_plan_set(user=user, terms=api_pro)
     assert seen(raw) == ("pro", "60") and seen(deal_raw) == ("pro", "7")
 
     assert staff_set_tier(Tier.ENTERPRISE) == 2
     assert seen(raw) == ("enterprise", "300") and seen(deal_raw) == ("enterprise", "7")
-    user_plan_set(user=user, plan=Plan.EXPLORER)  # staff-set enterprise wins over the plan
+    user_plan_set(user=user, terms=explorer)  # staff-set enterprise wins over the plan
     assert seen(raw) == ("enterprise", "300")
 
     # Off enterprise: the keys come down too (they used to stay enterprise for good).
@@ -298,7 +302,7 @@ def test_key_tier_follows_its_owner_in_both_directions(
     # A staff-set pro tier wins over a free plan; the API Pro plan alone gives pro as well.
     staff_set_tier(Tier.PRO)
     assert seen(raw) == ("pro", "60")
-    user_plan_set(user=user, plan=Plan.API_PRO)
+    user_plan_set(user=user, terms=api_pro)
     staff_set_tier(Tier.FREE)  # lowering the user's tier below the plan does not undo the plan
     assert seen(raw) == ("pro", "60")
 

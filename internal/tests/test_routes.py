@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 from django.test import Client
 from django.utils import timezone
 
-from accounts.models import Plan, Tier, User
+from accounts.models import Tier, User
 from apikeys.services import key_revoke, key_roll
 from relay.services import release, reserve
 
@@ -52,8 +52,12 @@ def test_status_names_the_user_three_ways(client: Client, user: Any, service_hea
     }
 
 
-def test_status_of_a_staff_set_plan(client: Client, user: Any, service_headers: Any):
-    User.objects.filter(pk=user.pk).update(plan=Plan.API_PRO, tier=Tier.PRO)
+def test_status_of_a_staff_set_plan(
+    client: Client, user: Any, service_headers: Any, catalogue: Any
+):
+    User.objects.filter(pk=user.pk).update(
+        plan="api_pro", plan_hd_access=True, plan_key_tier=Tier.PRO, tier=Tier.PRO
+    )
     body = _status(client, str(user.pk), service_headers).json()
     assert body["subscription_tier"] == "api_pro" and body["status"] == "active"
     assert body["status_source"] == "staff" and body["hd_access"] is True

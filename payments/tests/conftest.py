@@ -10,11 +10,8 @@ import pytest
 from devpeers.server import SwitchApp, start_switch
 from devpeers.stripe_api import StripePeer
 from payments.tests import factories
-from payments.tests.factories import (
-    OLD_WEBHOOK_SECRET,
-    PRICE_IDS,
-    WEBHOOK_SECRET,
-)
+from payments.tests.factories import OLD_WEBHOOK_SECRET, WEBHOOK_SECRET
+from tests.database import database_of
 
 
 @pytest.fixture(autouse=True, params=factories.SHAPES, ids=["current_shape", "2024_shape"])
@@ -34,8 +31,12 @@ def _stripe_server() -> Iterator[tuple[SwitchApp, Any]]:
 
 
 @pytest.fixture(autouse=True)
-def stripe_api(_stripe_server: tuple[SwitchApp, Any], settings: Any) -> StripePeer:
-    """A fresh fake Stripe for every payments test; the SDK (and dj-stripe) talk only to it."""
+def stripe_api(
+    request: pytest.FixtureRequest, _stripe_server: tuple[SwitchApp, Any], settings: Any
+) -> StripePeer:
+    """A fresh Stripe-compatible server for every payments test; the SDK (and dj-stripe) talk
+    only to it. It starts with the memo's catalogue, which the gateway has synced (as its
+    worker does at start) when the test has a database."""
     switch, running = _stripe_server
     fake = StripePeer()  # with the memo's plans and packs, as the Dashboard made them
     fake.event_version = factories.shape()
@@ -45,12 +46,15 @@ def stripe_api(_stripe_server: tuple[SwitchApp, Any], settings: Any) -> StripePe
     settings.STRIPE_TEST_SECRET_KEY = "sk_test_51GatewayTestKey0000000000000000"
     settings.STRIPE_LIVE_MODE = False
     settings.STRIPE_WEBHOOK_SECRETS = [WEBHOOK_SECRET, OLD_WEBHOOK_SECRET]
-    settings.STRIPE_PRICE_IDS = dict(PRICE_IDS)
     # A fast, deterministic worker (the tests run it with `run_grants --once`).
     settings.GRANT_RETRY_BASE_SECONDS = 0
     settings.GRANT_RECONCILE_DELAY_SECONDS = 0
     settings.GRANT_BUSY_WAIT_SECONDS = 0.3
     settings.APPLE_ENABLE_ONLINE_CHECKS = False
+    if database_of(request):
+        from payments.catalogue import catalogue_sync
+
+        catalogue_sync()
     return fake
 
 

@@ -167,7 +167,10 @@ def test_upgrade_then_renewal_grants_the_new_plans_credits_once(
         billing_reason="subscription_update",
         lines=[("historian", True, -1000), ("api_pro", True, 3500)],
     )
-    _paid(client, stripe_api, customer_id, proration)  # prorations grant nothing
+    _paid(client, stripe_api, customer_id, proration)
+    # The upgrade grants the difference for the rest of the period, in the share of the new
+    # price Stripe billed: (1000 - 200) x 3500 / 4999 = 560.1 → 560.
+    assert CreditGrant.objects.get(key=f"stripe:{proration['id']}").amount == 560
     # The renewal as the event carries it: lines without their price (Stripe's lines endpoint
     # has them), the subscription's metadata still naming the old plan.
     renewal = f.invoice(customer_id, upgraded, "api_pro", "subscription_cycle", priced=False)
@@ -178,10 +181,10 @@ def test_upgrade_then_renewal_grants_the_new_plans_credits_once(
     grant = CreditGrant.objects.get(key=f"stripe:{renewal['id']}")
     assert grant.amount == 1000 and grant.state == GrantState.SENT
     assert stripe_api.calls("GET", f"/v1/invoices/{renewal['id']}/lines")
-    assert CreditGrant.objects.count() == 2
+    assert CreditGrant.objects.count() == 3
     assert Payment.objects.get(reference=grant.key).product == "api_pro"
-    assert [row["amount"] for row in _flash_grants(flash_peer, user)][-2:] == [200, 1000]
-    assert flash_peer.user_balance(user.flash_user_id) == 1250
+    assert [row["amount"] for row in _flash_grants(flash_peer, user)][-3:] == [200, 560, 1000]
+    assert flash_peer.user_balance(user.flash_user_id) == 1810
     user.refresh_from_db()
     assert user.plan == "api_pro"
 
@@ -190,7 +193,8 @@ def test_renewal_carrying_prorations_grants_the_plan_of_its_period(
     client: Client, user: Any, customer_id: str, stripe_api: StripePeer
 ):
     """Prorations of a mid-cycle change land on the next renewal, the old plan's credit line
-    first; the period itself is billed at the new price."""
+    first: the period is billed at the new price, and the upgrade's difference for the rest of
+    the old period comes with it, in one grant keyed on the invoice."""
     sub = f.subscription(customer_id, "api_pro", metadata={"plan": "historian"})
     renewal = f.invoice(
         customer_id,
@@ -201,7 +205,7 @@ def test_renewal_carrying_prorations_grants_the_plan_of_its_period(
     )
     _paid(client, stripe_api, customer_id, renewal)
 
-    assert CreditGrant.objects.get().amount == 1000
+    assert CreditGrant.objects.get().amount == 1000 + 560  # (1000 - 200) x 3500 / 4999
 
 
 def test_renewal_while_stripe_cannot_say_what_was_billed_is_not_lost(

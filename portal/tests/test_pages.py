@@ -168,7 +168,7 @@ def test_usage_page_charts_calls_per_day_and_per_key(portal_client: Client, user
 
 @pytest.mark.django_db
 def test_billing_shows_flash_balance_and_history(
-    portal_client: Client, user: Any, flash_peer: Any
+    portal_client: Client, user: Any, flash_peer: Any, catalogue: Any
 ) -> None:
     from upstreams import flash
 
@@ -195,12 +195,10 @@ def test_billing_page_survives_flash_being_down(
 
 
 @pytest.mark.django_db
-def test_buying_credits_redirects_to_stripe_checkout(
-    portal_client: Client, stripe_api: Any
-) -> None:
+def test_buying_credits_redirects_to_stripe_checkout(portal_client: Client, catalogue: Any) -> None:
     response = portal_client.post("/portal/billing/checkout/", {"product": "pack:100_credits"})
     assert response.status_code == 303
-    sessions = [o for o in stripe_api.objects.values() if o.get("object") == "checkout.session"]
+    sessions = [o for o in catalogue.objects.values() if o.get("object") == "checkout.session"]
     assert len(sessions) == 1
     assert response["Location"] == sessions[0]["url"]
 

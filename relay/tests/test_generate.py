@@ -94,7 +94,7 @@ def test_hd_needs_hd_access(gateway: Any, auth: Any, flash_peer: Any, user: Any)
         assert refused.status_code == 403 and refused.json()["code"] == "preset_not_allowed"
     assert _generations(flash_peer) == []
 
-    user.plan = "historian"
+    user.plan, user.plan_hd_access = "historian", True  # what the Historian plan gives
     user.save()
     allowed = gateway.post(GENERATE, json={"query": "Apollo 11", "preset": "HD"}, headers=auth)
     assert allowed.status_code == 200

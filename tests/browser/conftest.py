@@ -128,7 +128,8 @@ def site(
 ) -> Iterator[ProductionGateway]:
     """The production server on a loopback port, on the test's own database (committed rows are
     seen both ways), pointed at the peers the test's fixtures started."""
-    for fixture in ("oidc_provider", "stripe_api"):  # their settings must exist before the start
+    # Their settings (and the synced catalogue) must exist before the start.
+    for fixture in ("oidc_provider", "stripe_api", "catalogue"):
         if fixture in request.fixturenames:
             request.getfixturevalue(fixture)
     env = {
@@ -136,12 +137,6 @@ def site(
         for name in PASSED_SETTINGS
         if getattr(django_settings, name, "")
     }
-    env.update(
-        {
-            f"STRIPE_PRICE_{name.upper()}": price
-            for name, price in django_settings.STRIPE_PRICE_IDS.items()
-        }
-    )
     env.update(
         {
             "STATIC_ROOT": str(collected_static),

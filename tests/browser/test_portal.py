@@ -51,6 +51,7 @@ def _wait_for_usage(count: int) -> None:
 def test_developer_signs_in_manages_a_key_sees_usage_and_checks_out(
     oidc_provider: Any,
     stripe_api: Any,
+    catalogue: Any,
     flash_peer: Any,
     site: Any,
     browser: Any,

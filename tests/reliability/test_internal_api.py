@@ -106,13 +106,10 @@ STRIPE_TEST_KEY = "sk_test_51GatewayTestKey0000000000000000"  # a key dj-stripe 
 
 
 @pytest.fixture
-def stripe_catalogue(stripe_api: Any, settings: Any) -> Any:
-    """The root `stripe_api` fake Stripe, with the account's products and prices."""
+def stripe_catalogue(catalogue: Any, settings: Any) -> Any:
+    """The Stripe-compatible server, its memo catalogue synced into the test's database."""
     settings.STRIPE_SECRET_KEY = settings.STRIPE_TEST_SECRET_KEY = STRIPE_TEST_KEY
-    for name, price_id in f.PRICE_IDS.items():
-        stripe_api.put(f.product(name))
-        stripe_api.put(f.price(name, price_id))
-    return stripe_api
+    return catalogue
 
 
 @pytest.fixture
@@ -311,7 +308,6 @@ def test_billing_status_follows_a_subscriber(
         "STRIPE_SECRET_KEY": STRIPE_TEST_KEY,
         "STRIPE_API_BASE": settings.STRIPE_API_BASE,
         "STRIPE_WEBHOOK_SECRET": f.WEBHOOK_SECRET,
-        **{f"STRIPE_PRICE_{name.upper()}": price for name, price in f.PRICE_IDS.items()},
     }
     server = start_server(**stripe_env)
     # The web process only stores Stripe's events; the background worker (`run_grants`, a

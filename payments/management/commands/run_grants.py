@@ -2,7 +2,9 @@
 
 The only process that delivers grants: web processes record them and nudge it
 (`payments.services.worker_nudge`). Delivers due grants to Flash, processes and retries stored
-Stripe events (the dj-stripe mirror and plan work), settles asynchronous generations nobody polled
+Stripe events (the dj-stripe mirror and plan work), applies downgrades whose period has ended,
+re-reads Stripe's catalogue at start and every CATALOGUE_SYNC_SECONDS (not with `--once`: one pass
+does the due work only), settles asynchronous generations nobody polled
 (relay/async_generation.py), and rolls usage up (today and yesterday) every
 METERING_ROLLUP_INTERVAL_SECONDS so the usage endpoints and dashboards stay fresh. Sends webhooks
 to developers from their outbox on threads of its own (webhooks/worker.py: a slow endpoint never
@@ -22,7 +24,13 @@ from django.db import close_old_connections
 
 from apikeys.services import keys_expiring_announce
 from metering.services import usage_rollup_recent
-from payments.services import grants_deliver_due, stripe_events_process_due, worker_wait
+from payments.catalogue import catalogue_sync_in_worker
+from payments.services import (
+    grants_deliver_due,
+    plan_changes_apply_due,
+    stripe_events_process_due,
+    worker_wait,
+)
 from relay.async_generation import async_generations_settle_due
 from relay.refunds import generations_reconcile_due
 from webhooks.services import deliveries_send_due
@@ -59,7 +67,7 @@ class Command(BaseCommand):
             if options["sleep"] is not None
             else settings.GRANT_WORKER_SLEEP_SECONDS
         )
-        next_rollup = next_key_scan = 0.0
+        next_rollup = next_key_scan = next_catalogue_sync = 0.0
         # --once sends the due webhooks itself, after the pass that may have made some.
         deliveries = None if options["once"] else DeliveryLoop().start()
         seen = worker_wait(seconds=0, seen=None)
@@ -71,6 +79,11 @@ class Command(BaseCommand):
                 grants = grants_deliver_due()
                 events = stripe_events_process_due()
                 settled = async_generations_settle_due()
+                plan_changes_apply_due()  # downgrades whose period ended without a renewal yet
+                periodic = settings.CATALOGUE_SYNC_SECONDS and not options["once"]
+                if periodic and time.monotonic() >= next_catalogue_sync:
+                    catalogue_sync_in_worker()
+                    next_catalogue_sync = time.monotonic() + settings.CATALOGUE_SYNC_SECONDS
                 if grants or events or settled or options["verbosity"] > 1:
                     self.stdout.write(
                         f"grants claimed: {grants}, events processed: {events}, "

@@ -10,6 +10,7 @@ from django.test.utils import override_settings
 
 # Third-party data steps that only rewrite rows already there (none in a new database), so a
 # fresh build may skip them like Django's own: django-axes 0007 de-duplicates login attempts.
+# Our own such migrations say so with `rewrites_existing_rows_only = True`.
 _ROW_REWRITES_ONLY = {("axes", "0007_alter_accessattempt_unique_together")}
 
 
@@ -48,6 +49,7 @@ class Command(BaseCommand):
             for key, migration in loader.disk_migrations.items()
             if not type(migration).__module__.startswith("django.contrib.")
             and key not in _ROW_REWRITES_ONLY
+            and not getattr(migration, "rewrites_existing_rows_only", False)
             and any(isinstance(op, (RunPython, RunSQL)) for op in migration.operations)
         ]
         verbosity = options["verbosity"]
