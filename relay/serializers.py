@@ -15,6 +15,8 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from relay.pricing import PRESETS
+
 # Fields of Flash's generation body the gateway accepts (upstreams.md A4). `text_model` and
 # `image_model` are refused: Flash prices by preset, so an override could buy Claude Opus at the
 # balanced price. `write_blob` writes files on Flash's disk; `callback_url` is for the async route.
@@ -96,8 +98,6 @@ class GenerateInputSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
     def validate_preset(self, value: str | None) -> str:
-        from relay.services import PRESETS
-
         preset = (value or "balanced").strip().lower()
         if preset not in PRESETS:
             raise serializers.ValidationError(
