@@ -7,7 +7,9 @@ from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
-INTERNAL_PATH_PREFIX = "/internal/"
+from timepoint_billing.routes import INTERNAL
+
+INTERNAL_PATH_PREFIX = "/" + INTERNAL
 
 
 class ServiceKeyScheme(OpenApiAuthenticationExtension):

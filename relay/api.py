@@ -45,11 +45,12 @@ from timepoint_billing.errors import (
     error_response,
     exception_to_response,
 )
+from timepoint_billing.routes import API_V1
 from upstreams import flash
 
 AnyResponse = HttpResponse | StreamingHttpResponse
 Handler = Callable[..., Awaitable[Any]]
-PREFIX = "/api/v1"
+PREFIX = "/" + API_V1.rstrip("/")  # where timepoint_billing/urls.py mounts relay/urls.py
 # nginx's status for "the client closed the connection before the answer": what the usage record
 # of a read abandoned by its client says.
 CLIENT_CLOSED_REQUEST = 499

@@ -24,6 +24,8 @@ from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.urls import set_script_prefix
 
+from timepoint_billing.routes import async_route_prefixes
+
 logger = logging.getLogger("timepoint.request")
 
 # Set in the scope when the body was cut short; RequestContextMiddleware answers it with 413.
@@ -50,23 +52,6 @@ class DisconnectWatch:
         if task is not None and not task.done() and not self.fired:
             self.fired = True
             task.cancel()
-
-
-# The relay's async routes (relay/urls.py) and the async health checks. A sync view added under
-# one of these prefixes would still work; it would share one thread with the others.
-ASYNC_ROUTE_PREFIXES = (
-    "/api/v1/browse",
-    "/api/v1/moments",
-    "/api/v1/today",
-    "/api/v1/random",
-    "/api/v1/search",
-    "/api/v1/graph/",
-    "/api/v1/stats",
-    "/api/v1/credits/",
-    "/api/v1/generate",
-    "/api/v1/timepoints/",
-    "/health",
-)
 
 
 def _declared_length(scope: dict[str, Any]) -> int | None:
@@ -135,7 +120,7 @@ class GatewayASGIHandler(ASGIHandler):
         if scope["type"] == "lifespan":
             await self.lifespan(receive, send)
             return
-        if scope["type"] == "http" and scope["path"].startswith(ASYNC_ROUTE_PREFIXES):
+        if scope["type"] == "http" and scope["path"].startswith(async_route_prefixes()):
             limited = BodyLimit(scope, receive, settings.MAX_REQUEST_BODY_BYTES)
             await self.handle_on_loop(scope, limited, send)
             return

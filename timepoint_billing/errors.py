@@ -16,16 +16,15 @@ from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 
-logger = logging.getLogger("timepoint.errors")
+from timepoint_billing.routes import BROWSER_PREFIXES
 
-# The browser pages: the admin, the portal and the browser login. Everything else on this host
-# is API, so an error anywhere else (an unknown path such as `/internal/x` or `/foo`, a wrong
-# method) answers `{"detail", "code"}` JSON, never Django's HTML page.
-BROWSER_PREFIXES = ("/admin", "/portal", "/oidc/")
+logger = logging.getLogger("timepoint.errors")
 
 
 def answers_json(path: str) -> bool:
-    """True for every path but the browser pages: errors there are JSON."""
+    """True for every path but the browser pages (the admin, the portal, the browser login):
+    an error anywhere else (an unknown path such as `/internal/x` or `/foo`, a wrong method)
+    answers `{"detail", "code"}` JSON, never Django's HTML page."""
     return not path.startswith(BROWSER_PREFIXES)
 
 

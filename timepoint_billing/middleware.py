@@ -22,6 +22,7 @@ from timepoint_billing.asgi_handler import BODY_TOO_LARGE
 from timepoint_billing.errors import answers_json, error_response
 from timepoint_billing.logs import request_id_var
 from timepoint_billing.metrics import observe_request
+from timepoint_billing.routes import JSON_API_PREFIXES
 
 request_log = logging.getLogger("timepoint.request")
 
@@ -135,8 +136,6 @@ class RequestContextMiddleware:
 #   JSON API under /api/v1/ and /health never reads a session or a login cookie (callers present
 #   bearer credentials or X-API-Key; every view there is csrf-exempt), so there they are skipped.
 #   Elsewhere they run exactly as Django runs them.
-
-JSON_API_PREFIXES = ("/api/v1/", "/health", "/internal/")
 
 
 def is_json_api(request: HttpRequest) -> bool:
