@@ -24,7 +24,6 @@ import logging
 import threading
 import time
 import uuid
-import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,8 @@ from django.conf import settings
 from django.core.cache import cache
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from timepoint_billing import async_cache
 
 logger = logging.getLogger("timepoint.limiter")
 
@@ -186,9 +187,6 @@ class AsyncRedis:
 
 
 _sync_clients: dict[str, SyncRedis] = {}
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncRedis]] = (
-    weakref.WeakKeyDictionary()
-)
 _clients_lock = threading.Lock()
 _breaker = {"open_until": 0.0, "failures": 0.0}
 # RuntimeError: under uvloop (what uvicorn and gunicorn's UvicornWorker run), a write on a
@@ -227,31 +225,16 @@ def sync_redis() -> SyncRedis:
 
 
 def async_redis() -> AsyncRedis:
-    """This event loop's asyncio Redis client (its connections belong to the loop). Not for
-    the in-process Redis: it answers at once, so async code calls it through `sync_redis`.
-
-    Its own timeouts are LIMITER_WAIT_SECONDS, not REDIS_SOCKET_TIMEOUT: measured on a busy event
-    loop they say more about the gateway than about Redis. A slow reply is judged by `_Watch`."""
+    """This event loop's asyncio Redis client and the limiter's scripts on it (one pool per loop,
+    shared with the cache: `timepoint_billing.async_cache.loop_client`). Not for the in-process
+    Redis: it answers at once, so async code calls it through `sync_redis`. A slow reply is
+    judged by `_Watch`, not by the client's timeouts (LIMITER_WAIT_SECONDS)."""
     url = settings.REDIS_URL
-    per_loop = _async_clients.setdefault(asyncio.get_running_loop(), {})
-    found = per_loop.get(url)
-    if found is None:
-        patience = max(settings.LIMITER_WAIT_SECONDS, settings.REDIS_SOCKET_TIMEOUT)
-        # A pool that waits for a free connection: redis-py's default async pool raises as soon
-        # as its connections are in use, which a burst on one loop turned into "Redis is down".
-        pool = aredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=settings.REDIS_MAX_CONNECTIONS,
-            timeout=patience,
-            socket_timeout=patience,
-            socket_connect_timeout=patience,
-            health_check_interval=30,
-        )
-        client = aredis.Redis(connection_pool=pool)
-        found = per_loop[url] = AsyncRedis(
-            client, client.register_script(ACQUIRE_LUA), client.register_script(RENEW_LUA)
-        )
-    return found
+    return AsyncRedis(
+        async_cache.loop_client(url),
+        async_cache.loop_script(url, ACQUIRE_LUA),
+        async_cache.loop_script(url, RENEW_LUA),
+    )
 
 
 class _HealthProbe:

@@ -294,7 +294,7 @@ async def generate_stream(request: HttpRequest, call: services.RelayCall) -> Str
         try:
             upstream = await services.generation_open_stream(generation)
         except BaseException:
-            services.generation_release(generation)
+            await services.generation_release(generation)
             raise
         stream = services.generation_stream(generation, upstream, call, STREAM_EVENT)
         await anext(stream)  # started: its `finally` (cleanup) can now run whatever happens

@@ -110,7 +110,7 @@ async def generation_start_async(generation: Generation, call: RelayCall) -> dic
             )
     finally:
         # Flash's charge is committed when it answers: the held credits are given back now.
-        generation_release(generation)
+        await generation_release(generation)
     return {
         "id": timepoint_id,
         "status": "processing",

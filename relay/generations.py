@@ -139,7 +139,7 @@ async def _admit_credits(generation: Generation, flash_user_id: str) -> None:
                 extra={"balance": balance, "available": balance, "cost": generation.cost},
             )
         try:
-            reserve(flash_user_id=flash_user_id, cost=generation.cost, balance=balance)
+            await reserve(flash_user_id=flash_user_id, cost=generation.cost, balance=balance)
         except GrantInFlight:
             # A grant is changing this user's credits in Flash right now (pitfall 11): wait for
             # it (grants take milliseconds), then price against the new balance.
@@ -155,14 +155,16 @@ async def _admit_credits(generation: Generation, flash_user_id: str) -> None:
         return
 
 
-def generation_release(generation: Generation, *, delay: float = 0.0) -> None:
+async def generation_release(generation: Generation, *, delay: float = 0.0) -> None:
+    """Give the generation's reservation back (now, or `delay` seconds later); once."""
     if not generation.reserved:
         return
     generation.reserved = False
+    flash_user_id, cost = generation.flash_user_id, generation.cost
     if delay > 0:
-        release_later(flash_user_id=generation.flash_user_id, cost=generation.cost, delay=delay)
+        release_later(flash_user_id=flash_user_id, cost=cost, delay=delay)
     else:
-        release(flash_user_id=generation.flash_user_id, cost=generation.cost)
+        await release(flash_user_id=flash_user_id, cost=cost)
 
 
 async def generation_forwarded(generation: Generation, *, route: str) -> None:
@@ -301,7 +303,7 @@ async def generation_run_sync(generation: Generation, call: RelayCall) -> dict[s
             call.credits_spent = generation.cost
         return body
     finally:
-        generation_release(generation)
+        await generation_release(generation)
 
 
 async def generation_forward(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.core.cache import cache
 
+from timepoint_billing import async_cache
 from timepoint_billing.errors import (
     UpstreamError,
 )
@@ -30,8 +30,9 @@ def costs_cache_seconds() -> float:
 
 
 async def flash_costs() -> dict[str, int]:
-    """Flash's `/credits/costs` table, cached for about a minute (it changes with deploys)."""
-    cached = cache.get(COSTS_CACHE_KEY)
+    """Flash's `/credits/costs` table, cached for about a minute (it changes with deploys); the
+    cache is awaited on the event loop, never a blocking call."""
+    cached = await async_cache.get(COSTS_CACHE_KEY)
     if isinstance(cached, dict):
         return cached
     response = await flash.acall("GET", "/api/v1/credits/costs")
@@ -41,7 +42,7 @@ async def flash_costs() -> dict[str, int]:
         costs = {str(k): int(v) for k, v in response.json()["costs"].items()}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UpstreamError("Flash returned an invalid cost table.") from exc
-    cache.set(COSTS_CACHE_KEY, costs, costs_cache_seconds())
+    await async_cache.set(COSTS_CACHE_KEY, costs, costs_cache_seconds())
     return costs
 
 

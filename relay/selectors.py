@@ -27,8 +27,8 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.core import signing
-from django.core.cache import cache
 
+from timepoint_billing import async_cache
 from timepoint_billing.errors import BadRequest, NotFound, UpstreamError, UpstreamTimeout
 from upstreams import clockchain
 from upstreams.flash import LedgerEntry
@@ -57,11 +57,11 @@ async def clockchain_get(
     """One Clockchain GET, decoded. 2xx JSON only; errors are mapped (404 kept, 429 → 503).
 
     `not_found_ok`: a 404 returns None instead of raising."""
-    # With the cache off (CLOCKCHAIN_CACHE_SECONDS=0) no cache round trip at all: the cache
-    # client is synchronous and would block the event loop for nothing.
+    # With the cache off (CLOCKCHAIN_CACHE_SECONDS=0) no cache round trip at all. On, the
+    # cache is awaited on the event loop (`async_cache`), never a blocking call.
     key = _cache_key(path, params, with_key) if cached and clockchain_cache_seconds() > 0 else ""
     if key:
-        hit = cache.get(key)
+        hit = await async_cache.get(key)
         if hit is not None:
             return hit
     response = await clockchain.acall("GET", path, params=params, with_key=with_key)
@@ -74,7 +74,7 @@ async def clockchain_get(
     except ValueError as exc:
         raise UpstreamError("Clockchain returned an invalid answer.") from exc
     if key:
-        cache.set(key, body, clockchain_cache_seconds())
+        await async_cache.set(key, body, clockchain_cache_seconds())
     return body
 
 

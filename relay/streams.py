@@ -279,7 +279,7 @@ async def _stream_settle(
     finally:
         # Flash writes a stream's charge back after the stream closed (pitfall 11): hold the
         # reservation and the busy marker a moment longer.
-        generation_release(generation, delay=stream_settle_seconds())
+        await generation_release(generation, delay=stream_settle_seconds())
         await call.finish()
 
 

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+from asgiref.sync import async_to_sync
 from django.test import Client
 from django.utils import timezone
 
@@ -225,12 +226,13 @@ def test_credits_check_reads_flash_and_the_relays_holds(
     assert check(51).json()["sufficient"] is False
     assert check(10, user.flash_user_id).json()["sufficient"] is True
 
-    reserve(flash_user_id=user.flash_user_id, cost=45, balance=50)  # a generation in flight
+    # A generation in flight (the relay's own reservation, run as the relay runs it: awaited).
+    async_to_sync(reserve)(flash_user_id=user.flash_user_id, cost=45, balance=50)
     try:
         held = check(10).json()
         assert held["sufficient"] is False and held["reserved"] == 45 and held["available"] == 5
     finally:
-        release(flash_user_id=user.flash_user_id, cost=45)
+        async_to_sync(release)(flash_user_id=user.flash_user_id, cost=45)
     # Reading spends nothing.
     assert flash_peer.user_balance(user.flash_user_id) == 50
 
