@@ -1,5 +1,11 @@
 """Fixtures for the relay tests: the real ASGI gateway on a loopback port, in front of the
-Flash and Clockchain contract peers (also on loopback)."""
+Flash and Clockchain contract peers (also on loopback).
+
+Every relay test also runs under the event-loop guard (`devpeers/loopguard.py`): a blocking socket
+call made on the gateway's event loop fails the test that caused it (issue 13 point 6). With
+REDIS_URL set (CI on PostgreSQL + Redis) that covers the limiter, the Clockchain cache, the cost
+table and the credit reservations; `test_event_loop.py` covers them with Redis in any run that
+has a Redis server."""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from devpeers import loopguard
+
 
 @pytest.fixture(scope="session")
 def _gateway_server() -> Iterator[Any]:
@@ -16,8 +24,19 @@ def _gateway_server() -> Iterator[Any]:
     from timepoint_billing.asgi import application
 
     running = start_peer(application)
+    loopguard.watch(running.loop)
     yield running
     running.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_blocking_io_on_the_loop() -> Iterator[None]:
+    """Fails the test when the gateway's event loop made a blocking socket call during it."""
+    loopguard.take()
+    yield
+    found = loopguard.take()
+    if found:
+        pytest.fail(loopguard.report(found), pytrace=False)
 
 
 @pytest.fixture(autouse=True)

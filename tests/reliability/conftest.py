@@ -112,6 +112,23 @@ def wait_for(predicate: Any, timeout: float = 3.0, interval: float = 0.02) -> No
         time.sleep(interval)
 
 
+def redis_caches(settings: Any, url: str, prefix: str) -> dict[str, Any]:
+    """CACHES for the default cache on `url` (django-redis, the production options) under its
+    own key prefix, for a test that points the gateway at a Redis of its own."""
+    return {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": url,
+            "KEY_PREFIX": prefix,
+            "OPTIONS": {
+                "SOCKET_CONNECT_TIMEOUT": settings.REDIS_CONNECT_TIMEOUT,
+                "SOCKET_TIMEOUT": settings.REDIS_SOCKET_TIMEOUT,
+                "IGNORE_EXCEPTIONS": True,
+            },
+        }
+    }
+
+
 def assert_json_error(response: httpx.Response, status: int, code: str | None = None) -> None:
     """The house error shape: `{"detail": str, "code": str}` with the given status."""
     assert response.status_code == status, (response.status_code, response.text[:300])

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from devpeers.faultproxy import FaultProxy
-from tests.reliability.conftest import assert_json_error
+from tests.reliability.conftest import assert_json_error, redis_caches
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -41,18 +41,7 @@ def redis_proxy(settings: Any) -> Iterator[FaultProxy]:
     proxy = FaultProxy("127.0.0.1", 6379).start()
     url = f"redis://127.0.0.1:{proxy.port}/{REDIS_DB}"
     settings.REDIS_URL = url
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": url,
-            "KEY_PREFIX": "tpb-rel",
-            "OPTIONS": {
-                "SOCKET_CONNECT_TIMEOUT": settings.REDIS_CONNECT_TIMEOUT,
-                "SOCKET_TIMEOUT": settings.REDIS_SOCKET_TIMEOUT,
-                "IGNORE_EXCEPTIONS": True,
-            },
-        }
-    }
+    settings.CACHES = redis_caches(settings, url, "tpb-rel")
     yield proxy
     proxy.stop()
     redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
