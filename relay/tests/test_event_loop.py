@@ -24,7 +24,7 @@ import redis
 
 from devpeers import loopguard
 from devpeers.clockchain import CAESAR
-from relay.reservations import reservation_total
+from relay.services import reservation_total
 from tests.reliability.conftest import redis_caches, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
