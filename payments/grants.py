@@ -24,6 +24,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from accounts.models import User
+from alerts import services as alerts
 from payments.models import CreditGrant, GrantSource, GrantState
 from payments.worker import backoff_seconds, worker_nudge
 from timepoint_billing.errors import ApiError, BadRequest, UpstreamError
@@ -210,6 +211,8 @@ def _grant_sent(grant: CreditGrant, balance: Any, note: str = "") -> CreditGrant
             claimed_at=None,
         )
         webhooks.credits_granted(grant=grant)
+        if grant.flash_balance_after is not None:  # a top-up re-arms a low-balance alert
+            alerts.balance_seen(user_id=grant.user_id, balance=grant.flash_balance_after)
     return grant
 
 

@@ -14,7 +14,7 @@ from django.db import transaction
 SUPPORT = "support"
 BILLING = "billing"
 # Apps whose rows staff look at; djstripe is Stripe's mirror (customers, subscriptions, invoices).
-VIEWED_APPS = ("accounts", "apikeys", "metering", "payments", "webhooks", "djstripe")
+VIEWED_APPS = ("accounts", "apikeys", "metering", "payments", "webhooks", "alerts", "djstripe")
 # On top of support's view permissions (app_label, codename).
 BILLING_EXTRA = (
     ("payments", "add_creditgrant"),  # the manual-grant form

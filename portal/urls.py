@@ -1,6 +1,6 @@
 from django.urls import path
 
-from portal import key_pages, views, webhook_pages
+from portal import alert_pages, key_pages, views, webhook_pages
 
 app_name = "portal"
 
@@ -16,6 +16,7 @@ urlpatterns = [
     path("usage/", views.UsagePage.as_view(), name="usage"),
     path("billing/", views.BillingPage.as_view(), name="billing"),
     path("billing/checkout/", views.CheckoutPage.as_view(), name="checkout"),
+    path("billing/alert/", alert_pages.LowBalanceAlertPage.as_view(), name="low-balance-alert"),
     path("webhooks/", webhook_pages.WebhookListPage.as_view(), name="webhooks"),
     path(
         "webhooks/deliveries/<str:delivery_id>/resend/",

@@ -48,6 +48,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from accounts.models import User
+from alerts import services as alerts
 from apikeys import budgets
 from metering.services import usage_credits_set
 from payments.models import GrantSource
@@ -203,6 +204,8 @@ def _settle(
     record.claimed_at = None
     record.save()
     transaction.on_commit(lambda: usage_credits_set(request_id=record.request_id, credits=charged))
+    if charged > 0:  # the worker reads the balance for a low-balance alert (if one is set)
+        alerts.generation_charged(user_id=record.user_id)
     logger.info(
         {
             "event": "generation_settled",

@@ -91,6 +91,7 @@ INSTALLED_APPS = [
     "metering",
     "internal",
     "webhooks",
+    "alerts",
     "portal",  # server-rendered pages over the apps above; owns no models
 ]
 
@@ -130,6 +131,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "portal.context_processors.low_balance",
             ],
         },
     },
@@ -390,6 +392,31 @@ MAX_WEBHOOK_ENDPOINTS = env_int("MAX_WEBHOOK_ENDPOINTS_PER_USER", 16)
 # How often the worker looks for keys entering their last 7 days (key.expiring).
 KEY_EXPIRY_SCAN_SECONDS = env_float("KEY_EXPIRY_SCAN_SECONDS", 60.0)
 
+# --- Email (low-balance alerts; alerts/)
+# SMTP when EMAIL_HOST is set (production requires it); otherwise messages are printed to the
+# console, which is how development sees them.
+EMAIL_HOST = env_str("EMAIL_HOST", "")
+EMAIL_PORT = env_int("EMAIL_PORT", 587)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", EMAIL_PORT == 587)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", EMAIL_PORT == 465)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
+EMAIL_BACKEND = (
+    "django.core.mail.backends.smtp.EmailBackend"
+    if EMAIL_HOST
+    else "django.core.mail.backends.console.EmailBackend"
+)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "TIMEPOINT <no-reply@timepointai.com>")
+# Where emails send people (the portal's pages).
+PORTAL_URL = env_str(
+    "PORTAL_URL",
+    "https://api.timepointai.com/portal/" if IS_PRODUCTION else "http://127.0.0.1:8000/portal/",
+)
+# An alert email that fails is retried (doubling from this) up to this many attempts.
+ALERT_EMAIL_RETRY_SECONDS = env_float("ALERT_EMAIL_RETRY_SECONDS", 30.0)
+ALERT_EMAIL_MAX_ATTEMPTS = env_int("ALERT_EMAIL_MAX_ATTEMPTS", 10)
+
 # dj-stripe: the Stripe mirror. Keys come from the environment, never from the admin.
 STRIPE_LIVE_MODE = STRIPE_SECRET_KEY.startswith("sk_live_")
 STRIPE_TEST_SECRET_KEY = STRIPE_SECRET_KEY if not STRIPE_LIVE_MODE else ""
@@ -606,6 +633,7 @@ def _check_production() -> None:
         "FLASH_GATEWAY_SIGNING_SECRET": os.environ.get("FLASH_GATEWAY_SIGNING_SECRET", ""),
         "CLOCKCHAIN_URL": os.environ.get("CLOCKCHAIN_URL", ""),
         "CLOCKCHAIN_SERVICE_KEY": os.environ.get("CLOCKCHAIN_SERVICE_KEY", ""),
+        "EMAIL_HOST": EMAIL_HOST,
     }
     unset = {name for name, value in required.items() if not value.strip()}
     problems += [f"{name} is not set" for name in required if name in unset]

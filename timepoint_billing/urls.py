@@ -26,6 +26,7 @@ urlpatterns = [
     path(API_V1, include("payments.urls")),
     path(API_V1, include("metering.urls")),
     path(API_V1, include("webhooks.urls")),
+    path(API_V1, include("alerts.urls")),
     # Sibling services only (X-Service-Key); internal/middleware.py decides where it exists.
     path(INTERNAL, include("internal.urls")),
 ]

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from devpeers.faultproxy import FaultProxy
+from devpeers.webhook_receiver import WebhookReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -376,3 +377,78 @@ def production_gateway(tmp_path: Path) -> Iterator[Any]:
     yield start
     for server in started:
         server.kill()
+
+
+def worker_env(database_url: str, **overrides: str) -> dict[str, str]:
+    """The environment of a background worker (`manage.py run_grants`) beside a server the test
+    started: the test's database, digest secrets and upstream peers."""
+    from django.conf import settings
+
+    return subprocess_env(
+        DATABASE_URL=database_url,
+        SECRET_KEY=settings.SECRET_KEY,
+        API_KEY_DIGEST_SECRET=settings.API_KEY_DIGEST_SECRET,
+        FLASH_URL=settings.FLASH_URL,
+        FLASH_SERVICE_KEY=settings.FLASH_SERVICE_KEY,
+        FLASH_ADMIN_KEY=settings.FLASH_ADMIN_KEY,
+        FLASH_GATEWAY_SIGNING_SECRET=settings.FLASH_GATEWAY_SIGNING_SECRET,
+        **overrides,
+    )
+
+
+# --- The production server with two background workers (webhooks, alerts)
+
+# Webhook retries come quickly here (the default schedule starts at a minute); the deadline is
+# short so a hanging receiver costs a second.
+FAST_RETRIES = {
+    "WEBHOOK_RETRY_BASE_SECONDS": "0.5",
+    "WEBHOOK_TIMEOUT_SECONDS": "1",
+    "WEBHOOK_WORKER_SLEEP_SECONDS": "0.2",
+}
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    """A developer's webhook receiver on loopback (devpeers/webhook_receiver.py)."""
+    running = WebhookReceiver().start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def production_stack_env() -> dict[str, str]:
+    """More environment for the server and the workers (a test module may override it)."""
+    return {}
+
+
+@pytest.fixture
+def production_stack(
+    tmp_path: Path,
+    flash_peer: Any,
+    clockchain_peer: Any,
+    settings: Any,
+    production_stack_env: dict[str, str],
+) -> Iterator[tuple[ProductionGateway, list[subprocess.Popen[bytes]]]]:
+    """The production server and two background workers on the test database and Redis."""
+    shared = {"REDIS_URL": settings.REDIS_URL, **FAST_RETRIES, **production_stack_env}
+    server = ProductionGateway(tmp_path, shared, database_url=live_database_url())
+    env = worker_env(server.database_url, METERING_BACKGROUND_FLUSH="false", **shared)
+    logs = [(tmp_path / f"worker-{n}.log").open("wb") for n in range(2)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "manage.py", "run_grants", "--sleep", "0.2"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        for log in logs
+    ]
+    try:
+        yield server, workers
+    finally:
+        for worker in workers:
+            stop_process(worker)
+        for log in logs:
+            log.close()
+        server.stop()

@@ -32,7 +32,7 @@ from django.conf import settings as django_settings
 
 from accounts.tests.auth0_server import AUDIENCE, FakeAuth0
 from payments.tests import factories as f
-from tests.reliability.conftest import ROOT, free_port, stop_process, subprocess_env
+from tests.reliability.conftest import ROOT, free_port, stop_process, worker_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -315,17 +315,7 @@ def test_billing_status_follows_a_subscriber(
     worker = subprocess.Popen(
         [sys.executable, "manage.py", "run_grants", "--sleep", "0.2"],
         cwd=ROOT,
-        env=subprocess_env(
-            DATABASE_URL=server.database_url,
-            REDIS_URL="",
-            SECRET_KEY=settings.SECRET_KEY,
-            API_KEY_DIGEST_SECRET=settings.API_KEY_DIGEST_SECRET,
-            FLASH_URL=settings.FLASH_URL,
-            FLASH_SERVICE_KEY=settings.FLASH_SERVICE_KEY,
-            FLASH_ADMIN_KEY=settings.FLASH_ADMIN_KEY,
-            FLASH_GATEWAY_SIGNING_SECRET=settings.FLASH_GATEWAY_SIGNING_SECRET,
-            **stripe_env,
-        ),
+        env=worker_env(server.database_url, REDIS_URL="", **stripe_env),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

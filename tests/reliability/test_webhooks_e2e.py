@@ -8,88 +8,23 @@ until it lands, and never delivered again once it has."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import stripe
-from django.conf import settings as django_settings
 
 from devpeers.webhook_receiver import WebhookReceiver, verify
-from tests.reliability.conftest import (
-    ROOT,
-    ProductionGateway,
-    live_database_url,
-    stop_process,
-    subprocess_env,
-    wait_for,
-)
+from tests.reliability.conftest import ProductionGateway, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-# Retries come quickly here (the default schedule starts at a minute); the deadline is short so
-# a hanging receiver costs a second.
-FAST_RETRIES = {
-    "WEBHOOK_RETRY_BASE_SECONDS": "0.5",
-    "WEBHOOK_TIMEOUT_SECONDS": "1",
-    "WEBHOOK_WORKER_SLEEP_SECONDS": "0.2",
-}
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    running = WebhookReceiver().start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def stack(
-    tmp_path: Path, flash_peer: Any, clockchain_peer: Any, settings: Any
-) -> Iterator[tuple[ProductionGateway, list[subprocess.Popen[bytes]]]]:
-    """The production server and two background workers on the test database and Redis."""
-    shared = {"REDIS_URL": django_settings.REDIS_URL, **FAST_RETRIES}
-    server = ProductionGateway(tmp_path, shared, database_url=live_database_url())
-    env = subprocess_env(
-        DATABASE_URL=server.database_url,
-        SECRET_KEY=settings.SECRET_KEY,
-        API_KEY_DIGEST_SECRET=settings.API_KEY_DIGEST_SECRET,
-        FLASH_URL=settings.FLASH_URL,
-        FLASH_SERVICE_KEY=settings.FLASH_SERVICE_KEY,
-        FLASH_ADMIN_KEY=settings.FLASH_ADMIN_KEY,
-        FLASH_GATEWAY_SIGNING_SECRET=settings.FLASH_GATEWAY_SIGNING_SECRET,
-        METERING_BACKGROUND_FLUSH="false",
-        **shared,
-    )
-    logs = [(tmp_path / f"worker-{n}.log").open("wb") for n in range(2)]
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "manage.py", "run_grants", "--sleep", "0.2"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-        for log in logs
-    ]
-    try:
-        yield server, workers
-    finally:
-        for worker in workers:
-            stop_process(worker)
-        for log in logs:
-            log.close()
-        server.stop()
-
 
 def test_events_reach_the_receiver_signed_once_each_through_retries(
-    stack: tuple[ProductionGateway, list[subprocess.Popen[bytes]]],
-    receiver: WebhookReceiver,
+    production_stack: tuple[ProductionGateway, list[subprocess.Popen[bytes]]],
+    webhook_receiver: WebhookReceiver,
     user: Any,
     other_user: Any,
     session_token: str,
@@ -98,20 +33,20 @@ def test_events_reach_the_receiver_signed_once_each_through_retries(
     from payments.services import grant_manual
     from webhooks.models import DeliveryState, WebhookDelivery, WebhookEvent
 
-    server, workers = stack
+    server, workers = production_stack
     auth = {"Authorization": f"Bearer {session_token}"}
     web = httpx.Client(base_url=server.url, timeout=20, trust_env=False, headers=auth)
 
     created = web.post(
         "/api/v1/webhooks/endpoints",
-        json={"url": f"{receiver.url}/hooks", "events": ["key.revoked", "credits.granted"]},
+        json={"url": f"{webhook_receiver.url}/hooks", "events": ["key.revoked", "credits.granted"]},
     )
     assert created.status_code == 201, created.text
     secret = created.json()["secret"]
     key = web.post("/api/v1/keys", json={"name": "ci"}).json()
 
     # 500, then a hang past the 1 s deadline, then 200.
-    receiver.plan = [500, ("hang", 5)]
+    webhook_receiver.plan = [500, ("hang", 5)]
     statuses: list[int] = []
 
     def revoke() -> None:
@@ -124,7 +59,7 @@ def test_events_reach_the_receiver_signed_once_each_through_retries(
         thread.join(30)
     assert statuses == [204] * 4
 
-    requests = receiver.wait_for(3, timeout=60)
+    requests = webhook_receiver.wait_for(3, timeout=60)
     assert all(r.json()["type"] == "key.revoked" for r in requests)
     assert len({r.delivery_id for r in requests}) == 1  # one delivery, retried
     assert len({r.json()["id"] for r in requests}) == 1  # one event, however many revokes
@@ -142,7 +77,7 @@ def test_events_reach_the_receiver_signed_once_each_through_retries(
 
     # A staff grant: recorded here, delivered to Flash by a worker, announced once.
     grant = grant_manual(user=user, amount=40, reason="reliability", staff_user=other_user)
-    requests = receiver.wait_for(4, timeout=60)
+    requests = webhook_receiver.wait_for(4, timeout=60)
     granted = requests[-1].json()
     assert granted["type"] == "credits.granted"
     assert granted["data"] == {
@@ -155,10 +90,10 @@ def test_events_reach_the_receiver_signed_once_each_through_retries(
 
     # Nothing more arrives: each delivery landed exactly once after its retries.
     time.sleep(3)
-    assert len(receiver.received) == 4
+    assert len(webhook_receiver.received) == 4
     assert WebhookEvent.objects.count() == 2
     deliveries = list(WebhookDelivery.objects.order_by("id"))
     assert [d.state for d in deliveries] == [DeliveryState.SUCCEEDED] * 2
     assert [d.attempts for d in deliveries] == [3, 1]
-    assert len({r.delivery_id for r in receiver.received}) == 2
+    assert len({r.delivery_id for r in webhook_receiver.received}) == 2
     assert all(worker.poll() is None for worker in workers), "a worker died"

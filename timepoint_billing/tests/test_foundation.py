@@ -137,6 +137,7 @@ _PRODUCTION_VARIABLES = (
     "RAILWAY_",
     "FORWARDED_ALLOW_IPS",
     "LOCAL_SIGNIN",
+    "EMAIL_",
 )
 
 
@@ -159,6 +160,7 @@ def _production_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         CLOCKCHAIN_URL="http://127.0.0.1:9",
         CLOCKCHAIN_SERVICE_KEY="prod-clockchain-service",
         FORWARDED_ALLOW_IPS="127.0.0.1",
+        EMAIL_HOST="smtp.example.com",
     )
     env.update(overrides)
     return {k: v for k, v in env.items() if v is not None}

@@ -113,7 +113,7 @@ def test_a_grant_landing_in_flash_sends_credits_granted_once(
 
 
 def test_a_stripe_refund_sends_payment_refunded_per_new_total(
-    client: Client, user: Any, flash_peer: Any, stripe_api: Any, settings: Any, endpoint: Any
+    client: Client, user: Any, flash_peer: Any, catalogue: Any, settings: Any, endpoint: Any
 ) -> None:
     from payments import stripe_client
     from payments.tests import factories as f

@@ -9,8 +9,10 @@ does the due work only), settles asynchronous generations nobody polled
 METERING_ROLLUP_INTERVAL_SECONDS so the usage endpoints and dashboards stay fresh. Sends webhooks
 to developers from their outbox on threads of its own (webhooks/worker.py: a slow endpoint never
 holds up a grant), and announces keys entering their last week (key.expiring) every
-KEY_EXPIRY_SCAN_SECONDS. Several may run at once: every grant, event and webhook delivery is
-claimed by exactly one of them, and one roll-up runs at a time."""
+KEY_EXPIRY_SCAN_SECONDS; reads the balance after charged generations of users with a
+low-balance alert and sends the alerts' emails (alerts/). Several may run at once: every grant,
+event, webhook delivery, balance check and email is claimed by exactly one of them, and one
+roll-up runs at a time."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
+from alerts.services import low_balance_checks_due, low_balance_emails_send_due
 from apikeys.services import keys_expiring_announce
 from metering.services import usage_rollup_recent
 from payments.catalogue import catalogue_sync_in_worker
@@ -84,6 +87,9 @@ class Command(BaseCommand):
                 if periodic and time.monotonic() >= next_catalogue_sync:
                     catalogue_sync_in_worker()
                     next_catalogue_sync = time.monotonic() + settings.CATALOGUE_SYNC_SECONDS
+                # Balances after charged generations, then the alerts they crossed into.
+                low_balance_checks_due()
+                low_balance_emails_send_due()
                 if grants or events or settled or options["verbosity"] > 1:
                     self.stdout.write(
                         f"grants claimed: {grants}, events processed: {events}, "
