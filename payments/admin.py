@@ -24,7 +24,14 @@ from djstripe.models import Subscription
 
 from accounts.models import User
 from payments import services
-from payments.models import AppleNotification, CreditGrant, Payment, StripeWebhookEvent
+from payments.models import (
+    AppleNotification,
+    AutoRecharge,
+    CreditGrant,
+    Payment,
+    Recharge,
+    StripeWebhookEvent,
+)
 from timepoint_billing.errors import ApiError
 
 
@@ -202,6 +209,73 @@ class PaymentAdmin(admin.ModelAdmin):
         self.message_user(request, f"{count} payment(s) marked reviewed.", messages.SUCCESS)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(AutoRecharge)
+class AutoRechargeAdmin(admin.ModelAdmin):
+    """Users' auto-recharge rules; a rule the gateway turned off says why (the failed
+    recharge's code and reason)."""
+
+    list_display = [
+        "user",
+        "enabled",
+        "threshold",
+        "pack",
+        "daily_cap",
+        "card",
+        "failure_code",
+        "failed_at",
+    ]
+    list_filter = ["enabled", "failure_code"]
+    search_fields = ["user__email", "user__username", "user__auth0_sub"]
+    readonly_fields = [f.name for f in AutoRecharge._meta.fields]
+    actions = ["turn_off"]
+
+    @admin.display(description="card")
+    def card(self, rule: AutoRecharge) -> str:
+        return f"{rule.card_brand} ••{rule.card_last4}" if rule.card_last4 else "—"
+
+    @admin.action(description="Turn auto-recharge off", permissions=["change"])
+    def turn_off(self, request: HttpRequest, queryset: QuerySet[AutoRecharge]) -> None:
+        count = 0
+        for rule in queryset:
+            if services.recharge_rule_turn_off(user_id=rule.user_id):
+                self.log_change(request, rule, "Turned auto-recharge off.")
+                count += 1
+        self.message_user(request, f"{count} auto-recharge(s) turned off.", messages.SUCCESS)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Recharge)
+class RechargeAdmin(admin.ModelAdmin):
+    """Every automatic recharge: its PaymentIntent, its state and why it failed; a paid one
+    links its grant."""
+
+    list_display = [
+        "created_at",
+        "user",
+        "pack",
+        "credits",
+        "amount_cents",
+        "state",
+        "failure_code",
+        "stripe_payment_intent",
+        "attempts",
+    ]
+    list_filter = ["state", "failure_code"]
+    search_fields = ["key", "public_id", "stripe_payment_intent", "user__email", "user__username"]
+    readonly_fields = [f.name for f in Recharge._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 

@@ -186,3 +186,43 @@ class AppleWebhookApi(APIView):
             signed_payload=payload.validated_data["signedPayload"]
         )
         return Response({"received": True, "duplicate": not created})
+
+
+class AutoRechargeApi(LimitedMeteredApiView):
+    required_scope = Scope.BILLING
+
+    @extend_schema(
+        operation_id="billing_auto_recharge_retrieve",
+        tags=TAGS,
+        summary="Your auto-recharge rule, its card and your latest recharges",
+        responses={200: serializers.AutoRechargeOutputSerializer, **error_responses(401, 429)},
+    )
+    def get(self, request: Request) -> Response:
+        status = selectors.auto_recharge_status(user=_user(request))
+        return Response(serializers.AutoRechargeOutputSerializer(status).data)
+
+    @extend_schema(
+        operation_id="billing_auto_recharge_set",
+        tags=TAGS,
+        summary="Set auto-recharge: when your balance falls below `threshold`, buy `pack`",
+        description=(
+            "Opt-in. When a settled generation takes your Flash balance from `threshold` or more "
+            "to below it, the gateway buys `pack` with the card saved at your last Checkout (a "
+            "payment made without you, off session), at most `daily_cap` times in 24 hours. The "
+            "credits arrive once Stripe confirms the payment (a `credits.granted` webhook). A "
+            "decline or a bank asking you to authenticate turns auto-recharge off, emails you "
+            "and sends `credits.recharge_failed`; set it again (with `enabled: true`) once your "
+            "card is fixed. 409 `no_saved_card`: buy a pack once at Checkout first."
+        ),
+        request=serializers.AutoRechargeInputSerializer,
+        responses={
+            200: serializers.AutoRechargeOutputSerializer,
+            **error_responses(400, 401, 409, 429, 502, 503),
+        },
+    )
+    def put(self, request: Request) -> Response:
+        payload = serializers.AutoRechargeInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        services.recharge_rule_set(user=_user(request), **payload.validated_data)
+        status = selectors.auto_recharge_status(user=_user(request))
+        return Response(serializers.AutoRechargeOutputSerializer(status).data)

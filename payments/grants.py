@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Case, F, Q, When
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -26,7 +26,7 @@ from django.utils.dateparse import parse_datetime
 from accounts.models import User
 from alerts import services as alerts
 from payments.models import CreditGrant, GrantSource, GrantState
-from payments.worker import backoff_seconds, worker_nudge
+from payments.worker import backoff_seconds, outbox_claim, worker_nudge
 from timepoint_billing.errors import ApiError, BadRequest, UpstreamError
 from upstreams import flash
 from upstreams.flash_credit_lock import user_credits_give_back, user_credits_take_for_grant
@@ -135,28 +135,20 @@ def _due_q(now: datetime) -> Q:
 
 
 def _grant_claim(grant_id: int) -> CreditGrant | None:
-    """Take the grant for this worker, or None when it is not due or another worker has it.
-
-    PostgreSQL: `FOR UPDATE SKIP LOCKED` lets parallel workers pass each other by. Everywhere:
-    the UPDATE is conditional on the row still being due, so exactly one claimer wins."""
+    """Take the grant for this worker (`outbox_claim`), or None when it is not due or another
+    worker has it."""
     now = timezone.now()
-    with transaction.atomic():
-        rows = CreditGrant.objects.filter(_due_q(now), pk=grant_id)
-        if connection.features.has_select_for_update_skip_locked:
-            if rows.select_for_update(skip_locked=True).first() is None:
-                return None
-        claimed = rows.update(
-            # A row still "sending" past its lease was abandoned mid-send: outcome unknown.
-            outcome_unknown=Case(
-                When(state=GrantState.SENDING, then=True), default=F("outcome_unknown")
-            ),
-            state=GrantState.SENDING,
-            claimed_at=now,
-            attempts=F("attempts") + 1,
-        )
-    if not claimed:
-        return None
-    return CreditGrant.objects.get(pk=grant_id)
+    claimed = outbox_claim(
+        CreditGrant.objects.filter(_due_q(now), pk=grant_id),
+        # A row still "sending" past its lease was abandoned mid-send: outcome unknown.
+        outcome_unknown=Case(
+            When(state=GrantState.SENDING, then=True), default=F("outcome_unknown")
+        ),
+        state=GrantState.SENDING,
+        claimed_at=now,
+        attempts=F("attempts") + 1,
+    )
+    return CreditGrant.objects.get(pk=grant_id) if claimed else None
 
 
 def _grant_save(grant: CreditGrant, **fields: Any) -> CreditGrant:

@@ -335,3 +335,122 @@ class PlanChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.from_plan} → {self.to_plan} ({self.state})"
+
+
+# --- Auto-recharge: buy a credit pack with the saved card when the balance falls low
+
+
+class AutoRecharge(models.Model):
+    """A user's auto-recharge rule: when their Flash balance falls below `threshold`, buy `pack`
+    with the card saved on their Stripe customer, at most `daily_cap` times in 24 hours.
+
+    The gateway turns it off when a recharge is declined or needs the customer to authenticate
+    (`failure_*` say why, until the user turns it on again)."""
+
+    MAX_THRESHOLD = 10_000_000
+    MAX_DAILY_CAP = 10
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="auto_recharge"
+    )
+    enabled = models.BooleanField(default=False)
+    threshold = models.PositiveIntegerField(help_text="Credits.")
+    pack = models.CharField(max_length=64, help_text="The credit pack bought (its catalogue key).")
+    daily_cap = models.PositiveSmallIntegerField(default=2, help_text="Recharges per 24 hours.")
+    # The card recharges are charged to, as Stripe last described it (shown in the portal).
+    card_brand = models.CharField(max_length=32, blank=True, default="")
+    card_last4 = models.CharField(max_length=4, blank=True, default="")
+    failure_code = models.CharField(max_length=64, blank=True, default="")
+    failure_message = models.CharField(max_length=255, blank=True, default="")
+    failed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "auto-recharge"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(threshold__gt=0, daily_cap__gt=0),
+                name="auto_recharge_positive",
+            )
+        ]
+
+    def __str__(self) -> str:
+        state = "on" if self.enabled else "off"
+        return f"{self.user_id}: {self.pack} below {self.threshold} ({state})"
+
+
+class RechargeState(models.TextChoices):
+    PENDING = "pending", "Pending"  # recorded with the fall that caused it; not charged yet
+    CHARGING = "charging", "Charging"  # claimed by one worker, which is asking Stripe
+    RETRYING = "retrying", "Retrying"  # Stripe gave no usable answer: asked again (same key)
+    PAID = "paid", "Paid"  # Stripe took the payment; the credits come with its webhook
+    SUCCEEDED = "succeeded", "Succeeded"  # payment_intent.succeeded: the grant is recorded
+    FAILED = "failed", "Failed"  # declined, or authentication required: auto-recharge turned off
+    SKIPPED = "skipped", "Skipped"  # the daily cap was reached: nothing charged
+    NEEDS_ATTENTION = "needs_attention", "Needs attention"  # no answer in time: staff decide
+
+
+# Recharges that count against the daily cap: charged, or on their way to it.
+RECHARGE_COUNTED_STATES = (
+    RechargeState.PENDING,
+    RechargeState.CHARGING,
+    RechargeState.RETRYING,
+    RechargeState.PAID,
+    RechargeState.SUCCEEDED,
+    RechargeState.NEEDS_ATTENTION,
+)
+
+
+class Recharge(models.Model):
+    """One automatic recharge, recorded (keyed by the balance crossing that caused it) before
+    Stripe is called. Its PaymentIntent is created with the idempotency key `idempotency_key`,
+    made from this row, with the amount and card stored here first: two workers, or a retry after
+    a lost answer, send the same request and Stripe makes one charge. The credits are granted
+    from `payment_intent.succeeded` through the grant outbox, keyed `stripe:<payment intent>`."""
+
+    key = models.CharField(max_length=128, unique=True)
+    public_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="recharges"
+    )
+    pack = models.CharField(max_length=64)
+    credits = models.PositiveIntegerField()
+    threshold = models.PositiveIntegerField()
+    balance = models.IntegerField(help_text="The balance that fell below the threshold.")
+    state = models.CharField(
+        max_length=16, choices=RechargeState.choices, default=RechargeState.PENDING, db_index=True
+    )
+    # What the PaymentIntent is created with, stored before the first call (retries repeat it):
+    # the pack's price as the catalogue sold it when the balance fell, and the card.
+    stripe_price_id = models.CharField(max_length=255, blank=True, default="")
+    amount_cents = models.PositiveIntegerField(null=True, blank=True)
+    currency = models.CharField(max_length=8, blank=True, default="")
+    stripe_customer = models.CharField(max_length=255, blank=True, default="")
+    payment_method = models.CharField(max_length=255, blank=True, default="")
+    stripe_payment_intent = models.CharField(max_length=255, blank=True, default="", db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    failure_code = models.CharField(max_length=64, blank=True, default="")
+    failure_message = models.CharField(max_length=255, blank=True, default="")
+    last_error = models.TextField(blank=True, default="")
+    grant = models.ForeignKey(
+        CreditGrant, on_delete=models.SET_NULL, null=True, blank=True, related_name="recharges"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["state", "next_attempt_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.pack}, {self.state})"
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stripe's Idempotency-Key for this recharge's PaymentIntent. A UUID, so two databases
+        (staging, a restore) sharing a Stripe account never collide within Stripe's 24 hours."""
+        return f"tp-recharge-{self.public_id}"

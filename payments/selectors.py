@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from django.db.models import QuerySet, Sum
 from django.db.models.functions import TruncDate
+from django.utils import timezone
 
 from accounts.models import FREE_PLAN, User
 from payments.catalogue import FREE_TERMS, PlanTerms
 from payments.models import (
+    RECHARGE_COUNTED_STATES,
     AppleNotification,
+    AutoRecharge,
     CatalogueItem,
     CatalogueKind,
     CreditGrant,
@@ -19,6 +23,7 @@ from payments.models import (
     Payment,
     PaymentProvider,
     PlanSubscription,
+    Recharge,
 )
 
 # --- The catalogue (payments.catalogue builds it from Stripe)
@@ -360,3 +365,31 @@ def billing_export(sender: object, *, user: Any, **kwargs: object) -> dict[str, 
         "stripe": stripe_export(user=user),
         "apple_transactions": apple_transaction_export(user=user),
     }
+
+
+# --- Auto-recharge
+
+
+@dataclass(frozen=True)
+class AutoRechargeStatus:
+    rule: AutoRecharge | None
+    recharges_last_24h: int
+    recent: list[Recharge]
+
+
+def recharges_in_last_day(*, user_id: int) -> int:
+    """Recharges of the last 24 hours that count against the daily cap."""
+    since = timezone.now() - timedelta(days=1)
+    return Recharge.objects.filter(
+        user_id=user_id, created_at__gte=since, state__in=RECHARGE_COUNTED_STATES
+    ).count()
+
+
+def auto_recharge_status(*, user: User, recent: int = 10) -> AutoRechargeStatus:
+    """The user's rule (None: never set), how many recharges count against today's cap, and the
+    latest recharges with their states."""
+    return AutoRechargeStatus(
+        rule=AutoRecharge.objects.filter(user=user).first(),
+        recharges_last_24h=recharges_in_last_day(user_id=user.pk),
+        recent=list(Recharge.objects.filter(user=user).order_by("-created_at", "-id")[:recent]),
+    )

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from payments.models import CreditGrant, Payment
+from apikeys.serializers import StrictSerializer
+from payments.models import AutoRecharge, CreditGrant, Payment, Recharge, RechargeState
+from payments.selectors import AutoRechargeStatus
 
 
 class PlanSerializer(serializers.Serializer):
@@ -106,3 +111,102 @@ class AppleAccountTokenSerializer(serializers.Serializer):
         help_text="Set it as `appAccountToken` on every App Store purchase (StoreKit "
         "`Product.PurchaseOption.appAccountToken`); stable for the account."
     )
+
+
+# --- Auto-recharge
+
+
+class AutoRechargeInputSerializer(StrictSerializer):
+    enabled = serializers.BooleanField(
+        help_text="Turning it on needs a card saved at a Checkout (409 `no_saved_card` without "
+        "one); it clears the last failure."
+    )
+    threshold = serializers.IntegerField(
+        min_value=1,
+        max_value=AutoRecharge.MAX_THRESHOLD,
+        help_text="Credits. When a settled generation takes your balance from this or more to "
+        "below it, the pack is bought.",
+    )
+    pack = serializers.CharField(
+        max_length=64, help_text="The credit pack bought (`name` in `GET /billing/plans`)."
+    )
+    daily_cap = serializers.IntegerField(
+        min_value=1,
+        max_value=AutoRecharge.MAX_DAILY_CAP,
+        default=2,
+        help_text="At most this many recharges in any 24 hours; past it a fall below the "
+        "threshold buys nothing (the recharge is listed as `skipped`).",
+    )
+
+
+class CardSerializer(serializers.Serializer):
+    brand = serializers.CharField(source="card_brand")
+    last4 = serializers.CharField(source="card_last4")
+
+
+class TurnedOffSerializer(serializers.Serializer):
+    code = serializers.CharField(
+        source="failure_code",
+        help_text="`card_declined`, `expired_card`, `authentication_required`, "
+        "`no_saved_card`, … (Stripe's code).",
+    )
+    reason = serializers.CharField(source="failure_message")
+    at = serializers.DateTimeField(source="failed_at")
+
+
+class RechargeSerializer(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="public_id")
+    state = serializers.ChoiceField(
+        choices=RechargeState.choices,
+        help_text="`pending`/`charging`/`retrying`: on its way; `paid`: Stripe took the payment, "
+        "the credits follow its confirmation; `succeeded`: credits granted; `failed`: declined "
+        "or authentication required (auto-recharge was turned off); `skipped`: past the daily "
+        "cap; `needs_attention`: Stripe gave no answer, staff check it.",
+    )
+
+    class Meta:
+        model = Recharge
+        fields = [
+            "id",
+            "state",
+            "pack",
+            "credits",
+            "amount_cents",
+            "currency",
+            "balance",
+            "threshold",
+            "failure_code",
+            "failure_message",
+            "created_at",
+            "finished_at",
+        ]
+
+
+class AutoRechargeOutputSerializer(serializers.Serializer):
+    enabled = serializers.SerializerMethodField()
+    threshold = serializers.IntegerField(source="rule.threshold", allow_null=True, default=None)
+    pack = serializers.CharField(source="rule.pack", allow_null=True, default=None)
+    daily_cap = serializers.IntegerField(source="rule.daily_cap", allow_null=True, default=None)
+    card = serializers.SerializerMethodField(
+        help_text="The card recharges are charged to, as last seen."
+    )
+    turned_off = serializers.SerializerMethodField(
+        help_text="Set when the gateway turned auto-recharge off after a failed recharge."
+    )
+    recharges_last_24h = serializers.IntegerField(help_text="Counted against `daily_cap`.")
+    recent = RechargeSerializer(many=True)
+
+    def get_enabled(self, status: AutoRechargeStatus) -> bool:
+        return bool(status.rule and status.rule.enabled)
+
+    @extend_schema_field(CardSerializer(allow_null=True))
+    def get_card(self, status: AutoRechargeStatus) -> dict[str, Any] | None:
+        rule = status.rule
+        return CardSerializer(rule).data if rule and rule.card_last4 else None
+
+    @extend_schema_field(TurnedOffSerializer(allow_null=True))
+    def get_turned_off(self, status: AutoRechargeStatus) -> dict[str, Any] | None:
+        rule = status.rule
+        if rule is None or rule.enabled or rule.failed_at is None:
+            return None
+        return TurnedOffSerializer(rule).data

@@ -9,7 +9,9 @@ to change payments state. Each topic lives in its own module:
 - `apple`: App Store transactions and server notifications;
 - `catalogue`: plans and packs from Stripe's products and prices (their `tp_*` metadata);
 - `plans`: what each subscriber bought (grandfathered terms), plan changes (upgrade with
-  proration, downgrade at period end), cancel and resume, and the plan each user holds.
+  proration, downgrade at period end), cancel and resume, and the plan each user holds;
+- `recharge`: auto-recharge (the rule, a recharge per fall below its threshold, the off-session
+  payment and its outcome).
 """
 
 from payments.apple import apple_notification_receive, apple_transaction_verify
@@ -32,6 +34,12 @@ from payments.plans import (
     subscription_cancel,
     subscription_resume,
     user_plan_set,
+)
+from payments.recharge import (
+    recharge_record,
+    recharge_rule_set,
+    recharge_rule_turn_off,
+    recharges_charge_due,
 )
 from payments.stripe_events import (
     STRIPE_WEBHOOK_EVENTS,
@@ -61,6 +69,10 @@ __all__ = [
     "plan_changes_apply_due",
     "plan_sync_for_customer",
     "plan_terms_for_staff",
+    "recharge_record",
+    "recharge_rule_set",
+    "recharge_rule_turn_off",
+    "recharges_charge_due",
     "stripe_event_retry",
     "stripe_events_process_due",
     "stripe_webhook_receive",

@@ -7,6 +7,7 @@ dj-stripe). Transport and API failures become our typed errors here, once.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import stripe
@@ -71,7 +72,9 @@ def checkout_session_create(
         # Carried onto every invoice of the subscription (subscription_details.metadata).
         params["subscription_data"] = {"metadata": metadata}
     else:
-        params["payment_intent_data"] = {"metadata": metadata}
+        # The card is saved on the customer for later payments without them (auto-recharge);
+        # Checkout shows the customer the terms of that.
+        params["payment_intent_data"] = {"metadata": metadata, "setup_future_usage": "off_session"}
     try:
         session = stripe.checkout.Session.create(**params)
     except stripe.StripeError as exc:
@@ -245,3 +248,110 @@ def subscription_update(
     except stripe.StripeError as exc:
         raise _map_error(exc) from exc
     return dict(subscription.to_dict())
+
+
+# --- Saved cards and off-session payments (auto-recharge)
+
+
+@dataclass(frozen=True)
+class SavedCard:
+    payment_method: str
+    brand: str
+    last4: str
+
+
+def customer_card(customer_id: str) -> SavedCard | None:
+    """The card to charge without the customer: their default payment method
+    (`invoice_settings.default_payment_method`, which they may set in the billing portal), else
+    the newest card saved on them (a Checkout with `setup_future_usage` saves one). None when
+    they have no saved card."""
+    configure()
+    try:
+        customer = stripe.Customer.retrieve(customer_id).to_dict()
+        default = (customer.get("invoice_settings") or {}).get("default_payment_method")
+        if isinstance(default, dict):
+            default = default.get("id")
+        if default:
+            method = stripe.PaymentMethod.retrieve(str(default))
+        else:
+            found = stripe.Customer.list_payment_methods(customer_id, type="card", limit=1).data
+            if not found:
+                return None
+            method = found[0]
+    except stripe.InvalidRequestError as exc:
+        if exc.code == "resource_missing":
+            return None
+        raise _map_error(exc) from exc
+    except stripe.StripeError as exc:
+        raise _map_error(exc) from exc
+    card = method.to_dict().get("card") or {}
+    return SavedCard(
+        payment_method=str(method.id),
+        brand=str(card.get("brand") or ""),
+        last4=str(card.get("last4") or ""),
+    )
+
+
+@dataclass(frozen=True)
+class OffSessionOutcome:
+    """What Stripe said about an off-session payment: `status` is the PaymentIntent's
+    (`succeeded`, `processing`, `requires_action`, …) or `failed` for a card error or a refusal,
+    with Stripe's `code` (`card_declined`, `authentication_required`, …) and message."""
+
+    status: str
+    payment_intent: str = ""
+    code: str = ""
+    message: str = ""
+
+
+def payment_off_session(
+    *,
+    customer_id: str,
+    payment_method: str,
+    amount: int,
+    currency: str,
+    description: str,
+    metadata: dict[str, str],
+    idempotency_key: str,
+) -> OffSessionOutcome:
+    """Charge a saved card without the customer: a PaymentIntent created with `confirm` and
+    `off_session`, under `idempotency_key` (the same key and parameters make one charge, however
+    often they are sent). A card error or a refusal is an outcome; trouble reaching Stripe (no
+    answer, 5xx, 429, a request with the same key still running) raises our typed error, and the
+    outcome is then unknown: the caller asks again with the same key."""
+    configure()
+    params: dict[str, Any] = {
+        "amount": amount,
+        "currency": currency,
+        "customer": customer_id,
+        "payment_method": payment_method,
+        "confirm": True,
+        "off_session": True,
+        "description": description,
+        "metadata": metadata,
+    }
+    try:
+        intent = stripe.PaymentIntent.create(**params, idempotency_key=idempotency_key)
+    except stripe.CardError as exc:
+        body = exc.json_body if isinstance(exc.json_body, dict) else {}
+        intent_id = str(((body.get("error") or {}).get("payment_intent") or {}).get("id") or "")
+        return OffSessionOutcome(
+            status="failed",
+            payment_intent=intent_id,
+            code=str(exc.code or "card_declined"),
+            message=str(exc.user_message or "Your card was declined."),
+        )
+    except stripe.IdempotencyError as exc:
+        # Only our own bug sends other parameters under a recharge's key: never guess.
+        raise UpstreamError("Stripe refused a repeated recharge.", code="stripe_error") from exc
+    except stripe.InvalidRequestError as exc:
+        if exc.http_status == 409:  # the first request with this key is still running
+            raise UpstreamUnavailable("Stripe is busy with this recharge.") from exc
+        return OffSessionOutcome(
+            status="failed",
+            code=str(exc.code or "payment_refused"),
+            message=str(exc.user_message or "Stripe refused the payment."),
+        )
+    except stripe.StripeError as exc:
+        raise _map_error(exc) from exc
+    return OffSessionOutcome(status=str(intent.status), payment_intent=str(intent.id))

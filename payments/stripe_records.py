@@ -13,10 +13,11 @@ from typing import Any
 from django.utils import timezone
 
 from accounts.models import User
-from payments import plans, selectors, stripe_shapes
+from payments import plans, recharge, selectors, stripe_shapes
 from payments.grants import grant_create
 from payments.models import (
     CatalogueKind,
+    CreditGrant,
     GrantSource,
     Payment,
     PaymentProvider,
@@ -154,7 +155,7 @@ def _purchase_record(
     purchase: tuple[str, str, int, str],
     paid_by: str,
     **stripe_refs: str,
-) -> None:
+) -> CreditGrant:
     """A paid purchase's grant and its payment record, both keyed `stripe:<paid_by>` (the payment
     intent of a pack, the invoice of a plan). `purchase`: (product, label, credits, Flash
     transaction type); `source`: the checkout session or invoice that was paid."""
@@ -179,6 +180,7 @@ def _purchase_record(
         grant=grant,
         **stripe_refs,
     )
+    return grant
 
 
 def _record_invoice_paid(event: StripeWebhookEvent, invoice: dict[str, Any]) -> None:
@@ -299,6 +301,57 @@ def _record_dispute(dispute: dict[str, Any]) -> None:
     logger.warning({"event": "payment_disputed", "payment": payment.reference})
 
 
+def _recharge_of(intent: dict[str, Any]) -> Any:
+    """The auto-recharge an off-session PaymentIntent paid for (locked), None for any other
+    (a Checkout purchase's, which `checkout.session.completed` grants)."""
+    public_id = str((intent.get("metadata") or {}).get("tp_recharge") or "")
+    if not public_id:
+        return None
+    found = recharge.recharge_for_intent(public_id=public_id)
+    if found is None:
+        raise NeedsAttention("A PaymentIntent names an auto-recharge we do not have.")
+    return found
+
+
+def _record_intent_succeeded(event: StripeWebhookEvent, intent: dict[str, Any]) -> None:
+    """An auto-recharge was paid: grant its pack through the outbox, keyed `stripe:<payment
+    intent>` (a duplicated or late event finds the grant; a Checkout purchase's own intent
+    carries no `tp_recharge`, so it is granted by its session alone)."""
+    paid = _recharge_of(intent)
+    if paid is None:
+        return
+    item = selectors.catalogue_item(paid.stripe_price_id)
+    label = f"{item.name if item else paid.pack} (auto-recharge)"
+    grant = _purchase_record(
+        event,
+        paid.user,
+        {"amount_total": intent.get("amount_received"), "currency": intent.get("currency")},
+        (paid.pack, label, paid.credits, "stripe_purchase"),
+        str(intent["id"]),
+        stripe_payment_intent=str(intent["id"]),
+        stripe_charge=object_id(intent.get("latest_charge")),
+    )
+    recharge.recharge_succeeded(recharge=paid, payment_intent=str(intent["id"]), grant=grant)
+
+
+def _record_intent_failed(event: StripeWebhookEvent, intent: dict[str, Any]) -> None:
+    """An auto-recharge was declined or needs the customer (the answer may have been lost on
+    the way to the worker): fail it, once."""
+    failed = _recharge_of(intent)
+    if failed is None:
+        return
+    error = intent.get("last_payment_error") or {}
+    code = str(error.get("code") or "card_declined")
+    if event.type == "payment_intent.requires_action":
+        code = "authentication_required"
+    recharge.recharge_failed(
+        recharge_id=failed.pk,
+        code=code,
+        message=str(error.get("message") or ""),
+        payment_intent=str(intent["id"]),
+    )
+
+
 # What each recorded event type means; `stripe_events` stores the other types and mirrors them.
 RECORDERS: dict[str, Callable[[StripeWebhookEvent, dict[str, Any]], None]] = {
     "checkout.session.completed": _record_checkout,
@@ -306,4 +359,7 @@ RECORDERS: dict[str, Callable[[StripeWebhookEvent, dict[str, Any]], None]] = {
     "invoice.paid": _record_invoice_paid,
     "charge.refunded": lambda event, obj: _record_refund(obj),
     "charge.dispute.created": lambda event, obj: _record_dispute(obj),
+    "payment_intent.succeeded": _record_intent_succeeded,
+    "payment_intent.payment_failed": _record_intent_failed,
+    "payment_intent.requires_action": _record_intent_failed,
 }

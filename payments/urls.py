@@ -7,6 +7,7 @@ urlpatterns = [
     path("billing/checkout", api.CheckoutCreateApi.as_view(), name="billing-checkout"),
     path("billing/portal", api.BillingPortalCreateApi.as_view(), name="billing-portal"),
     path("billing/history", api.BillingHistoryApi.as_view(), name="billing-history"),
+    path("billing/auto-recharge", api.AutoRechargeApi.as_view(), name="billing-auto-recharge"),
     path(
         "billing/apple/account-token",
         api.AppleAccountTokenApi.as_view(),

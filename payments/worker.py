@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import QuerySet
 
 from timepoint_billing.wake import wait_for_wake, wake
 
@@ -27,6 +29,18 @@ def worker_wait(*, seconds: float, seen: Any) -> Any:
     """Sleep up to `seconds`, returning early once a web process nudged. Returns what the next
     call's `seen` is."""
     return wait_for_wake(WORKER_WAKE_KEY, seconds=seconds, seen=seen)
+
+
+def outbox_claim(rows: QuerySet[Any], **changes: Any) -> bool:
+    """Claim a due outbox row (`rows`: it, filtered on still being due) for this worker by
+    applying `changes`. PostgreSQL: `FOR UPDATE SKIP LOCKED` lets parallel workers pass each
+    other by. Everywhere: the UPDATE is conditional on the row still being due, so exactly one
+    claimer wins. Returns whether this worker won."""
+    with transaction.atomic():
+        if connection.features.has_select_for_update_skip_locked:
+            if rows.select_for_update(skip_locked=True).first() is None:
+                return False
+        return bool(rows.update(**changes))
 
 
 def backoff_seconds(attempts: int) -> float:

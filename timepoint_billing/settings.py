@@ -356,6 +356,9 @@ GRANT_RECONCILE_MAX_PAGES = env_int("GRANT_RECONCILE_MAX_PAGES", 20)
 GRANT_BUSY_WAIT_SECONDS = env_float("GRANT_BUSY_WAIT_SECONDS", 5.0)
 GRANT_BUSY_RETRY_SECONDS = env_float("GRANT_BUSY_RETRY_SECONDS", 15.0)
 GRANT_WORKER_SLEEP_SECONDS = env_float("GRANT_WORKER_SLEEP_SECONDS", 2.0)
+# Auto-recharge: a recharge Stripe gave no usable answer for is asked again (same idempotency
+# key) until this long after it was recorded, then left to staff; Stripe keeps a key 24 hours.
+RECHARGE_RETRY_WINDOW_SECONDS = env_int("RECHARGE_RETRY_WINDOW_SECONDS", 6 * 3600)
 # Staff reconcile against Flash's ledger: the most one call spends paging it, and how long its
 # resume cursor stays valid.
 RECONCILE_BUDGET_SECONDS = env_float("RECONCILE_BUDGET_SECONDS", 20.0)

@@ -10,9 +10,9 @@ METERING_ROLLUP_INTERVAL_SECONDS so the usage endpoints and dashboards stay fres
 to developers from their outbox on threads of its own (webhooks/worker.py: a slow endpoint never
 holds up a grant), and announces keys entering their last week (key.expiring) every
 KEY_EXPIRY_SCAN_SECONDS; reads the balance after charged generations of users with a
-low-balance alert and sends the alerts' emails (alerts/). Several may run at once: every grant,
-event, webhook delivery, balance check and email is claimed by exactly one of them, and one
-roll-up runs at a time."""
+low-balance alert and sends the alerts' emails (alerts/); charges due auto-recharges off session
+(payments/recharge.py). Several may run at once: every grant, event, webhook delivery, balance
+check, email and recharge is claimed by exactly one of them, and one roll-up runs at a time."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from payments.catalogue import catalogue_sync_in_worker
 from payments.services import (
     grants_deliver_due,
     plan_changes_apply_due,
+    recharges_charge_due,
     stripe_events_process_due,
     worker_wait,
 )
@@ -90,10 +91,11 @@ class Command(BaseCommand):
                 # Balances after charged generations, then the alerts they crossed into.
                 low_balance_checks_due()
                 low_balance_emails_send_due()
-                if grants or events or settled or options["verbosity"] > 1:
+                recharges = recharges_charge_due()
+                if grants or events or settled or recharges or options["verbosity"] > 1:
                     self.stdout.write(
                         f"grants claimed: {grants}, events processed: {events}, "
-                        f"async generations settled: {settled}"
+                        f"async generations settled: {settled}, recharges charged: {recharges}"
                     )
                 if time.monotonic() >= next_rollup:
                     usage_rollup_recent()
