@@ -1,7 +1,7 @@
 """The gateway's cost, measured against the direct upstream in the same run.
 
-    python bench/run.py            # full run (about 6 minutes): prints the table, writes JSON
-    python bench/run.py --smoke    # about 20 seconds: keeps the benchmark working in CI
+    python bench/run.py            # full run (4-6 minutes): prints the table, writes JSON
+    python bench/run.py --smoke    # under a minute: keeps the benchmark working in CI
 
 Starts on loopback: the contract peers as the upstream stub (`python -m devpeers`), nginx
 `proxy_pass` in front of it as the plain-reverse-proxy reference (skipped if nginx is absent), and
@@ -9,6 +9,11 @@ the gateway as production runs it (gunicorn + UvicornWorker, 2 workers, DEBUG of
 PostgreSQL + Redis when they answer). Load comes from `wrk` (Debian's package) and, for SSE and
 exact counts, an asyncio httpx client in this process. Figures are ratios against the direct
 upstream in the same run, so they hold on a noisy machine.
+
+Phases, each announced with the seconds elapsed: loaded (64 connections) and unloaded (1)
+relays of a Clockchain read with the Clockchain cache off (the relay is measured), SSE streams,
+exactly 2 000 metered requests, the RSS soak (until 100 000 requests or `--soak-seconds`, one line
+per 10 s slice), then the same reads through a second gateway with the Clockchain cache on.
 
 The smoke run fails only on broken plumbing (non-2xx answers, socket errors, lost usage records),
 never on a performance target; the full run exits 1 when a target is missed.
@@ -97,16 +102,23 @@ class Processes:
         self.procs.append(proc)
         return proc
 
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
             with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        """Newest first, each one stopped before the next: a gateway drains its last requests
+        while the upstream peers still answer them (stopped together, they ended in 502s)."""
+        for proc in reversed(list(self.procs)):
+            self.stop(proc)
 
 
 # --- load generation ------------------------------------------------------------------------------
@@ -359,6 +371,20 @@ http {{
     return True
 
 
+def start_gateway(
+    procs: Processes, env: dict[str, str], workers: int, log: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    """The gateway as production runs it (gunicorn + GatewayUvicornWorker) on a free port."""
+    port = free_port()
+    argv = [sys.executable, "-m", "gunicorn", "timepoint_billing.asgi:application"]
+    argv += ["-k", "timepoint_billing.server.GatewayUvicornWorker", "-w", str(workers)]
+    argv += ["-b", f"127.0.0.1:{port}", "--keep-alive", "75"]
+    proc = procs.start(argv, env, log)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/health")
+    return proc, url
+
+
 def soak(
     url: str, headers: dict[str, str], pids: list[int], total: int, seconds: float, budget: float
 ) -> dict[str, Any]:
@@ -374,6 +400,14 @@ def soak(
         non_2xx += run["non_2xx"]
         socket_errors += run["socket_errors"]
         samples.append({"requests": served, "rss_mb": rss_mb(pids)})
+        # One line per slice: a soak on a slow machine runs for its whole budget, which without
+        # a sign of life looked like a hang after the SSE phase.
+        print(
+            f"bench: soak {served}/{total} requests, {run['rps']:.0f} req/s, "
+            f"RSS {samples[-1]['rss_mb']} MB ({time.monotonic() - started:.0f}s "
+            f"of at most {budget:.0f}s)",
+            flush=True,
+        )
     # Growth over the second half of the soak: warm-up (imports, pools, caches) is the first half.
     half = samples[len(samples) // 2] if samples else {"rss_mb": []}
     last = samples[-1] if samples else {"rss_mb": []}
@@ -395,6 +429,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="per throughput measurement")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--soak-requests", type=int, default=100_000, help="for the RSS figure")
+    parser.add_argument(
+        "--soak-seconds", type=float, default=120.0, help="the soak's budget (it stops at either)"
+    )
     parser.add_argument("--no-services", action="store_true", help="SQLite, no Redis")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
@@ -418,7 +455,7 @@ def main() -> int:
         "seconds": seconds,
     }
     try:
-        flash_port, clock_port, nginx_port, gw_port = (free_port() for _ in range(4))
+        flash_port, clock_port, nginx_port = (free_port() for _ in range(3))
         flash_url = f"http://127.0.0.1:{flash_port}"
         clock_url = f"http://127.0.0.1:{clock_port}"
         env = dict(os.environ)
@@ -460,12 +497,7 @@ def main() -> int:
             raise RuntimeError(f"bench setup failed:\n{setup.stdout}\n{setup.stderr}")
         caller = json.loads(setup.stdout.strip().splitlines()[-1])
         flash_user = caller["flash_user_id"]
-        gw_argv = [sys.executable, "-m", "gunicorn", "timepoint_billing.asgi:application"]
-        gw_argv += ["-k", "timepoint_billing.server.GatewayUvicornWorker", "-w", str(args.workers)]
-        gw_argv += ["-b", f"127.0.0.1:{gw_port}", "--keep-alive", "75"]
-        gateway = procs.start(gw_argv, gw_env, workdir / "gateway.log")
-        gw_url = f"http://127.0.0.1:{gw_port}"
-        wait_http(f"{gw_url}/health")
+        gateway, gw_url = start_gateway(procs, gw_env, args.workers, workdir / "gateway.log")
         print(f"bench: started in {time.monotonic() - began:.1f}s ({results['database']}, "
               f"redis={'yes' if redis else 'no'}, nginx={'yes' if nginx_ok else 'no'})",
               flush=True)  # fmt: skip
@@ -525,17 +557,37 @@ def main() -> int:
         exact_headers = {"Authorization": f"Bearer {caller['exact']['key']}"}
         answered = asyncio.run(exact_requests(f"{gw_url}{READ_PATH}", exact_headers, exact_n, 32))
         records = wait_usage(gw_env, caller["exact"]["key_id"], exact_n)
+        print(
+            f"bench: exact runs done: {answered} of {exact_n} answered 200, {records} usage "
+            f"records ({time.monotonic() - began:.0f}s)",
+            flush=True,
+        )
 
         pids = worker_pids(gateway.pid)
         soak_total = 2_000 if args.smoke else args.soak_requests
         soaked = soak(
             f"{gw_url}{READ_PATH}", gw_headers, pids, soak_total,
-            seconds=1 if args.smoke else 10, budget=5 if args.smoke else 300,
+            seconds=1 if args.smoke else 10, budget=5 if args.smoke else args.soak_seconds,
         )  # fmt: skip
         served = sum(run["requests"] for run in (loaded["gateway"], unloaded["gateway"]))
         soaked["gateway_requests_before_soak"] = served
         rss = rss_mb(pids)
         print(f"bench: soak done ({time.monotonic() - began:.0f}s)", flush=True)
+
+        # The same relay with the Clockchain response cache on (as production runs it): the
+        # gateway answers from Redis, awaited on its event loop, instead of calling Clockchain.
+        procs.stop(gateway)
+        cached_env = {**gw_env, "CLOCKCHAIN_CACHE_SECONDS": "10"}
+        _, cached_url = start_gateway(procs, cached_env, args.workers, workdir / "cached.log")
+        cached_target = f"{cached_url}{READ_PATH}"
+        wrk(cached_target, connections=8, seconds=1, headers=gw_headers)  # warm-up
+        cached = {
+            "loaded": wrk(
+                cached_target, connections=args.connections, seconds=seconds, headers=gw_headers
+            ),
+            "unloaded": wrk(cached_target, connections=1, seconds=seconds, headers=gw_headers),
+        }
+        print(f"bench: cache-on runs done ({time.monotonic() - began:.0f}s)", flush=True)
 
         figures: dict[str, Any] = {
             "relay_vs_direct": loaded["gateway"]["rps"] / loaded["direct"]["rps"],
@@ -550,11 +602,14 @@ def main() -> int:
             "rss_mb_per_worker": max(rss) if rss else None,
             "rss_growth_mb": soaked["growth_mb"],
             "usage_records_lost": exact_n - records,
+            "cached_vs_direct": cached["loaded"]["rps"] / loaded["direct"]["rps"],
+            "cached_p99_64c_ms": cached["loaded"]["p99_ms"],
         }
         results.update(
             {
                 "loaded": loaded,
                 "unloaded": unloaded,
+                "cached": cached,
                 "sse": sse,
                 "rss_mb": rss,
                 "soak": soaked,
@@ -593,6 +648,8 @@ def plumbing_problems(results: dict[str, Any]) -> list[str]:
     """What makes a run meaningless whatever its figures: errors and lost records."""
     problems = []
     runs = [("loaded", results["loaded"]), ("unloaded", results["unloaded"])]
+    runs.append(("cache on", {"gateway": results["cached"]["loaded"]}))
+    runs.append(("cache on 1c", {"gateway": results["cached"]["unloaded"]}))
     for phase, by_name in runs:
         for name, run in by_name.items():
             if run["non_2xx"] or run["socket_errors"]:
@@ -633,8 +690,9 @@ def print_table(results: dict[str, Any]) -> None:
     print(f"\n== Authenticated relay of a Clockchain read (GET {READ_PATH}) ==")
     head = f"| | req/s ({conns}c) | p50 ms | p99 ms | 1c req/s | 1c p50 ms | 1c p99 ms |"
     print(head + "\n|---|---|---|---|---|---|---|")
-    for name, row in loaded.items():
-        one = unloaded.get(name, {})
+    rows = [(name, row, unloaded.get(name, {})) for name, row in loaded.items()]
+    rows.append(("gateway, cache on", results["cached"]["loaded"], results["cached"]["unloaded"]))
+    for name, row, one in rows:
         print(
             f"| {name} | {row['rps']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
             f"| {_fmt(one.get('rps'), 0)} | {_fmt(one.get('p50_ms'))} | {_fmt(one.get('p99_ms'))} |"
@@ -663,6 +721,10 @@ def print_table(results: dict[str, Any]) -> None:
             shown, goal = _fmt(value), f"{op} {target:g}"
         verdict = {None: "n/a", True: "yes", False: "NO"}[met[name]]
         print(f"| {name} | {shown} | {goal} | {verdict} |")
+    print(
+        f"| cached_vs_direct | {figures['cached_vs_direct'] * 100:.1f} % | (no target) | |\n"
+        f"| cached_p99_64c_ms | {_fmt(figures['cached_p99_64c_ms'])} | (no target) | |"
+    )
 
 
 if __name__ == "__main__":
