@@ -11,8 +11,10 @@ the failed-authentication throttle, the key's origin/address rules, DRF and asyn
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
+import weakref
 from typing import Any
 
 from django.conf import settings
@@ -153,6 +155,43 @@ def _cached_caller(kind: CallerKind, raw: str) -> Caller | None:
         return None  # malformed: the full path counts the failure
 
 
+# The lookups in flight on each event loop, by credential. When a key's cached answer expires
+# (every KEY_CACHE_SECONDS), every request of that key in flight on the worker missed at once: under
+# 64 connections that was ~30 thread hops, database queries and throttle reads per key and worker
+# every 5 s, queued behind each other on the loop's few threads (the p99's spikes). One lookup now
+# answers them all.
+_lookups: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[CallerKind, str], asyncio.Future[Caller]]
+] = weakref.WeakKeyDictionary()
+
+
+def _forget_lookup(pending: dict[Any, Any], key: Any, done: asyncio.Future[Caller]) -> None:
+    if pending.get(key) is done:
+        del pending[key]
+    if not done.cancelled():
+        done.exception()  # retrieved: a failure is answered by each request's own check
+
+
+async def _looked_up(client: str, kind: CallerKind, raw: str) -> Caller:
+    """`_authenticate_found` off the loop, shared by the requests presenting the same credential
+    at the same time. Only a success is shared: when the shared lookup fails, each other request
+    runs its own full check, so every failing request is counted by the failure throttle once,
+    from its own address, as before. Shielded: a request whose client leaves does not cancel the
+    lookup the others wait for."""
+    pending = _lookups.setdefault(asyncio.get_running_loop(), {})
+    key = (kind, raw)
+    shared = pending.get(key)
+    if shared is None:
+        shared = asyncio.ensure_future(run_db(_authenticate_found, client, kind, raw))
+        pending[key] = shared
+        shared.add_done_callback(lambda done: _forget_lookup(pending, key, done))
+        return await asyncio.shield(shared)
+    try:
+        return await asyncio.shield(shared)
+    except Exception:
+        return await run_db(_authenticate_found, client, kind, raw)
+
+
 async def aauthenticate(request: HttpRequest) -> Caller:
     """The async form for the relay views. A recently verified API key is answered on the event
     loop; otherwise database, cache and JWKS work runs off the loop."""
@@ -161,7 +200,7 @@ async def aauthenticate(request: HttpRequest) -> Caller:
         raise Unauthenticated()
     caller = _cached_caller(*found)
     if caller is None:
-        caller = await run_db(_authenticate_found, _client(request), *found)
+        caller = await _looked_up(_client(request), *found)
     request.caller_label = caller.label  # type: ignore[attr-defined]
     check_key_here(caller, request)
     return caller
