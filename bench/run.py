@@ -8,7 +8,10 @@ Starts on loopback: the contract peers as the upstream stub (`python -m devpeers
 the gateway as production runs it (gunicorn + UvicornWorker, 2 workers, DEBUG off, LOG_LEVEL=INFO,
 PostgreSQL + Redis when they answer). Load comes from `wrk` (Debian's package) and, for SSE and
 exact counts, an asyncio httpx client in this process. Figures are ratios against the direct
-upstream in the same run, so they hold on a noisy machine.
+upstream in the same run, so they hold on a noisy machine; so does the gateway's CPU time per
+relayed request (its workers' user + system time over the loaded run / requests answered), which
+does not depend on the share of the cores other processes leave it. The 1-minute load average is
+printed beside it.
 
 Phases, each announced with the seconds elapsed: loaded (64 connections) and unloaded (1)
 relays of a Clockchain read with the Clockchain cache off (the relay is measured), SSE streams,
@@ -234,6 +237,17 @@ def worker_pids(master_pid: int) -> list[int]:
         ["pgrep", "-P", str(master_pid)], capture_output=True, text=True, check=False
     ).stdout
     return sorted(int(pid) for pid in out.split())
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes used so far, all their threads (the usage flusher's
+    included): /proc/<pid>/stat fields 14 and 15, in clock ticks."""
+    ticks = 0
+    for pid in pids:
+        with suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pids: list[int]) -> list[float]:
@@ -512,10 +526,15 @@ def main() -> int:
         for url, headers in targets.values():
             wrk(url, connections=8, seconds=1, headers=headers)
 
-        loaded = {
-            name: wrk(url, connections=args.connections, seconds=seconds, headers=headers)
-            for name, (url, headers) in targets.items()
-        }
+        # The workers' CPU time over the loaded gateway run, per request answered: what a relayed
+        # request costs the gateway, whatever share of the cores the machine's other load left it.
+        pids = worker_pids(gateway.pid)
+        loaded = {}
+        for name, (url, headers) in targets.items():
+            cpu_before = cpu_seconds(pids)
+            loaded[name] = wrk(url, connections=args.connections, seconds=seconds, headers=headers)
+            if name == "gateway":
+                results["gateway_cpu_s"] = cpu_seconds(pids) - cpu_before
         print(f"bench: loaded runs done ({time.monotonic() - began:.0f}s)", flush=True)
         unloaded = {
             name: wrk(url, connections=1, seconds=seconds, headers=headers)
@@ -563,7 +582,6 @@ def main() -> int:
             flush=True,
         )
 
-        pids = worker_pids(gateway.pid)
         soak_total = 2_000 if args.smoke else args.soak_requests
         soaked = soak(
             f"{gw_url}{READ_PATH}", gw_headers, pids, soak_total,
@@ -604,6 +622,10 @@ def main() -> int:
             "usage_records_lost": exact_n - records,
             "cached_vs_direct": cached["loaded"]["rps"] / loaded["direct"]["rps"],
             "cached_p99_64c_ms": cached["loaded"]["p99_ms"],
+            "gateway_cpu_ms_per_request": results["gateway_cpu_s"]
+            * 1000
+            / max(1, loaded["gateway"]["requests"]),
+            "load_average_1m": os.getloadavg()[0],
         }
         results.update(
             {
@@ -723,7 +745,10 @@ def print_table(results: dict[str, Any]) -> None:
         print(f"| {name} | {shown} | {goal} | {verdict} |")
     print(
         f"| cached_vs_direct | {figures['cached_vs_direct'] * 100:.1f} % | (no target) | |\n"
-        f"| cached_p99_64c_ms | {_fmt(figures['cached_p99_64c_ms'])} | (no target) | |"
+        f"| cached_p99_64c_ms | {_fmt(figures['cached_p99_64c_ms'])} | (no target) | |\n"
+        f"| gateway_cpu_ms_per_request | {_fmt(figures['gateway_cpu_ms_per_request'], 3)} "
+        "| (no target: worker CPU time / requests, loaded run) | |\n"
+        f"| load_average_1m | {_fmt(figures['load_average_1m'])} | (the machine's other load) | |"
     )
 
 
