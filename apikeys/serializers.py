@@ -13,19 +13,7 @@ from apikeys.models import APIKey, KeyMode
 from apikeys.selectors import key_budget
 from apikeys.services import MAX_ALLOWED_ENTRIES, MAX_ROLL_GRACE_SECONDS
 from metering.serializers import UsageCountsSerializer
-
-
-class StrictSerializer(serializers.Serializer):
-    """Rejects fields it does not declare: a `tier` or `user` in a body is an error, not ignored."""
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(self.initial_data) - set(self.fields))
-        if unknown:
-            raise serializers.ValidationError(
-                {name: ["This field is not allowed."] for name in unknown}
-            )
-        return attrs
-
+from timepoint_billing.serializers import StrictSerializer
 
 SCOPES_HELP = (
     "What the key may do: `read` (Clockchain, credit balance/history/costs, usage), `generate` "

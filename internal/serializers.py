@@ -6,8 +6,8 @@ from typing import Any
 
 from rest_framework import serializers
 
-from apikeys.serializers import StrictSerializer
 from internal.selectors import CONTRACT_STATUS, MAX_IDENTIFIER_LENGTH
+from timepoint_billing.serializers import StrictSerializer
 
 STATUSES = sorted(set(CONTRACT_STATUS.values()))
 

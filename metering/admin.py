@@ -9,6 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
 from metering.models import UsageDaily, UsageMonthly, UsageRecord
+from timepoint_billing.charts import Series, bar_chart
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -64,8 +65,6 @@ class UsageDailyAdmin(ReadOnlyAdmin):
     ) -> HttpResponse:
         response = super().changelist_view(request, extra_context)
         if isinstance(response, TemplateResponse) and response.context_data is not None:
-            from portal.charts import Series, bar_chart
-
             filtered = response.context_data["cl"].queryset
             per_day = list(
                 filtered.order_by()

@@ -36,6 +36,7 @@ import stripe
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from djstripe.models import Price, Product
 
 from accounts.models import FREE_PLAN, Tier
 from payments import stripe_client
@@ -193,8 +194,6 @@ def price_read(price: dict[str, Any], product: dict[str, Any]) -> dict[str, Any]
 
 def _mirrored_prices() -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(price, product) as Stripe last sent them, from dj-stripe's mirror."""
-    from djstripe.models import Price, Product
-
     products = {str(p.id): dict(p.stripe_data or {}) for p in Product.objects.all()}
     return [
         (dict(price.stripe_data or {}), products.get(str(price.product_id), {}))
@@ -257,8 +256,6 @@ def _catalogue_write(seen: list[tuple[dict[str, Any], dict[str, Any]]]) -> int:
 def catalogue_sync() -> int:
     """Fetch every product and price from Stripe into the mirror, then refresh the catalogue
     (the sync command, the worker's periodic pass). Returns how many prices are valid."""
-    from djstripe.models import Price, Product
-
     for product in stripe_client.products_list():
         Product.sync_from_stripe_data(product)
     for price in stripe_client.prices_list():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from djstripe.models import Customer
+
 from accounts.models import FREE_PLAN, User
 from payments import selectors, stripe_client
 from payments.models import CatalogueKind
@@ -43,8 +45,6 @@ def checkout_create(*, user: User, package: str = "", plan: str = "") -> dict[st
 
 
 def billing_portal_create(*, user: User) -> str:
-    from djstripe.models import Customer
-
     customer = Customer.objects.filter(subscriber=user).first()
     if customer is None:
         raise NotFound("You have no billing account yet.", code="no_billing_account")

@@ -27,6 +27,7 @@ from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
+from djstripe.models import Customer, Subscription
 
 from accounts.models import Tier, User
 from apikeys.services import keys_set_tier_for_user
@@ -237,8 +238,6 @@ def subscription_record(
 def plan_sync_for_customer(*, customer_id: str) -> User | None:
     """After a subscription, checkout or invoice event is mirrored: record each of the
     customer's subscriptions as dj-stripe has them, then set the user's plan."""
-    from djstripe.models import Customer
-
     customer = Customer.objects.filter(id=customer_id).select_related("subscriber").first()
     user = customer.subscriber if customer is not None else None
     if user is None:
@@ -379,8 +378,6 @@ def _stripe_price_set(
 
 
 def _subscription_item_id(row: PlanSubscription) -> str:
-    from djstripe.models import Subscription
-
     mirrored = Subscription.objects.filter(id=row.stripe_subscription_id).first()
     item_id = str(_item(dict(mirrored.stripe_data or {})).get("id") or "") if mirrored else ""
     if not item_id:
@@ -475,8 +472,6 @@ def on_user_deleted(sender: object, *, user: User, **kwargs: object) -> None:
     """Cancel the deleted user's live subscriptions at Stripe, inside the deletion's transaction:
     if Stripe cannot be reached the deletion rolls back (the client sees 502 and may retry), so an
     account is never gone while its subscription keeps billing."""
-    from djstripe.models import Customer
-
     for customer in Customer.objects.filter(subscriber=user):
         for subscription in stripe_client.subscriptions_for_customer(str(customer.id)):
             if subscription.get("status") in LIVE_SUBSCRIPTION_STATUSES:

@@ -9,6 +9,7 @@ from typing import Any
 from django.db.models import QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
+from djstripe.models import Customer, Invoice, Subscription
 
 from accounts.models import FREE_PLAN, User
 from payments.catalogue import FREE_TERMS, PlanTerms
@@ -152,8 +153,6 @@ def subscription_plan(subscription_id: str, data: dict[str, Any]) -> str:
 def subscription_list_for_user(*, user: User) -> list[dict[str, Any]]:
     """The user's subscriptions as mirrored by dj-stripe, and those the gateway recorded from a
     paid invoice before the mirror caught up."""
-    from djstripe.models import Subscription
-
     result = []
     for subscription in Subscription.objects.filter(customer__subscriber=user).order_by("-created"):
         data = subscription.stripe_data or {}
@@ -215,8 +214,6 @@ def credits_granted_by_day(*, since: date) -> dict[date, int]:
 
 def active_subscriptions_by_plan() -> list[tuple[str, int]]:
     """(plan label, count) of live dj-stripe subscriptions, most popular first."""
-    from djstripe.models import Subscription
-
     counts: dict[str, int] = {}
     for subscription in Subscription.objects.all().only("id", "stripe_data"):
         data = subscription.stripe_data or {}
@@ -250,8 +247,6 @@ def stripe_export(*, user: User) -> dict[str, Any]:
     """The dj-stripe mirror rows linked to the user: customers, their subscriptions and invoices.
     Charges and payment methods are left out: they hold card details, which the export never
     carries (the `payments` section has every confirmed payment)."""
-    from djstripe.models import Customer, Invoice, Subscription
-
     customers = list(Customer.objects.filter(subscriber=user).order_by("created", "id"))
     subscriptions = Subscription.objects.filter(customer__in=customers).order_by("created", "id")
     invoices = Invoice.objects.filter(customer__in=customers).order_by("created", "id")

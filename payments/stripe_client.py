@@ -12,6 +12,7 @@ from typing import Any
 
 import stripe
 from django.conf import settings
+from djstripe.models import Customer, Event, Subscription
 
 from timepoint_billing.errors import PaymentDeclined, UpstreamError, UpstreamUnavailable
 
@@ -45,8 +46,6 @@ def _map_error(exc: stripe.StripeError) -> Exception:
 
 def customer_for_user(user: Any) -> str:
     """The user's Stripe customer id, created once through dj-stripe (linked as its subscriber)."""
-    from djstripe.models import Customer
-
     configure()
     try:
         customer, _ = Customer.get_or_create(subscriber=user, metadata={"user_id": str(user.pk)})
@@ -112,8 +111,6 @@ def event_mirror(payload: dict[str, Any]) -> None:
 
     dj-stripe rolls its own work back on failure; the caller keeps our stored event for a retry.
     """
-    from djstripe.models import Event
-
     configure()
     try:
         Event.process(data=payload)
@@ -123,8 +120,6 @@ def event_mirror(payload: dict[str, Any]) -> None:
 
 def subscriptions_for_customer(customer_id: str) -> list[dict[str, Any]]:
     """The mirrored subscriptions of one customer (dj-stripe rows, as Stripe data)."""
-    from djstripe.models import Subscription
-
     return [dict(sub.stripe_data) for sub in Subscription.objects.filter(customer_id=customer_id)]
 
 

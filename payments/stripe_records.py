@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from django.utils import timezone
+from djstripe.models import Customer
 
 from accounts.models import User
 from payments import plans, recharge, selectors, stripe_shapes
@@ -32,8 +33,6 @@ logger = logging.getLogger("timepoint.payments")
 def _stripe_user(customer_id: str, metadata: dict[str, Any] | None) -> User | None:
     """The user a Stripe object belongs to: the dj-stripe customer's subscriber, else our
     `user_id` metadata (set by checkout_create, so it arrives signed)."""
-    from djstripe.models import Customer
-
     if customer_id:
         customer = Customer.objects.filter(id=customer_id).select_related("subscriber").first()
         if customer is not None and customer.subscriber is not None:

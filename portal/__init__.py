@@ -6,5 +6,5 @@ business rules; every page reads through another app's selectors and every form 
 app's services (keys through `apikeys.services`, checkout through `payments.services`, balance
 and history through `upstreams.flash`). Keeping the HTML, CSS and the small JavaScript here keeps
 the API apps free of templates, and lets the admin dashboard (`timepoint_billing/admin_site.py`)
-share the chart helper in `portal/charts.py`.
+share the chart helper in `timepoint_billing/charts.py`.
 """

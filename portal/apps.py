@@ -5,6 +5,7 @@ from django.db.models.signals import post_migrate
 
 
 def _create_staff_groups(**kwargs: Any) -> None:
+    # Not at the top: apps.py is imported while Django loads the apps, before any model exists.
     from portal.services import staff_groups_setup
 
     staff_groups_setup(reset=False)  # only creates missing groups; never undoes staff's changes

@@ -24,7 +24,7 @@ from metering import selectors as usage_selectors
 from payments import selectors as billing_selectors
 from payments import services as billing_services
 from portal import forms
-from portal.charts import Series, bar_chart
+from timepoint_billing.charts import Series, bar_chart
 from timepoint_billing.errors import ApiError, error_response
 from upstreams import flash
 

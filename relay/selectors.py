@@ -27,10 +27,13 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.core import signing
+from django.db.models import Count, Sum
 
+from accounts.models import User
+from metering.models import UsageRecord
 from timepoint_billing import async_cache
 from timepoint_billing.errors import BadRequest, NotFound, UpstreamError, UpstreamTimeout
-from upstreams import clockchain
+from upstreams import clockchain, flash
 from upstreams.flash import LedgerEntry
 
 ACTOR_FIELDS = ("created_by", "proposed_by", "challenged_by")
@@ -238,12 +241,6 @@ def credits_reconcile(*, user_id: int, cursor: str = "") -> dict[str, Any]:
     where it stopped and the sums so far), and the next call passes it back to resume there.
     Flash adds rows at the top, which shifts every offset, so a resumed call first re-reads the
     last row counted; when it has moved, the walk starts over rather than count a row twice."""
-    from django.db.models import Count, Sum
-
-    from accounts.models import User
-    from metering.models import UsageRecord
-    from upstreams import flash
-
     user = User.objects.filter(pk=user_id).first()
     if user is None or not user.flash_user_id:
         raise NotFound("No such user with a Flash account.")

@@ -15,7 +15,9 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from portal.charts import Series, bar_chart
+from metering import selectors as usage
+from payments import selectors as billing
+from timepoint_billing.charts import Series, bar_chart
 
 DASHBOARD_DAYS = 30
 
@@ -31,9 +33,6 @@ def _by_day(rows: dict[date, int], days: list[date]) -> list[int]:
 
 def dashboard_context(*, days: int = DASHBOARD_DAYS) -> dict[str, Any]:
     """Everything the dashboard shows, from payments' and metering's selectors."""
-    from metering import selectors as usage
-    from payments import selectors as billing
-
     span = _days(days)
     since = span[0]
     revenue = billing.revenue_by_day(since=since)

@@ -222,6 +222,8 @@ class GatewayASGIHandler(ASGIHandler):
         gunicorn's UvicornWorker) drains its connections, then re-raises the signal with the
         default handler, and the process dies of it. The lifespan shutdown runs after the last
         request and before that."""
+        # Not at the top: the gunicorn worker class (timepoint_billing/server.py) imports this
+        # module before Django is set up, when no app's models can be imported yet.
         from metering.services import usage_flush_at_shutdown
         from upstreams.clockchain import CLOCKCHAIN
         from upstreams.flash import FLASH

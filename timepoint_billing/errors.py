@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.defaults import page_not_found, permission_denied, server_error
 from rest_framework import exceptions as drf_exceptions
 
 from timepoint_billing.routes import BROWSER_PREFIXES
@@ -236,7 +238,9 @@ _DRF_CODES: dict[type[Exception], tuple[int, str]] = {
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse | None:
     """DRF's EXCEPTION_HANDLER: every error becomes `{"detail", "code"}` with the right status."""
-    from rest_framework.views import set_rollback  # late: rest_framework.views imports us
+    # Not at the top: importing rest_framework.views loads the DEFAULT_AUTHENTICATION_CLASSES
+    # (accounts.authentication), which imports this module: DRF's cycle, not one of ours.
+    from rest_framework.views import set_rollback
 
     set_rollback()
     request = context.get("request")
@@ -312,8 +316,6 @@ class ApiErrorMiddleware:
 
     def __init__(self, get_response: Any) -> None:
         self.get_response = get_response
-        from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-
         if iscoroutinefunction(get_response):
             markcoroutinefunction(self)
 
@@ -329,16 +331,12 @@ class ApiErrorMiddleware:
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if answers_json(request.path):
         return error_response(404, "Not found.", "not_found")
-    from django.views.defaults import page_not_found
-
     return page_not_found(request, exception or Http404())
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
     if answers_json(request.path):
         return error_response(500, "Internal server error.", "internal_error")
-    from django.views.defaults import server_error
-
     return server_error(request)
 
 
@@ -351,6 +349,4 @@ def handler403(request: HttpRequest, exception: Exception | None = None) -> Http
         return error_response(
             403, "You do not have permission to perform this action.", "permission_denied"
         )
-    from django.views.defaults import permission_denied
-
     return permission_denied(request, exception or PermissionDenied())

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
+from django_redis import get_redis_connection
 
 from accounts.authentication import aauthenticate
 from timepoint_billing.db import run_db
@@ -31,8 +32,6 @@ def _database_ok() -> bool:
 
 def _redis_ok() -> bool:
     try:
-        from django_redis import get_redis_connection
-
         return bool(get_redis_connection("default").ping())
     except Exception:
         return False

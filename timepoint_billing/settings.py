@@ -93,6 +93,8 @@ INSTALLED_APPS = [
     "webhooks",
     "alerts",
     "portal",  # server-rendered pages over the apps above; owns no models
+    # The project itself: its `run_grants` worker runs every app's background work.
+    "timepoint_billing",
 ]
 
 # Django's own middleware, as subclasses that cost no thread hop per request on the JSON API

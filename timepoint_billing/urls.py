@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from timepoint_billing import admin_site, health, metrics
+from timepoint_billing import admin_site, health, metrics_endpoint
 from timepoint_billing.routes import ADMIN, API_V1, HEALTH, INTERNAL, OIDC, PORTAL
 
 # The areas (API_V1, ADMIN, ...) are declared in timepoint_billing/routes.py, which the middleware
@@ -13,7 +13,7 @@ urlpatterns = [
     path(API_V1, include("relay.urls")),
     path(HEALTH, health.health, name="health"),
     path(f"{HEALTH}/ready", health.health_ready, name="health-ready"),
-    path("metrics", metrics.metrics_view, name="metrics"),
+    path("metrics", metrics_endpoint.metrics_view, name="metrics"),
     path(f"{ADMIN}dashboard/", admin_site.dashboard, name="admin-dashboard"),
     path(ADMIN, admin.site.urls),
     path(PORTAL, include("portal.urls")),

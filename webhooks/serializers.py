@@ -6,7 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from apikeys.serializers import StrictSerializer
+from timepoint_billing.serializers import StrictSerializer
 from webhooks.models import (
     DeliveryState,
     EventType,

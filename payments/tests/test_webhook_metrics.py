@@ -12,7 +12,7 @@ from django.test import Client
 from prometheus_client import REGISTRY
 
 from payments.tests import factories as f
-from timepoint_billing.metrics import exposition
+from timepoint_billing.metrics_endpoint import exposition
 
 
 def _lag(stage: str) -> tuple[float, float]:

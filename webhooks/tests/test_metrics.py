@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from timepoint_billing.metrics import exposition
+from timepoint_billing.metrics_endpoint import exposition
 from webhooks.models import WebhookDelivery
 from webhooks.services import event_emit
 

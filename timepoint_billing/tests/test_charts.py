@@ -1,4 +1,4 @@
-from portal.charts import Series, bar_chart
+from timepoint_billing.charts import Series, bar_chart
 
 
 def test_bars_share_one_axis_and_scale_to_the_peak() -> None:
