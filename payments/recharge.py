@@ -28,6 +28,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from djstripe.models import Customer
 
 from accounts.models import User
 from payments import selectors, stripe_client
@@ -71,8 +72,6 @@ def pack_on_sale(key: str) -> CatalogueItem | None:
 
 def _stripe_customer(user: User) -> str:
     """The user's Stripe customer id ("" when they never went to Checkout)."""
-    from djstripe.models import Customer
-
     return str(Customer.objects.filter(subscriber=user).values_list("id", flat=True).first() or "")
 
 

@@ -7,9 +7,9 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from apikeys.serializers import StrictSerializer
 from payments.models import AutoRecharge, CreditGrant, Payment, Recharge, RechargeState
 from payments.selectors import AutoRechargeStatus
+from timepoint_billing.serializers import StrictSerializer
 
 
 class PlanSerializer(serializers.Serializer):
