@@ -5,7 +5,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from alerts.services import MAX_THRESHOLD
-from apikeys.serializers import StrictSerializer
+from timepoint_billing.serializers import StrictSerializer
 
 
 class AlertInputSerializer(StrictSerializer):
