@@ -41,27 +41,23 @@ _UNDECLARED = object()
 _HANDLERS = ("get", "post", "put", "patch", "delete")
 
 
-class LimitedMeteredApiView(APIView):
-    spends_credits = False
-    required_scope: Any = _UNDECLARED
+class MeteredApiView(APIView):
+    """The base of every rate-limited, metered DRF view: a limiter lease taken after
+    authentication and permission checks (`lease_take`), its headers on the response, the lease
+    released however the request ends, and one usage record for whoever `usage_of` names."""
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.required_scope is _UNDECLARED and any(hasattr(cls, name) for name in _HANDLERS):
-            raise TypeError(
-                f"{cls.__name__} must declare required_scope (a Scope, a mapping or None)"
-            )
+    def lease_take(self, request: Request) -> limits.Lease | None:
+        return None
+
+    def usage_of(self, request: Request) -> dict[str, Any] | None:
+        """The usage record's caller fields (user, key or service), None: no record."""
+        return None
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         self._started = time.perf_counter()
         self._lease: limits.Lease | None = None
         super().initial(request, *args, **kwargs)
-        caller = request.auth
-        if isinstance(caller, Caller):
-            caller.require_scope(required_scope(self, request.method or ""))
-            self._lease = limits.acquire_sync(
-                caller, route=route_pattern(request._request), spends_credits=self.spends_credits
-            )
+        self._lease = self.lease_take(request)
 
     def finalize_response(
         self, request: Request, response: Response, *args: Any, **kwargs: Any
@@ -72,18 +68,17 @@ class LimitedMeteredApiView(APIView):
             for name, value in lease.headers.items():
                 response.setdefault(name, value)
             lease.release_sync()
-        caller = request.auth
-        if isinstance(caller, Caller):
+        who = self.usage_of(request)
+        if who is not None:
             started = getattr(self, "_started", time.perf_counter())
             record_usage(
                 request_id=usage_record_id(request._request),
-                user_id=caller.user.pk,
-                api_key_id=caller.api_key.pk if caller.api_key is not None else None,
                 endpoint=route_pattern(request._request),
                 method=request.method or "",
                 status=response.status_code,
                 credits_spent=0,
                 response_time_ms=(time.perf_counter() - started) * 1000,
+                **who,
             )
         return response
 
@@ -95,3 +90,31 @@ class LimitedMeteredApiView(APIView):
             lease = getattr(self, "_lease", None)
             if lease is not None:
                 lease.release_sync()
+
+
+class LimitedMeteredApiView(MeteredApiView):
+    spends_credits = False
+    required_scope: Any = _UNDECLARED
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.required_scope is _UNDECLARED and any(hasattr(cls, name) for name in _HANDLERS):
+            raise TypeError(
+                f"{cls.__name__} must declare required_scope (a Scope, a mapping or None)"
+            )
+
+    def lease_take(self, request: Request) -> limits.Lease | None:
+        caller = request.auth
+        if not isinstance(caller, Caller):
+            return None  # anonymous: authentication fails anyway
+        caller.require_scope(required_scope(self, request.method or ""))
+        return limits.acquire_sync(
+            caller, route=route_pattern(request._request), spends_credits=self.spends_credits
+        )
+
+    def usage_of(self, request: Request) -> dict[str, Any] | None:
+        caller = request.auth
+        if not isinstance(caller, Caller):
+            return None
+        key = caller.api_key
+        return {"user_id": caller.user.pk, "api_key_id": key.pk if key is not None else None}

@@ -3,21 +3,16 @@ view that rate-limits each service under its own windows and meters the call wit
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser
-from django.http import HttpResponseBase
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
-from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from apikeys import limits
-from apikeys.drf import route_pattern
+from apikeys.drf import MeteredApiView, route_pattern
 from internal.services import ServiceCaller, service_authenticate
-from metering.services import record_usage, usage_record_id
 
 
 class ServiceKeyAuthentication(BaseAuthentication):
@@ -36,48 +31,22 @@ class IsServiceCaller(BasePermission):
         return isinstance(request.auth, ServiceCaller)
 
 
-class InternalApiView(APIView):
+class InternalApiView(MeteredApiView):
+    """Each service is limited under its own windows and metered with its name."""
+
     authentication_classes = [ServiceKeyAuthentication]
     permission_classes = [IsServiceCaller]
 
-    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        self._started = time.perf_counter()
-        self._lease: limits.Lease | None = None
-        super().initial(request, *args, **kwargs)
+    def lease_take(self, request: Request) -> limits.Lease | None:
         caller = request.auth
-        if isinstance(caller, ServiceCaller):
-            self._lease = limits.acquire_subject_sync(
-                subject=caller.subject, limits=caller.limits, route=route_pattern(request._request)
-            )
+        if not isinstance(caller, ServiceCaller):
+            return None
+        return limits.acquire_subject_sync(
+            subject=caller.subject, limits=caller.limits, route=route_pattern(request._request)
+        )
 
-    def finalize_response(
-        self, request: Request, response: Response, *args: Any, **kwargs: Any
-    ) -> Response:
-        response = super().finalize_response(request, response, *args, **kwargs)
-        lease = getattr(self, "_lease", None)
-        if lease is not None:
-            for name, value in lease.headers.items():
-                response.setdefault(name, value)
-            lease.release_sync()
+    def usage_of(self, request: Request) -> dict[str, Any] | None:
         caller = request.auth
-        if isinstance(caller, ServiceCaller):
-            record_usage(
-                request_id=usage_record_id(request._request),
-                user_id=None,
-                api_key_id=None,
-                endpoint=route_pattern(request._request),
-                method=request.method or "",
-                status=response.status_code,
-                credits_spent=0,
-                response_time_ms=(time.perf_counter() - getattr(self, "_started", 0.0)) * 1000,
-                service=caller.name,
-            )
-        return response
-
-    def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        try:
-            return super().dispatch(request, *args, **kwargs)
-        finally:
-            lease = getattr(self, "_lease", None)
-            if lease is not None:
-                lease.release_sync()
+        if not isinstance(caller, ServiceCaller):
+            return None
+        return {"user_id": None, "api_key_id": None, "service": caller.name}

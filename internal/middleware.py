@@ -19,13 +19,13 @@ import ipaddress
 from functools import lru_cache
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from internal import services
 from internal.openapi import INTERNAL_PATH_PREFIX
 from timepoint_billing.db import run_db
+from timepoint_billing.dual_middleware import SyncAsyncMiddleware
 from timepoint_billing.errors import error_response
 
 _LISTENER_SHARED_PATHS = ("/health",)
@@ -98,19 +98,8 @@ def _early_answer(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
-class CallerSeparationMiddleware:
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Any) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest) -> Any:
-        if self.is_async:
-            return self.__acall__(request)
+class CallerSeparationMiddleware(SyncAsyncMiddleware):
+    def call(self, request: HttpRequest) -> Any:
         answer = _early_answer(request)
         if answer is not None:
             return answer
@@ -120,7 +109,7 @@ class CallerSeparationMiddleware:
                 return _refused()
         return self.get_response(request)
 
-    async def __acall__(self, request: HttpRequest) -> Any:
+    async def acall(self, request: HttpRequest) -> Any:
         answer = _early_answer(request)
         if answer is not None:
             return answer

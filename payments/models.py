@@ -1,4 +1,6 @@
 """Payments: the credit-grant outbox, the Stripe webhook inbox, payments and Apple notifications.
+(Past 400 lines: tables and their constraints only; each is one topic's, kept in Django's one
+models module per app.)
 
 dj-stripe mirrors Stripe's own objects (customers, subscriptions, invoices, events); these tables
 hold what the gateway itself must remember to grant credits exactly once.

@@ -1,4 +1,5 @@
 """OpenAPI for the relay's plain async views, and the shapes their answers are built from.
+(Past 400 lines: one declaration per relayed route, read by the projection; no logic.)
 
 Each route's documented success responses are also what its answer is projected onto
 (`answer_projections`): the schema and the answer come from the same serializers.

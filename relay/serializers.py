@@ -1,4 +1,5 @@
 """Input validation for the relay's request bodies, and the shapes of its answers.
+(Past 400 lines: one shape per upstream answer, the allow-list of what leaves the gateway.)
 
 The output serializers are the allow-list of what leaves the gateway: they are the routes'
 OpenAPI responses (`relay/openapi.py`), and each answer is built from their fields alone

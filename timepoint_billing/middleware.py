@@ -19,6 +19,7 @@ from django.middleware import clickjacking, common, csrf, security
 from whitenoise.middleware import WhiteNoiseMiddleware
 
 from timepoint_billing.asgi_handler import BODY_TOO_LARGE
+from timepoint_billing.dual_middleware import SyncAsyncMiddleware
 from timepoint_billing.errors import answers_json, error_response
 from timepoint_billing.logs import request_id_var
 from timepoint_billing.metrics import observe_request
@@ -95,30 +96,19 @@ def _finish(
     return response
 
 
-class RequestContextMiddleware:
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response: Any) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
-
+class RequestContextMiddleware(SyncAsyncMiddleware):
     def _start(self, request: HttpRequest) -> HttpResponse | None:
         rid = _request_id(request)
         request.request_id = rid  # type: ignore[attr-defined]
         request_id_var.set(rid)
         return _too_large(request)
 
-    def __call__(self, request: HttpRequest) -> Any:
-        if self.is_async:
-            return self.__acall__(request)
+    def call(self, request: HttpRequest) -> Any:
         started = time.perf_counter()
         response = self._start(request) or self.get_response(request)
         return _finish(request, response, started)
 
-    async def __acall__(self, request: HttpRequest) -> Any:
+    async def acall(self, request: HttpRequest) -> Any:
         started = time.perf_counter()
         response = self._start(request) or await self.get_response(request)
         return _finish(request, response, started)

@@ -1,4 +1,5 @@
 """The one settings module. Every value comes from the environment, with a safe local default.
+(Long because the house style keeps every setting in this one module, each with its why.)
 
 `ENVIRONMENT=production` refuses to start while a required secret is unset or still a dev default,
 so a misconfigured deploy fails loudly at boot instead of running with a known key.

@@ -1,4 +1,5 @@
 """Pooled HTTP clients to the upstreams and the one mapping of their failures to our errors.
+(About 400 lines: the async and sync clients share one error mapping and one pool policy.)
 
 The relay's async calls go through aiohttp: one `ClientSession` per upstream and event loop (a
 process normally has one loop; tests create many, and a session cannot outlive its loop). It was

@@ -5,6 +5,8 @@ UvicornWorker, the Dockerfile's flags) as a subprocess."""
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import signal
 import socket
@@ -452,3 +454,71 @@ def production_stack(
         for log in logs:
             log.close()
         server.stop()
+
+
+# --- Talking to each worker of a production server (tests of cross-worker guarantees)
+
+
+def worker_of(server: Any, connection: http.client.HTTPConnection) -> int | None:
+    """The worker holding the server side of this client connection (from /proc)."""
+    assert connection.sock is not None
+    client_port = connection.sock.getsockname()[1]
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if local_port == server.port and remote_port == client_port:
+                inode = fields[9]
+    if inode is None:
+        return None
+    for pid in server.worker_pids():
+        try:
+            descriptors = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for descriptor in descriptors:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{descriptor}") == f"socket:[{inode}]":
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def exchange(
+    connection: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    payload = json.dumps(body).encode() if body is not None else None
+    all_headers = {"Content-Type": "application/json", **(headers or {})}
+    connection.request(method, path, body=payload, headers=all_headers)
+    response = connection.getresponse()
+    raw = response.read()
+    return response.status, json.loads(raw) if raw else None
+
+
+def one_connection_per_worker(server: Any) -> dict[int, http.client.HTTPConnection]:
+    """Keep-alive connections, opened until each worker holds one (bounded)."""
+    found: dict[int, http.client.HTTPConnection] = {}
+    spare: list[http.client.HTTPConnection] = []
+    workers = set(server.worker_pids())
+    for _ in range(60):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+        status, _ = exchange(connection, "GET", "/health")
+        assert status == 200
+        pid = worker_of(server, connection)
+        if pid is not None and pid not in found:
+            found[pid] = connection
+        else:
+            spare.append(connection)
+        if set(found) == workers:
+            break
+    for connection in spare:
+        connection.close()
+    assert set(found) == workers and len(workers) == 2, (found, workers)
+    return found

@@ -15,15 +15,11 @@ GatewayUvicornWorker, 2 workers), as the MCP server and future TIMEPOINT service
 
 from __future__ import annotations
 
-import http.client
-import json
-import os
 import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,7 +28,14 @@ from django.conf import settings as django_settings
 
 from accounts.tests.auth0_server import AUDIENCE, FakeAuth0
 from payments.tests import factories as f
-from tests.reliability.conftest import ROOT, free_port, stop_process, worker_env
+from tests.reliability.conftest import (
+    ROOT,
+    exchange,
+    free_port,
+    one_connection_per_worker,
+    stop_process,
+    worker_env,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -414,71 +417,6 @@ def test_billing_status_follows_a_subscriber(
 # --- Key verification on both workers; credits
 
 
-def _worker_of(server: Any, connection: http.client.HTTPConnection) -> int | None:
-    """The worker holding the server side of this client connection (from /proc)."""
-    assert connection.sock is not None
-    client_port = connection.sock.getsockname()[1]
-    inode = None
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-            if local_port == server.port and remote_port == client_port:
-                inode = fields[9]
-    if inode is None:
-        return None
-    for pid in server.worker_pids():
-        try:
-            descriptors = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for descriptor in descriptors:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{descriptor}") == f"socket:[{inode}]":
-                    return pid
-            except OSError:
-                continue
-    return None
-
-
-def _exchange(
-    connection: http.client.HTTPConnection,
-    method: str,
-    path: str,
-    body: Any = None,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, Any]:
-    payload = json.dumps(body).encode() if body is not None else None
-    all_headers = {"Content-Type": "application/json", **(headers or {})}
-    connection.request(method, path, body=payload, headers=all_headers)
-    response = connection.getresponse()
-    raw = response.read()
-    return response.status, json.loads(raw) if raw else None
-
-
-def _one_connection_per_worker(server: Any) -> dict[int, http.client.HTTPConnection]:
-    """Keep-alive connections, opened until each worker holds one (bounded)."""
-    found: dict[int, http.client.HTTPConnection] = {}
-    spare: list[http.client.HTTPConnection] = []
-    workers = set(server.worker_pids())
-    for _ in range(60):
-        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
-        status, _ = _exchange(connection, "GET", "/health")
-        assert status == 200
-        pid = _worker_of(server, connection)
-        if pid is not None and pid not in found:
-            found[pid] = connection
-        else:
-            spare.append(connection)
-        if set(found) == workers:
-            break
-    for connection in spare:
-        connection.close()
-    assert set(found) == workers and len(workers) == 2, (found, workers)
-    return found
-
-
 @pytest.mark.skipif(
     not django_settings.REDIS_URL,
     reason="needs REDIS_URL: workers learn of a revocation through the Redis they share",
@@ -488,21 +426,21 @@ def test_a_revoked_key_is_invalid_within_a_second_on_both_workers(
 ) -> None:
     key, raw = make_key(user)
     server = start_server(REDIS_URL=django_settings.REDIS_URL)
-    connections = _one_connection_per_worker(server)
+    connections = one_connection_per_worker(server)
     service = {"X-Service-Key": MCP_SECRET}
     try:
         for connection in connections.values():
-            status, answer = _exchange(
+            status, answer = exchange(
                 connection, "POST", "/internal/keys/verify", {"key": raw, "scope": "read"}, service
             )
             assert status == 200 and answer["valid"] is True, answer
             assert answer["owner"]["user_id"] == str(user.pk) and "read" in answer["scopes"]
             # The public routes on this worker have the key cached too.
-            status, _ = _exchange(connection, "GET", "/api/v1/keys", None, {"X-API-Key": raw})
+            status, _ = exchange(connection, "GET", "/api/v1/keys", None, {"X-API-Key": raw})
             assert status == 200
 
         revoker, other = list(connections.values())
-        status, _ = _exchange(
+        status, _ = exchange(
             revoker,
             "DELETE",
             f"/api/v1/keys/{key.pk}",
@@ -511,16 +449,14 @@ def test_a_revoked_key_is_invalid_within_a_second_on_both_workers(
         )
         assert status == 204
         revoked_at = time.monotonic()
-        _, answer = _exchange(revoker, "POST", "/internal/keys/verify", {"key": raw}, service)
+        _, answer = exchange(revoker, "POST", "/internal/keys/verify", {"key": raw}, service)
         assert answer == {"valid": False, "code": "invalid_api_key"}
 
         time.sleep(max(0.0, revoked_at + 1.0 - time.monotonic()))
         for connection in (other, revoker):
-            _, answer = _exchange(
-                connection, "POST", "/internal/keys/verify", {"key": raw}, service
-            )
+            _, answer = exchange(connection, "POST", "/internal/keys/verify", {"key": raw}, service)
             assert answer == {"valid": False, "code": "invalid_api_key"}
-            status, _ = _exchange(connection, "GET", "/api/v1/keys", None, {"X-API-Key": raw})
+            status, _ = exchange(connection, "GET", "/api/v1/keys", None, {"X-API-Key": raw})
             assert status == 401
     finally:
         for connection in connections.values():

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.reliability.test_internal_api import _one_connection_per_worker
+from tests.reliability.conftest import one_connection_per_worker
 from timepoint_billing.tests.test_metrics import FAMILIES
 
 TOKEN = "metrics-reliability-token-0123456789"
@@ -48,7 +48,7 @@ def _get(connection: http.client.HTTPConnection, path: str) -> int:
 @pytest.mark.django_db(transaction=True)
 def test_request_counts_are_summed_across_both_workers(production_gateway: Any) -> None:
     server = production_gateway({"METRICS_TOKEN": TOKEN}, workers=2)
-    connections = _one_connection_per_worker(server)
+    connections = one_connection_per_worker(server)
     (first_pid, first), (second_pid, second) = sorted(connections.items())
     assert first_pid != second_pid
     assert _unmatched_404s(_scrape(first)) == 0
