@@ -28,7 +28,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import fakeredis
 import redis
 import redis.asyncio as aredis
 from django.conf import settings
@@ -153,15 +152,27 @@ class InProcessRedis:
     GENERATION_KEY = "limiter:local-generation"
 
     def __init__(self) -> None:
-        self.server = fakeredis.FakeServer()
         self.lock = threading.Lock()
         self.generation: str | None = None
+        self._client: redis.Redis | None = None
+
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            with self.lock:
+                if self._client is None:
+                    # Here, not at the top: only a gateway without REDIS_URL runs it, and the
+                    # import costs every production worker memory (~4 MB) for nothing.
+                    import fakeredis
+
+                    self._client = fakeredis.FakeRedis()
+        return self._client
 
     def follow_cache(self) -> None:
+        client = self.client()
         with self.lock:
             marker = cache.get(self.GENERATION_KEY)
             if marker is None or marker != self.generation:
-                fakeredis.FakeRedis(server=self.server).flushall()
+                client.flushall()
                 self.generation = uuid.uuid4().hex
                 cache.set(self.GENERATION_KEY, self.generation, None)
 
@@ -213,9 +224,7 @@ def sync_redis() -> SyncRedis:
             found = _sync_clients.get(url)
             if found is None:
                 client: redis.Redis = (
-                    redis.Redis.from_url(url, **_client_options())
-                    if url
-                    else fakeredis.FakeRedis(server=in_process.server)
+                    redis.Redis.from_url(url, **_client_options()) if url else in_process.client()
                 )
                 found = SyncRedis(
                     client, client.register_script(ACQUIRE_LUA), client.register_script(RENEW_LUA)
