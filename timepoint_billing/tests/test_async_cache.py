@@ -1,0 +1,99 @@
+"""The shared cache from async code (`timepoint_billing/async_cache.py`): the same keys and values
+as Django's sync cache, both ways, on Redis and in process; and its failure rules when Redis is
+refused (a miss, a skipped write, `CacheUnavailable` for a script)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from django.core.cache import cache
+
+from devpeers.faultproxy import FaultProxy
+from tests.reliability.conftest import redis_caches
+from timepoint_billing import async_cache
+
+LOCAL_REDIS = "redis://127.0.0.1:6379/11"
+COUNTER_LUA = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+
+
+def _redis_url() -> str | None:
+    url = os.environ.get("REDIS_URL") or LOCAL_REDIS
+    try:
+        redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5).ping()
+    except redis.RedisError:
+        return None
+    return url
+
+
+@pytest.fixture
+def on_redis(settings: Any) -> Iterator[str]:
+    url = _redis_url()
+    if url is None:
+        pytest.skip("needs a Redis server (REDIS_URL or 127.0.0.1:6379)")
+    prefix = f"tpb-acache-{os.getpid()}"
+    settings.CACHES = redis_caches(settings, url, prefix)
+    yield url
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+
+
+def _both_ways() -> None:
+    value = {"costs": {"generate_hd": 10}, "text": "é", "items": [1, 2.5, None]}
+
+    async def written_async() -> Any:
+        await async_cache.set("acache:a", value, 30)
+        return await async_cache.get("acache:b")
+
+    cache.set("acache:b", [value, 7], 30)
+    assert asyncio.run(written_async()) == [value, 7]  # sync → async
+    assert cache.get("acache:a") == value  # async → sync
+    assert asyncio.run(async_cache.get("acache:missing")) is None
+
+
+def test_in_process_cache_both_ways(settings: Any) -> None:
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    assert async_cache.redis_location() is None
+    _both_ways()
+
+
+def test_redis_both_ways_and_counters(on_redis: str) -> None:
+    assert async_cache.redis_location() == on_redis
+    _both_ways()
+
+    async def counted() -> list[Any]:
+        first = await async_cache.script(COUNTER_LUA, keys=["acache:n"], args=[5], patience=5)
+        second = await async_cache.script(COUNTER_LUA, keys=["acache:n"], args=[-2], patience=5)
+        return [first, second]
+
+    assert asyncio.run(counted()) == [5, 3]
+    assert cache.get("acache:n") == 3  # django-redis reads the script's plain integer
+    assert cache.incr("acache:n", 1) == 4
+
+
+def test_undecodable_value_is_a_miss(on_redis: str) -> None:
+    redis.Redis.from_url(on_redis).set(async_cache.make_key("acache:junk"), b"\x80not-a-pickle")
+    assert asyncio.run(async_cache.get("acache:junk")) is None
+
+
+def test_refused_redis(settings: Any) -> None:
+    """Redis refusing connections: reads miss, writes are skipped, a script raises."""
+    proxy = FaultProxy("127.0.0.1", 6379).start()
+    proxy.mode = "refuse"
+    try:
+        settings.CACHES = redis_caches(settings, f"redis://127.0.0.1:{proxy.port}/11", "tpb-x")
+
+        async def scenario() -> Any:
+            await async_cache.set("acache:a", 1, 30)
+            assert await async_cache.get("acache:a") is None
+            with pytest.raises(async_cache.CacheUnavailable):
+                await async_cache.script(COUNTER_LUA, keys=["acache:n"], args=[1], patience=5)
+
+        asyncio.run(scenario())
+    finally:
+        proxy.stop()
