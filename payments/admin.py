@@ -400,3 +400,7 @@ def _guard_djstripe_admins() -> None:
 
 
 _guard_djstripe_admins()
+
+
+# The catalogue and subscribers' plans: their own module (registered when this one loads).
+from payments import admin_plans  # noqa: E402, F401

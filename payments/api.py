@@ -1,4 +1,5 @@
-"""Billing API: catalogue, checkout, portal, history, Stripe and Apple webhooks, Apple receipts.
+"""Billing API: catalogue, checkout, subscription changes, portal, history, Stripe and Apple
+webhooks, Apple receipts.
 
 The caller's own calls (checkout, portal, history, verify-receipt) are rate limited and metered
 like every other client call; the public catalogue and the providers' webhooks are not."""
@@ -19,6 +20,8 @@ from accounts.scopes import Scope
 from apikeys.drf import LimitedMeteredApiView
 from payments import selectors, serializers, services
 from payments.apple_tokens import apple_account_token
+from payments.models import PlanSubscription
+from timepoint_billing.errors import NotFound
 from timepoint_billing.openapi import error_responses
 
 TAGS = ["billing"]
@@ -64,6 +67,91 @@ class CheckoutCreateApi(LimitedMeteredApiView):
             plan=payload.validated_data.get("plan", ""),
         )
         return Response(serializers.CheckoutOutputSerializer(result).data)
+
+
+PLAN_CHANGE_RULES = (
+    "An upgrade (more monthly credits) takes effect at once: Stripe charges the rest of the "
+    "period at the new price less what is left of the old one, and the difference in monthly "
+    "credits for the rest of the period is granted once that invoice is paid (in proportion to "
+    "the share of the new price charged). HD access and the API-key tier follow at once. A "
+    "downgrade takes effect at the end of the period: the current plan, its credits and limits "
+    "stay until then, and nothing is refunded. Asking for the plan a scheduled downgrade would "
+    "leave cancels the downgrade. 402 `payment_declined`: the card was declined, nothing "
+    "changed. 409 `no_subscription`: subscribe through checkout first; `already_on_plan`; "
+    "`subscription_ending`: resume it first."
+)
+
+
+class SubscriptionApi(LimitedMeteredApiView):
+    required_scope = Scope.READ
+
+    @extend_schema(
+        tags=TAGS,
+        summary="Your subscription: plan, price and terms, period end, a scheduled downgrade",
+        responses={200: serializers.SubscriptionOutputSerializer, **error_responses(401, 404, 429)},
+    )
+    def get(self, request: Request) -> Response:
+        row = selectors.plan_subscription_for_user(user=_user(request))
+        if row is None:
+            raise NotFound("You have no subscription.", code="no_subscription")
+        return _subscription(row)
+
+
+def _subscription(row: PlanSubscription) -> Response:
+    view = selectors.subscription_view(row)
+    return Response(serializers.SubscriptionOutputSerializer(view).data)
+
+
+class SubscriptionChangeApi(LimitedMeteredApiView):
+    required_scope = Scope.BILLING
+
+    @extend_schema(
+        tags=TAGS,
+        summary="Change plan: upgrade now (prorated), downgrade at the end of the period",
+        description=PLAN_CHANGE_RULES,
+        request=serializers.PlanChangeInputSerializer,
+        responses={
+            200: serializers.SubscriptionOutputSerializer,
+            **error_responses(400, 401, 402, 409, 429, 502),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        payload = serializers.PlanChangeInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        row = services.plan_change(user=_user(request), plan=payload.validated_data["plan"])
+        return _subscription(row)
+
+
+class SubscriptionCancelApi(LimitedMeteredApiView):
+    required_scope = Scope.BILLING
+
+    @extend_schema(
+        tags=TAGS,
+        summary="Cancel at the end of the period (the plan and its credits stay until then)",
+        request=None,
+        responses={
+            200: serializers.SubscriptionOutputSerializer,
+            **error_responses(401, 409, 429, 502),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        return _subscription(services.subscription_cancel(user=_user(request)))
+
+
+class SubscriptionResumeApi(LimitedMeteredApiView):
+    required_scope = Scope.BILLING
+
+    @extend_schema(
+        tags=TAGS,
+        summary="Resume a subscription cancelled at period end, before the period ends",
+        request=None,
+        responses={
+            200: serializers.SubscriptionOutputSerializer,
+            **error_responses(401, 409, 429, 502),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        return _subscription(services.subscription_resume(user=_user(request)))
 
 
 class BillingPortalCreateApi(LimitedMeteredApiView):

@@ -23,6 +23,7 @@ from payments.models import (
     GrantState,
     Payment,
     PaymentProvider,
+    PlanChangeState,
     PlanSubscription,
     Recharge,
 )
@@ -123,6 +124,51 @@ def plan_subscription_for_user(*, user: User) -> PlanSubscription | None:
         user=user, status__in=("active", "trialing", "past_due")
     ).order_by("-monthly_credits", "-unit_amount", "-created_at")
     return rows.first()
+
+
+def is_grandfathered(row: PlanSubscription) -> bool:
+    """The subscriber keeps terms the catalogue no longer sells: another price or other credits,
+    HD access or key tier than the plan's price on sale now (or the plan is off sale)."""
+    item = item_on_sale(kind=CatalogueKind.PLAN, key=row.plan)
+    if item is None:
+        return True
+    return (item.stripe_price_id, item.credits, item.hd_access, item.key_tier) != (
+        row.stripe_price_id,
+        row.monthly_credits,
+        row.hd_access,
+        row.key_tier,
+    )
+
+
+def subscription_view(row: PlanSubscription) -> dict[str, Any]:
+    """The caller's subscription as the API and the portal show it: the terms they bought,
+    whether those are grandfathered, and a downgrade waiting for the period's end."""
+    scheduled = row.changes.filter(state=PlanChangeState.SCHEDULED).first()
+    return {
+        "id": row.stripe_subscription_id,
+        "plan": row.plan,
+        "display_name": plan_label(row.plan),
+        "status": row.status,
+        "price_cents": row.unit_amount,
+        "currency": row.currency,
+        "monthly_credits": row.monthly_credits,
+        "hd_access": row.hd_access,
+        "api_key_tier": row.key_tier,
+        "cancel_at_period_end": row.cancel_at_period_end,
+        "current_period_end": row.current_period_end,
+        "grandfathered": is_grandfathered(row),
+        "scheduled_change": (
+            {
+                "plan": scheduled.to_plan,
+                "display_name": plan_label(scheduled.to_plan),
+                "monthly_credits": scheduled.to_monthly_credits,
+                "price_cents": scheduled.to_unit_amount,
+                "effective_at": scheduled.effective_at,
+            }
+            if scheduled is not None
+            else None
+        ),
+    }
 
 
 def catalogue_refused() -> QuerySet[CatalogueItem]:

@@ -37,6 +37,41 @@ class CatalogueSerializer(serializers.Serializer):
     packs = PackSerializer(many=True)
 
 
+class ScheduledChangeSerializer(serializers.Serializer):
+    plan = serializers.CharField()
+    display_name = serializers.CharField()
+    monthly_credits = serializers.IntegerField()
+    price_cents = serializers.IntegerField(allow_null=True)
+    effective_at = serializers.DateTimeField(help_text="The end of the current period.")
+
+
+class SubscriptionOutputSerializer(serializers.Serializer):
+    id = serializers.CharField(help_text="The Stripe subscription id.")
+    plan = serializers.CharField(help_text="The plan's catalogue key.")
+    display_name = serializers.CharField()
+    status = serializers.CharField(help_text="Stripe's status: active, trialing, past_due, …")
+    price_cents = serializers.IntegerField(allow_null=True, help_text="What you pay a month.")
+    currency = serializers.CharField()
+    monthly_credits = serializers.IntegerField(help_text="Credits granted each paid month.")
+    hd_access = serializers.BooleanField()
+    api_key_tier = serializers.CharField()
+    cancel_at_period_end = serializers.BooleanField()
+    current_period_end = serializers.DateTimeField(allow_null=True)
+    grandfathered = serializers.BooleanField(
+        help_text="You keep the price and terms you subscribed at; the plan sells on other "
+        "terms now. Changing plan moves you to the terms on sale."
+    )
+    scheduled_change = ScheduledChangeSerializer(
+        allow_null=True, help_text="A downgrade that takes effect at the end of the period."
+    )
+
+
+class PlanChangeInputSerializer(serializers.Serializer):
+    plan = serializers.CharField(
+        max_length=64, help_text="The catalogue key of a plan on sale (`GET /billing/plans`)."
+    )
+
+
 class CheckoutInputSerializer(serializers.Serializer):
     package = serializers.CharField(required=False, allow_blank=False, max_length=64)
     plan = serializers.CharField(required=False, allow_blank=False, max_length=64)

@@ -129,6 +129,21 @@ class CheckoutForm(forms.Form):
     product = forms.CharField(max_length=64)
 
 
+class SubscriptionForm(forms.Form):
+    """A change to the caller's subscription; the services decide what it means."""
+
+    action = forms.ChoiceField(
+        choices=[("change", "change"), ("cancel", "cancel"), ("resume", "resume")]
+    )
+    plan = forms.CharField(max_length=64, required=False)
+
+    def clean(self) -> dict[str, object]:
+        cleaned = super().clean() or {}
+        if cleaned.get("action") == "change" and not cleaned.get("plan"):
+            raise forms.ValidationError("Choose a plan.")
+        return cleaned
+
+
 class LocalSignInForm(forms.Form):
     """The development sign-in: who to be. No password: the route only exists outside production."""
 

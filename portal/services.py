@@ -21,6 +21,7 @@ BILLING_EXTRA = (
     ("payments", "change_creditgrant"),  # retry, mark resolved
     ("payments", "change_payment"),  # refunds and disputes: mark reviewed
     ("payments", "change_autorecharge"),  # turn a user's auto-recharge off
+    ("payments", "change_catalogueitem"),  # "Sync from Stripe now" (prices change in Stripe)
     ("apikeys", "change_apikey"),  # revoke, change tier, enterprise limits
     ("accounts", "change_user"),  # plan and tier
     ("djstripe", "change_subscription"),  # cancel (guarded and logged in payments/admin.py)

@@ -17,6 +17,7 @@ urlpatterns = [
     path("billing/", views.BillingPage.as_view(), name="billing"),
     path("billing/checkout/", views.CheckoutPage.as_view(), name="checkout"),
     path("billing/alert/", alert_pages.LowBalanceAlertPage.as_view(), name="low-balance-alert"),
+    path("billing/subscription/", views.SubscriptionPage.as_view(), name="subscription"),
     path("webhooks/", webhook_pages.WebhookListPage.as_view(), name="webhooks"),
     path(
         "webhooks/deliveries/<str:delivery_id>/resend/",

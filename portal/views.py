@@ -219,6 +219,8 @@ class BillingPage(PortalPage):
 
     def get(self, request: HttpRequest) -> HttpResponse:
         user = _with_flash_id(request.user)  # type: ignore[arg-type]
+        bought = billing_selectors.plan_subscription_for_user(user=user)
+        subscription = billing_selectors.subscription_view(bought) if bought else None
         history: list[flash.LedgerEntry] | None = None
         if user.flash_user_id:
             try:
@@ -232,11 +234,58 @@ class BillingPage(PortalPage):
             balance=balance_lookup(user=user),
             history=history,
             packs=billing_selectors.pack_list(),
-            plans=[plan for plan in billing_selectors.plan_list() if plan["monthly_credits"]],
+            plans=_plan_offers(subscription),
+            subscription=subscription,
             plan_label=billing_selectors.plan_label(user.plan),
             subscriptions=billing_selectors.subscription_list_for_user(user=user),
             payments=billing_selectors.payment_list_for_user(user=user, limit=10),
         )
+
+
+def _plan_offers(subscription: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The plans on sale, each marked for a subscriber as their current plan, an upgrade (now,
+    prorated) or a downgrade (at period end), by the rule the plan-change service applies."""
+    offers = [plan for plan in billing_selectors.plan_list() if plan["monthly_credits"]]
+    if subscription is None:
+        return offers
+    mine = (subscription["monthly_credits"], subscription["price_cents"] or 0)
+    for plan in offers:
+        theirs = (plan["monthly_credits"], plan["price_cents"] or 0)
+        same = plan["name"] == subscription["plan"] and theirs == mine
+        plan["change"] = "current" if same else "upgrade" if theirs > mine else "downgrade"
+    return offers
+
+
+class SubscriptionPage(PortalPage):
+    """POST a plan change, a cancellation at period end or a resume → payments' services →
+    back to the billing page with what happened."""
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        form = forms.SubscriptionForm(request.POST)
+        if not form.is_valid():
+            messages.error(request, "Choose a plan.")
+            return redirect("portal:billing")
+        user: User = request.user  # type: ignore[assignment]
+        action = form.cleaned_data["action"]
+        try:
+            if action == "cancel":
+                billing_services.subscription_cancel(user=user)
+                messages.success(request, "Your plan ends at the end of the period.")
+            elif action == "resume":
+                billing_services.subscription_resume(user=user)
+                messages.success(request, "Your plan continues.")
+            else:
+                row = billing_services.plan_change(user=user, plan=form.cleaned_data["plan"])
+                view = billing_selectors.subscription_view(row)
+                if view["scheduled_change"]:
+                    change = view["scheduled_change"]
+                    when = change["effective_at"].strftime("%b %-d, %Y")
+                    messages.success(request, f"You move to {change['display_name']} on {when}.")
+                else:
+                    messages.success(request, f"You are on {view['display_name']} now.")
+        except ApiError as exc:
+            messages.error(request, exc.detail_text)
+        return redirect("portal:billing")
 
 
 class CheckoutPage(PortalPage):

@@ -59,6 +59,7 @@ def dashboard_context(*, days: int = DASHBOARD_DAYS) -> dict[str, Any]:
         "top_keys": usage.top_keys(since=since, limit=10),
         "grants_needing_attention": billing.grants_needing_attention()[:20],
         "payments_needing_review": billing.payments_needing_review()[:20],
+        "catalogue_refused": billing.catalogue_refused()[:20],
     }
 
 

@@ -20,7 +20,7 @@ from rest_framework import serializers
 ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "The request is invalid.",
     401: "Missing, invalid, expired or revoked credentials (`WWW-Authenticate: Bearer`).",
-    402: "Not enough credits.",
+    402: "Payment required: not enough credits, a spent key budget, or a declined card (`code`).",
     403: "The caller may not do this.",
     404: "Not found.",
     409: "Conflicts with the current state.",
