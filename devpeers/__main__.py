@@ -1,4 +1,7 @@
-"""Run both peers in the foreground (``python -m devpeers --flash-port 8101 ...``).
+"""Run the peers in the foreground (``python -m devpeers --flash-port 8101 ...``): Flash,
+Clockchain and, with ``--stripe-port``, the Stripe-compatible server (the memo's plans and packs;
+its Checkout pay page on that port; events delivered, signed with ``STRIPE_WEBHOOK_SECRET``, to
+``STRIPE_WEBHOOK_URL`` when set).
 
 ``DEVPEERS_UNKNOWN_FIELDS=1`` makes both add fields no contract has (``owner_id``,
 ``internal_score``, ``private_flag``) to every object they answer, to see by hand that the
@@ -18,6 +21,7 @@ import uvicorn
 from devpeers.clockchain import ClockchainPeer
 from devpeers.flash import FlashPeer
 from devpeers.server import make_config
+from devpeers.stripe_api import StripePeer
 
 
 def _env_flag(name: str, default: bool) -> bool:
@@ -44,19 +48,30 @@ def build_peers() -> tuple[FlashPeer, ClockchainPeer]:
     return flash, clockchain
 
 
-async def _serve(host: str, flash_port: int, clockchain_port: int) -> None:
+def build_stripe(host: str, port: int) -> StripePeer:
+    stripe = StripePeer(public_url=f"http://{host}:{port}")
+    webhook_url = os.environ.get("STRIPE_WEBHOOK_URL", "")
+    if webhook_url:
+        stripe.deliver_to(webhook_url, os.environ.get("STRIPE_WEBHOOK_SECRET", ""))
+    return stripe
+
+
+async def _serve(host: str, flash_port: int, clockchain_port: int, stripe_port: int) -> None:
     flash, clockchain = build_peers()
-    servers = [
-        uvicorn.Server(make_config(flash, host, flash_port)),
-        uvicorn.Server(make_config(clockchain, host, clockchain_port)),
+    apps: list[tuple[str, object, int]] = [
+        ("flash", flash, flash_port),
+        ("clockchain", clockchain, clockchain_port),
     ]
+    if stripe_port:
+        apps.append(("stripe", build_stripe(host, stripe_port), stripe_port))
+    servers = [uvicorn.Server(make_config(app, host, port)) for _, app, port in apps]
     tasks = [asyncio.create_task(s.serve()) for s in servers]
     while not all(s.started for s in servers):
         if any(t.done() for t in tasks):
             break
         await asyncio.sleep(0.01)
     if all(s.started for s in servers):
-        for label, server in zip(("flash", "clockchain"), servers, strict=True):
+        for (label, _, _), server in zip(apps, servers, strict=True):
             port = server.servers[0].sockets[0].getsockname()[1]
             print(f"{label}: http://{host}:{port}", flush=True)
 
@@ -65,7 +80,7 @@ async def _serve(host: str, flash_port: int, clockchain_port: int) -> None:
             server.should_exit = True
 
     # Each Server.serve() installs its own SIGINT/SIGTERM handler and the last one wins,
-    # so one Ctrl+C would stop only one peer; take the signals over for both.
+    # so one Ctrl+C would stop only one peer; take the signals over for all.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, stop_all)
     await asyncio.gather(*tasks)
@@ -76,9 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--flash-port", type=int, default=8101)
     parser.add_argument("--clockchain-port", type=int, default=8102)
+    parser.add_argument("--stripe-port", type=int, default=0, help="0: no Stripe server")
     args = parser.parse_args(argv)
     try:
-        asyncio.run(_serve(args.host, args.flash_port, args.clockchain_port))
+        asyncio.run(_serve(args.host, args.flash_port, args.clockchain_port, args.stripe_port))
     except KeyboardInterrupt:
         pass
 
