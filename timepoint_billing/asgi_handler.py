@@ -16,13 +16,14 @@ to be refused. See `BodyLimit`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
-from django.urls import set_script_prefix
+from django.urls import get_resolver, set_script_prefix
 
 from timepoint_billing.routes import async_route_prefixes
 
@@ -109,6 +110,20 @@ def _release(response: Any) -> None:
             logger.exception("a response closer failed")
     response._resource_closers.clear()
     response.closed = True
+
+
+def _freeze_startup_heap() -> None:
+    """Keep what the worker built at startup (Django's apps, models, URL conf, settings, the
+    imported modules: ~190 000 objects, most of its heap, none of it garbage) out of the cyclic
+    garbage collector's passes. Each full collection traversed all of it: 240-270 ms on this
+    machine class (timed with the gateway's own imports), a pause for every request in flight,
+    whenever the objects requests leave behind a while (buffered usage records, cached callers)
+    added up to a quarter of that heap. `gc.freeze` moves the objects alive now to a generation
+    the collector never scans (a full collection then takes under 1 ms); nothing is disabled for
+    what comes later (issue 17)."""
+    _ = get_resolver().url_patterns  # the URL conf (every view module), built now to be frozen
+    gc.collect()
+    gc.freeze()
 
 
 class GatewayASGIHandler(ASGIHandler):
@@ -231,6 +246,7 @@ class GatewayASGIHandler(ASGIHandler):
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                _freeze_startup_heap()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:
