@@ -216,6 +216,19 @@ def make_key(db: Any) -> Any:
 
 
 @pytest.fixture
+def smtp(settings: Any) -> Iterator[Any]:
+    """A real SMTP server on loopback (aiosmtpd) that keeps every message; the email settings
+    point at it."""
+    from devpeers.smtp_sink import SmtpSink
+
+    sink = SmtpSink().start()
+    for name, value in sink.settings().items():
+        setattr(settings, name, value)
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
 def oidc_provider(settings: Any) -> Iterator[Any]:
     """A local OpenID provider (Auth0 stand-in) on loopback; the OIDC settings point at it."""
     from tests.browser.oidc_stub import OIDCProviderStub

@@ -1,4 +1,5 @@
-"""The staff view of low-balance alerts: thresholds and every crossing with its email's fate."""
+"""The staff view of low-balance watches (alerts and auto-recharges): thresholds and every
+crossing with its email's fate."""
 
 from __future__ import annotations
 
@@ -10,10 +11,18 @@ from alerts.models import LowBalanceAlert, LowBalanceCrossing
 
 @admin.register(LowBalanceAlert)
 class LowBalanceAlertAdmin(admin.ModelAdmin):
-    list_display = ["user", "threshold", "armed", "last_balance", "last_checked_at"]
-    list_filter = ["armed"]
+    list_display = ["user", "purpose", "threshold", "armed", "last_balance", "last_checked_at"]
+    list_filter = ["purpose", "armed"]
     search_fields = ["user__email", "user__username"]
-    readonly_fields = ["user", "threshold", "armed", "check_due", "last_balance", "last_checked_at"]
+    readonly_fields = [
+        "user",
+        "purpose",
+        "threshold",
+        "armed",
+        "check_due",
+        "last_balance",
+        "last_checked_at",
+    ]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -21,11 +30,20 @@ class LowBalanceAlertAdmin(admin.ModelAdmin):
 
 @admin.register(LowBalanceCrossing)
 class LowBalanceCrossingAdmin(admin.ModelAdmin):
-    list_display = ["user", "balance", "threshold", "email_state", "email_attempts", "created_at"]
-    list_filter = ["email_state"]
+    list_display = [
+        "user",
+        "purpose",
+        "balance",
+        "threshold",
+        "email_state",
+        "email_attempts",
+        "created_at",
+    ]
+    list_filter = ["purpose", "email_state"]
     search_fields = ["user__email", "user__username", "email_to"]
     readonly_fields = [
         "user",
+        "purpose",
         "threshold",
         "balance",
         "created_at",

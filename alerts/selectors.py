@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from accounts.models import User
-from alerts.models import LowBalanceAlert, LowBalanceCrossing
+from alerts.models import LowBalanceAlert, LowBalanceCrossing, WatchPurpose
 
 
 @dataclass(frozen=True)
@@ -18,10 +18,11 @@ class AlertStatus:
 
 
 def alert_status(*, user: User) -> AlertStatus:
-    alert = LowBalanceAlert.objects.filter(user=user).first()
+    alert = LowBalanceAlert.objects.filter(user=user, purpose=WatchPurpose.ALERT).first()
     if alert is None:
         return AlertStatus(threshold=None, below=False, last_balance=None, last_alert_at=None)
-    last = LowBalanceCrossing.objects.filter(user=user).values_list("created_at", flat=True)
+    crossings = LowBalanceCrossing.objects.filter(user=user, purpose=WatchPurpose.ALERT)
+    last = crossings.values_list("created_at", flat=True)
     return AlertStatus(
         threshold=alert.threshold,
         below=not alert.armed and alert.last_balance is not None,
