@@ -14,6 +14,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from alerts.models import EmailOutbox, EmailState
+
 
 class GrantState(models.TextChoices):
     PENDING = "pending", "Pending"  # committed, not yet sent
@@ -404,12 +406,13 @@ RECHARGE_COUNTED_STATES = (
 )
 
 
-class Recharge(models.Model):
+class Recharge(EmailOutbox):
     """One automatic recharge, recorded (keyed by the balance crossing that caused it) before
     Stripe is called. Its PaymentIntent is created with the idempotency key `idempotency_key`,
     made from this row, with the amount and card stored here first: two workers, or a retry after
     a lost answer, send the same request and Stripe makes one charge. The credits are granted
-    from `payment_intent.succeeded` through the grant outbox, keyed `stripe:<payment intent>`."""
+    from `payment_intent.succeeded` through the grant outbox, keyed `stripe:<payment intent>`.
+    A failed one owes its user an email (the outbox fields, `alerts.models.EmailOutbox`)."""
 
     key = models.CharField(max_length=128, unique=True)
     public_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
@@ -440,6 +443,10 @@ class Recharge(models.Model):
     grant = models.ForeignKey(
         CreditGrant, on_delete=models.SET_NULL, null=True, blank=True, related_name="recharges"
     )
+    # Only a failed recharge emails (`recharge_failed` queues it).
+    email_state = models.CharField(
+        max_length=16, choices=EmailState.choices, default=EmailState.NONE, db_index=True
+    )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -450,6 +457,10 @@ class Recharge(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} ({self.pack}, {self.state})"
+
+    @property
+    def message_id(self) -> str:
+        return f"<recharge-{self.public_id}@timepoint-billing>"
 
     @property
     def idempotency_key(self) -> str:

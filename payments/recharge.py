@@ -25,12 +25,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.mail import EmailMessage
 from django.db import transaction
 from django.db.models import F, Q
+from django.template.loader import render_to_string
 from django.utils import timezone
 from djstripe.models import Customer
 
 from accounts.models import User
+from alerts import services as alerts
+from alerts.models import EmailState, LowBalanceAlert, LowBalanceCrossing, WatchPurpose
 from payments import selectors, stripe_client
 from payments.models import (
     AutoRecharge,
@@ -48,6 +52,7 @@ from webhooks.models import EventType
 logger = logging.getLogger("timepoint.payments")
 
 DUE_STATES = (RechargeState.PENDING, RechargeState.RETRYING)
+IN_FLIGHT_STATES = (*DUE_STATES, RechargeState.CHARGING, RechargeState.PAID)
 FINISHED_STATES = (
     RechargeState.SUCCEEDED,
     RechargeState.FAILED,
@@ -62,6 +67,9 @@ FAILURE_REASONS = {
     "automatic recharge cannot do.",
     "no_saved_card": "There is no card saved on your account.",
     "pack_unavailable": "The credit pack you chose is no longer on sale.",
+    # Skipped, not failed: auto-recharge stays on.
+    "daily_cap_reached": "{cap} recharge(s) in the last 24 hours already (your daily cap).",
+    "recharge_in_progress": "A recharge was still on its way.",
 }
 
 
@@ -81,8 +89,10 @@ def _stripe_customer(user: User) -> str:
 def recharge_rule_set(
     *, user: User, enabled: bool, threshold: int, pack: str, daily_cap: int
 ) -> AutoRecharge:
-    """Keep the user's auto-recharge rule. Turning it on (or keeping it on) checks with Stripe
-    that a card is saved (409 `no_saved_card` otherwise) and clears the last failure."""
+    """Keep the user's auto-recharge rule, and the watch of their balance against its threshold
+    (alerts). Turning it on (or keeping it on) checks with Stripe that a card is saved (409
+    `no_saved_card` otherwise) and clears the last failure. Turned on (or its threshold moved)
+    while the balance is already below the threshold, the first pack is bought at once."""
     most, cap = AutoRecharge.MAX_THRESHOLD, AutoRecharge.MAX_DAILY_CAP
     if not 0 < threshold <= most:
         raise BadRequest(f"threshold must be between 1 and {most} credits.", code="invalid_request")
@@ -114,15 +124,41 @@ def recharge_rule_set(
             failure_message="",
             failed_at=None,
         )
+    before = AutoRecharge.objects.filter(user=user).first()
     rule, _ = AutoRecharge.objects.update_or_create(user=user, defaults=fields)
     logger.info({"event": "auto_recharge_set", "user": user.pk, "enabled": enabled, "pack": pack})
+    if not enabled:
+        alerts.watch_set(user=user, purpose=WatchPurpose.RECHARGE, threshold=None)
+    elif before is None or not before.enabled or before.threshold != threshold:
+        # Only a new watch may cross at once: the same rule saved again (a new pack or cap)
+        # never buys a second pack for a fall already handled.
+        alerts.watch_set(
+            user=user, purpose=WatchPurpose.RECHARGE, threshold=threshold, cross_if_below=True
+        )
     return rule
 
 
 def recharge_rule_turn_off(*, user_id: int) -> bool:
     """Turn the user's auto-recharge off (staff, from the admin); what it was is kept. Returns
     False when it was not on."""
-    return bool(AutoRecharge.objects.filter(user_id=user_id, enabled=True).update(enabled=False))
+    with transaction.atomic():
+        turned = AutoRecharge.objects.filter(user_id=user_id, enabled=True).update(enabled=False)
+        _watch_stop(user_id)
+    return bool(turned)
+
+
+def _watch_stop(user_id: int) -> None:
+    """Stop watching the balance for auto-recharge (it is off)."""
+    LowBalanceAlert.objects.filter(user_id=user_id, purpose=WatchPurpose.RECHARGE).delete()
+
+
+def recharge_on_crossing(*, sender: Any, crossing: LowBalanceCrossing, **kwargs: Any) -> None:
+    """`alerts.signals.balance_crossed`: the balance fell below the auto-recharge's threshold;
+    the recharge is recorded in the crossing's transaction, keyed by it."""
+    if crossing.purpose == WatchPurpose.RECHARGE:
+        recharge_record(
+            user_id=crossing.user_id, balance=crossing.balance, cause_key=f"crossing:{crossing.pk}"
+        )
 
 
 # --- A fall below the threshold
@@ -139,7 +175,12 @@ def recharge_record(*, user_id: int, balance: int, cause_key: str) -> Recharge |
         if rule is None or not rule.enabled or balance >= rule.threshold:
             return None
         pack = pack_on_sale(rule.pack)
-        skipped = selectors.recharges_in_last_day(user_id=user_id) >= rule.daily_cap
+        skip = ""
+        if Recharge.objects.filter(user_id=user_id, state__in=IN_FLIGHT_STATES).exists():
+            skip = "recharge_in_progress"  # one at a time: its credits are on their way
+        elif selectors.recharges_in_last_day(user_id=user_id) >= rule.daily_cap:
+            skip = "daily_cap_reached"
+        skipped = bool(skip)
         recharge, created = Recharge.objects.get_or_create(
             key=cause_key,
             defaults={
@@ -153,10 +194,8 @@ def recharge_record(*, user_id: int, balance: int, cause_key: str) -> Recharge |
                 "threshold": rule.threshold,
                 "balance": balance,
                 "state": RechargeState.SKIPPED if skipped else RechargeState.PENDING,
-                "failure_code": "daily_cap_reached" if skipped else "",
-                "failure_message": (
-                    f"{rule.daily_cap} recharge(s) in 24 hours already." if skipped else ""
-                ),
+                "failure_code": skip,
+                "failure_message": FAILURE_REASONS.get(skip, "").format(cap=rule.daily_cap),
                 "finished_at": timezone.now() if skipped else None,
             },
         )
@@ -350,8 +389,9 @@ def recharge_failed(
     *, recharge_id: int, code: str, message: str = "", payment_intent: str = ""
 ) -> bool:
     """The recharge cannot be paid (declined, authentication required, no card): once, however
-    many of the answer and Stripe's webhooks say so, turn auto-recharge off, emit
-    `credits.recharge_failed` and queue the email. Returns True when this call failed it."""
+    many of the answer and Stripe's webhooks say so, turn auto-recharge off (and stop watching
+    the balance for it), emit `credits.recharge_failed` and queue the email. Returns True when
+    this call failed it."""
     reason = FAILURE_REASONS.get(code) or message or "The payment failed."
     failed = Recharge.objects.filter(pk=recharge_id).exclude(state__in=FINISHED_STATES)
     updated = failed.update(
@@ -364,13 +404,20 @@ def recharge_failed(
     )
     if not updated:
         return False
-    recharge = Recharge.objects.get(pk=recharge_id)
+    recharge = Recharge.objects.select_related("user").get(pk=recharge_id)
     AutoRecharge.objects.filter(user_id=recharge.user_id).update(
         enabled=False,
         failure_code=code[:64],
         failure_message=reason[:255],
         failed_at=timezone.now(),
     )
+    _watch_stop(recharge.user_id)
+    if recharge.user.email:
+        Recharge.objects.filter(pk=recharge_id).update(
+            email_to=recharge.user.email,
+            email_state=EmailState.PENDING,
+            email_next_attempt_at=timezone.now(),
+        )
     webhooks.event_emit(
         user_id=recharge.user_id,
         type=EventType.CREDITS_RECHARGE_FAILED,
@@ -386,3 +433,28 @@ def recharge_failed(
         }
     )
     return True
+
+
+# --- The failure email
+
+
+def _failure_email(recharge: Recharge) -> EmailMessage:
+    item = selectors.catalogue_item(recharge.stripe_price_id)
+    rule = AutoRecharge.objects.filter(user_id=recharge.user_id).first()
+    context = {
+        "recharge": recharge,
+        "pack_name": item.name if item else recharge.pack,
+        "card": f"{rule.card_brand} card ending {rule.card_last4}"
+        if rule and rule.card_last4
+        else "",
+        "billing_url": alerts.portal_url("billing/"),
+    }
+    return EmailMessage(
+        subject=render_to_string("payments/recharge_failed_subject.txt", context).strip(),
+        body=render_to_string("payments/recharge_failed_email.txt", context),
+    )
+
+
+def recharge_emails_send_due(*, limit: int = 20) -> int:
+    """Send the email of every failed recharge that is due. Returns how many were sent."""
+    return alerts.emails_send_due(model=Recharge, compose=_failure_email, limit=limit)

@@ -434,3 +434,9 @@ def auto_recharge_status(*, user: User, recent: int = 10) -> AutoRechargeStatus:
         recharges_last_24h=recharges_in_last_day(user_id=user.pk),
         recent=list(Recharge.objects.filter(user=user).order_by("-created_at", "-id")[:recent]),
     )
+
+
+def auto_recharge_turned_off(*, user: User) -> AutoRecharge | None:
+    """The user's rule while it stays off after the gateway turned it off for a failed
+    recharge (None once they turn it on again, or when they turned it off themselves)."""
+    return AutoRecharge.objects.filter(user=user, enabled=False, failed_at__isnull=False).first()

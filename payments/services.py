@@ -36,6 +36,8 @@ from payments.plans import (
     user_plan_set,
 )
 from payments.recharge import (
+    recharge_emails_send_due,
+    recharge_on_crossing,
     recharge_record,
     recharge_rule_set,
     recharge_rule_turn_off,
@@ -69,6 +71,8 @@ __all__ = [
     "plan_changes_apply_due",
     "plan_sync_for_customer",
     "plan_terms_for_staff",
+    "recharge_emails_send_due",
+    "recharge_on_crossing",
     "recharge_record",
     "recharge_rule_set",
     "recharge_rule_turn_off",

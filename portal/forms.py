@@ -11,6 +11,7 @@ from django.utils import timezone
 from accounts.scopes import DEFAULT_KEY_SCOPES
 from apikeys import forms as key_forms
 from apikeys.models import APIKey, KeyMode
+from payments.models import AutoRecharge
 from webhooks.models import EventType
 
 
@@ -167,3 +168,13 @@ class WebhookEndpointForm(forms.Form):
         label="Events",
     )
     description = forms.CharField(max_length=200, required=False, strip=True)
+
+
+class AutoRechargeForm(forms.Form):
+    """The billing page's auto-recharge rule (payments' service checks it again: the pack on
+    sale, the card saved)."""
+
+    enabled = forms.BooleanField(required=False)
+    threshold = forms.IntegerField(min_value=1, max_value=AutoRecharge.MAX_THRESHOLD)
+    pack = forms.CharField(max_length=64)
+    daily_cap = forms.IntegerField(min_value=1, max_value=AutoRecharge.MAX_DAILY_CAP, initial=2)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from portal import alert_pages, key_pages, views, webhook_pages
+from portal import alert_pages, key_pages, recharge_pages, views, webhook_pages
 
 app_name = "portal"
 
@@ -18,6 +18,11 @@ urlpatterns = [
     path("billing/checkout/", views.CheckoutPage.as_view(), name="checkout"),
     path("billing/alert/", alert_pages.LowBalanceAlertPage.as_view(), name="low-balance-alert"),
     path("billing/subscription/", views.SubscriptionPage.as_view(), name="subscription"),
+    path(
+        "billing/auto-recharge/",
+        recharge_pages.AutoRechargePage.as_view(),
+        name="auto-recharge",
+    ),
     path("webhooks/", webhook_pages.WebhookListPage.as_view(), name="webhooks"),
     path(
         "webhooks/deliveries/<str:delivery_id>/resend/",

@@ -239,6 +239,7 @@ class BillingPage(PortalPage):
             plan_label=billing_selectors.plan_label(user.plan),
             subscriptions=billing_selectors.subscription_list_for_user(user=user),
             payments=billing_selectors.payment_list_for_user(user=user, limit=10),
+            auto_recharge=billing_selectors.auto_recharge_status(user=user, recent=5),
         )
 
 

@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -522,3 +523,20 @@ def one_connection_per_worker(server: Any) -> dict[int, http.client.HTTPConnecti
         connection.close()
     assert set(found) == workers and len(workers) == 2, (found, workers)
     return found
+
+
+def generations_at_once(web: httpx.Client, count: int) -> list[int]:
+    """`count` generations sent at once through `web` (spread over the server's workers);
+    returns their statuses."""
+    statuses: list[int] = []
+
+    def generate() -> None:
+        response = web.post("/api/v1/generate", json={"query": "The fall of Rome"})
+        statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=generate) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return statuses

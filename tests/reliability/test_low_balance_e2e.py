@@ -6,7 +6,6 @@ developer's receiver, whichever worker saw which balance first."""
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 
 from devpeers.smtp_sink import SmtpSink
 from devpeers.webhook_receiver import WebhookReceiver, verify
-from tests.reliability.conftest import ProductionGateway, wait_for
+from tests.reliability.conftest import ProductionGateway, generations_at_once, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -65,18 +64,7 @@ def test_parallel_generations_across_the_threshold_alert_once(
         json={"url": f"{webhook_receiver.url}/h", "events": ["credits.low"]},
     ).json()
 
-    statuses: list[int] = []
-
-    def generate() -> None:
-        response = web.post("/api/v1/generate", json={"query": "The fall of Rome"})
-        statuses.append(response.status_code)
-
-    threads = [threading.Thread(target=generate) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert statuses == [200] * 4
+    assert generations_at_once(web, 4) == [200] * 4
     assert flash_peer.user_balance(user.flash_user_id) == 30
 
     [message] = smtp.wait_for(1, timeout=60)

@@ -31,6 +31,7 @@ from payments.catalogue import catalogue_sync_in_worker
 from payments.services import (
     grants_deliver_due,
     plan_changes_apply_due,
+    recharge_emails_send_due,
     recharges_charge_due,
     stripe_events_process_due,
     worker_wait,
@@ -92,6 +93,7 @@ class Command(BaseCommand):
                 low_balance_checks_due()
                 low_balance_emails_send_due()
                 recharges = recharges_charge_due()
+                recharge_emails_send_due()  # the emails of recharges that failed
                 if grants or events or settled or recharges or options["verbosity"] > 1:
                     self.stdout.write(
                         f"grants claimed: {grants}, events processed: {events}, "
