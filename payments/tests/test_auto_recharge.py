@@ -12,9 +12,12 @@ import json
 from typing import Any
 
 import pytest
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.models import LogEntry
 from django.core.management import call_command
 from django.test import Client
 
+from accounts.tests.staff import staff_signed_in
 from alerts.models import LowBalanceAlert, LowBalanceCrossing, WatchPurpose
 from alerts.services import generation_charged
 from devpeers.faultproxy import FaultProxy
@@ -310,6 +313,15 @@ def test_a_declined_card_turns_auto_recharge_off(
     flash_peer.set_balance(user.flash_user_id, 100)
     assert _falls_to(flash_peer, user, 1) == recharge and Recharge.objects.count() == 1
 
+    # Staff see it: support reads the failed recharge and the rule it turned off.
+    support, _ = staff_signed_in("support")
+    listed = support.get("/admin/payments/recharge/?state__exact=failed").content.decode()
+    assert recharge.stripe_payment_intent in listed and "card_declined" in listed
+    detail = support.get(f"/admin/payments/recharge/{recharge.pk}/change/").content.decode()
+    assert "Your card was declined." in detail and recharge.payment_method in detail
+    rules = support.get("/admin/payments/autorecharge/?failure_code=card_declined")
+    assert rules.status_code == 200 and "visa ••0341" in rules.content.decode()
+
 
 def test_authentication_required_turns_auto_recharge_off(
     client: Client,
@@ -454,3 +466,22 @@ def test_the_portal_form_sets_the_rule_and_lists_recharges(
     assert "Auto-recharge is off." in off.content.decode()
     assert not AutoRecharge.objects.get(user=user).enabled
     assert not LowBalanceAlert.objects.filter(purpose=WatchPurpose.RECHARGE).exists()
+
+
+def test_billing_staff_turn_a_rule_off_support_cannot(
+    client: Client, user: Any, auth_headers: dict[str, Any], card_saved: int
+) -> None:
+    assert _turn_on(client, auth_headers).status_code == 200
+    rule = AutoRecharge.objects.get(user=user)
+    action = {"action": "turn_off", ACTION_CHECKBOX_NAME: [str(rule.pk)]}
+
+    support, _ = staff_signed_in("support")
+    support.post("/admin/payments/autorecharge/", action)
+    assert AutoRecharge.objects.get(pk=rule.pk).enabled  # view only
+
+    billing, staff = staff_signed_in("billing")
+    done = billing.post("/admin/payments/autorecharge/", action, follow=True)
+    assert "1 auto-recharge(s) turned off." in done.content.decode()
+    assert not AutoRecharge.objects.get(pk=rule.pk).enabled
+    assert not LowBalanceAlert.objects.filter(purpose=WatchPurpose.RECHARGE).exists()
+    assert LogEntry.objects.get(user=staff).change_message == "Turned auto-recharge off."
