@@ -34,7 +34,10 @@ OldKey.objects.create(
     prefix=services.key_display_prefix(raw),
 )
 
-call_command("migrate", "apikeys", verbosity=0)
+# Today's models are used below: bring the apps they read up to date too (a later column on the
+# user, say), not only apikeys.
+for app in ("apikeys", "accounts"):
+    call_command("migrate", app, verbosity=0)
 
 from accounts.models import User
 from accounts.scopes import ALL_SCOPES
