@@ -171,3 +171,25 @@ def test_payment_intent_events_in_the_2024_shape_and_held_or_repeated_delivery(
     assert kinds == ["payment_intent.created", "charge.succeeded", "payment_intent.succeeded"]
     fake.redeliver(json.loads(sent[-1])["id"])
     assert sent[-1] == sent[2]
+
+
+def test_the_pay_page_offers_the_test_cards(peer: Any) -> None:
+    fake, client = peer
+    customer = client.v1.customers.create({}).id
+    session = fake.api(
+        "POST",
+        "/v1/checkout/sessions",
+        mode="payment",
+        customer=customer,
+        line_items={"0": {"price": "price_pack_100", "quantity": "1"}},
+        payment_intent_data={"setup_future_usage": "off_session"},
+        success_url="http://127.0.0.1/done",
+    )
+    status, page, _ = fake.pay_page("GET", session["id"])
+    assert status == 200 and 'value="pm_card_authenticationRequired"' in page
+    status, page, _ = fake.pay_page("POST", session["id"], "pm_card_chargeDeclined")
+    assert status == 402 and "declined" in page and session["status"] == "open"
+    status, _, location = fake.pay_page("POST", session["id"], "pm_card_mastercard")
+    assert status == 303 and location == "http://127.0.0.1/done"
+    (saved,) = fake.payment_methods_of(customer)
+    assert saved["card"]["brand"] == "mastercard" and session["status"] == "complete"
