@@ -87,7 +87,7 @@ def _isolated_state(settings: Any) -> Iterator[None]:
     from django.core.cache import cache
 
     from apikeys.limiter_redis import reset_breaker
-    from apikeys.services import key_cache_forget
+    from apikeys.lookup import key_cache_forget
     from metering import services as metering
 
     settings.METERING_BACKGROUND_FLUSH = False

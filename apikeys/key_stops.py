@@ -28,7 +28,7 @@ def key_stops_at(*, key_id: int, moment: float | None) -> None:
     `moment=None` removes the marker (a key made to work again, without an end).
 
     Kept past the moment for as long as any process may still trust a cached lookup of the key
-    (`apikeys.services.KEY_CACHE_SECONDS`, with a wide margin). If Redis is unreachable the
+    (`apikeys.lookup.KEY_CACHE_SECONDS`, with a wide margin). If Redis is unreachable the
     marker is lost and other processes notice within their cache's lifetime (logged)."""
     marker = stop_marker(f"k{key_id}")
     if not settings.REDIS_URL:

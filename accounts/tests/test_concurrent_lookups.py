@@ -12,7 +12,7 @@ from django.db.backends.signals import connection_created
 from django.test import RequestFactory
 
 from accounts.authentication import aauthenticate
-from apikeys.services import key_cache_forget
+from apikeys.lookup import key_cache_forget
 from timepoint_billing.errors import ApiError
 
 

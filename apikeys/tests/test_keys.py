@@ -10,11 +10,9 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts.models import Tier
+from apikeys.lookup import key_cache_forget, key_generate, key_is_well_formed
 from apikeys.models import APIKey
 from apikeys.services import (
-    key_cache_forget,
-    key_generate,
-    key_is_well_formed,
     keys_revoke_all_for_user,
     keys_set_tier_for_user,
 )
@@ -90,7 +88,7 @@ def test_test_mode_key_authenticates(client: Client, user: Any, make_key: Any) -
     _, raw = make_key(user, mode="test")
     assert raw.startswith("tp_test_")
     assert client.get("/api/v1/keys", **_as_key(raw)).status_code == 200
-    from apikeys.services import caller_from_api_key
+    from apikeys.lookup import caller_from_api_key
 
     assert caller_from_api_key(raw).is_test_mode
 

@@ -17,7 +17,7 @@ from django.conf import settings as django_settings
 from django.test import Client
 
 from apikeys import limiter_redis, limits
-from apikeys.services import caller_from_api_key
+from apikeys.lookup import caller_from_api_key
 from timepoint_billing.callers import Caller
 from timepoint_billing.errors import RateLimited, ServiceUnavailable
 

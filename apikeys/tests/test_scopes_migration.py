@@ -23,15 +23,15 @@ before = MigrationExecutor(connection).loader.project_state(("apikeys", "0001_in
 OldUser = before.get_model("accounts", "User")
 OldKey = before.get_model("apikeys", "APIKey")
 
-from apikeys import services
+from apikeys import lookup, services
 
-raw = services.key_generate(mode="live")
+raw = lookup.key_generate(mode="live")
 user = OldUser.objects.create(username="auth0|before-scopes", email="old@example.com")
 OldKey.objects.create(
     user=user,
     name="made before scopes",
-    key_digest=services.key_digest(raw),
-    prefix=services.key_display_prefix(raw),
+    key_digest=lookup.key_digest(raw),
+    prefix=lookup.key_display_prefix(raw),
 )
 
 # Today's models are used below: bring the apps they read up to date too (a later column on the
@@ -42,7 +42,7 @@ for app in ("apikeys", "accounts"):
 from accounts.models import User
 from accounts.scopes import ALL_SCOPES
 
-caller = services.caller_from_api_key(raw)
+caller = lookup.caller_from_api_key(raw)
 new_key, _ = services.key_create(user=User.objects.get(pk=user.pk), name="made after")
 print(json.dumps({
     "old": caller.api_key.scopes,

@@ -149,7 +149,7 @@ def test_revoked_rolled_expired_and_malformed_keys_are_invalid_at_once(
     type(expired).objects.filter(pk=expired.pk).update(
         expires_at=timezone.now() - timedelta(seconds=1)
     )
-    from apikeys.services import key_cache_forget
+    from apikeys.lookup import key_cache_forget
 
     key_cache_forget(digest=expired.key_digest)  # as the admin's save does
 

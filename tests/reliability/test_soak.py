@@ -59,7 +59,7 @@ CLIENTS = int(os.environ.get("TPB_SOAK_CLIENTS", "300"))
 TIGHT_BURST = 40  # parallel calls on the 30-a-minute key: past its limit at any speed
 RSS_SLACK_MB = float(os.environ.get("TPB_SOAK_RSS_SLACK_MB", "40"))
 REDIS_DB = 13  # this test's own database on the shared server, flushed before and after
-KEY_CACHE_SECONDS = 5.0  # apikeys.services.KEY_CACHE_SECONDS: revocation elsewhere within it
+KEY_CACHE_SECONDS = 5.0  # apikeys.lookup.KEY_CACHE_SECONDS: revocation elsewhere within it
 CLOCK_SLACK = 1.0  # scheduling on a loaded 2-core machine
 
 READS = [
