@@ -13,7 +13,7 @@ from accounts.models import User
 from portal import forms
 from portal.views import PortalPage
 from timepoint_billing.errors import ApiError
-from webhooks import selectors, services
+from webhooks import outbox, selectors, services
 from webhooks.models import WebhookEndpoint
 
 ROTATION_OVERLAP_SECONDS = 24 * 3600  # the old secret signs too for a day after a rotation
@@ -132,7 +132,7 @@ class WebhookDeletePage(PortalPage):
 class WebhookResendPage(PortalPage):
     def post(self, request: HttpRequest, delivery_id: str) -> HttpResponse:
         try:
-            delivery = services.delivery_resend(user=request.user, delivery_id=delivery_id)  # type: ignore[arg-type]
+            delivery = outbox.delivery_resend(user=request.user, delivery_id=delivery_id)  # type: ignore[arg-type]
         except ApiError as exc:
             messages.error(request, exc.detail_text)
             return redirect("portal:webhooks")

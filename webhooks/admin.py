@@ -8,7 +8,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from timepoint_billing.errors import ApiError
-from webhooks import services
+from webhooks import outbox
 from webhooks.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 
@@ -125,7 +125,7 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin):
         count = 0
         for delivery in queryset:
             try:
-                services.delivery_resend(delivery_id=delivery.public_id)
+                outbox.delivery_resend(delivery_id=delivery.public_id)
             except ApiError as exc:
                 note = f"{delivery.public_id}: {exc.detail_text}"
                 self.message_user(request, note, messages.WARNING)

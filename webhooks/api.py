@@ -13,7 +13,7 @@ from accounts.scopes import Scope
 from apikeys.drf import LimitedMeteredApiView
 from timepoint_billing.errors import NotFound
 from timepoint_billing.openapi import error_responses
-from webhooks import selectors, services
+from webhooks import outbox, selectors, services
 from webhooks.models import EventType
 from webhooks.serializers import (
     DeliveryListQuerySerializer,
@@ -188,6 +188,6 @@ class DeliveryResendApi(LimitedMeteredApiView):
         responses={202: DeliveryOutputSerializer, **error_responses(401, 404, 409, 429)},
     )
     def post(self, request: Request, delivery_id: str) -> Response:
-        services.delivery_resend(user=request.user, delivery_id=delivery_id)  # type: ignore[arg-type]
+        outbox.delivery_resend(user=request.user, delivery_id=delivery_id)  # type: ignore[arg-type]
         delivery = selectors.delivery_get(user=request.user, delivery_id=delivery_id)  # type: ignore[arg-type]
         return Response(DeliveryOutputSerializer(delivery).data, status=status.HTTP_202_ACCEPTED)

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from django.conf import settings
 from django.db import close_old_connections, connections
 
-from webhooks.services import deliveries_due, delivery_attempt, worker_wait
+from webhooks.outbox import deliveries_due, delivery_attempt, worker_wait
 
 logger = logging.getLogger("timepoint.webhooks")
 

@@ -11,7 +11,8 @@ from django.test import Client
 
 from devpeers.webhook_receiver import WebhookReceiver, verify
 from webhooks.models import DeliveryState, WebhookDelivery, WebhookEndpoint
-from webhooks.services import deliveries_send_due, endpoint_create, event_emit
+from webhooks.outbox import deliveries_send_due
+from webhooks.services import endpoint_create, event_emit
 
 pytestmark = pytest.mark.django_db
 

@@ -46,7 +46,8 @@ def test_developer_adds_an_endpoint_sees_deliveries_resends_and_rotates(
 ) -> None:
     from accounts.models import User
     from webhooks.models import WebhookDelivery
-    from webhooks.services import deliveries_send_due, event_emit
+    from webhooks.outbox import deliveries_send_due
+    from webhooks.services import event_emit
 
     page.open("/portal/")
     browser.find_element(By.ID, "signin").click()

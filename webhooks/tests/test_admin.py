@@ -14,7 +14,8 @@ from django.test import Client
 from accounts.models import User
 from devpeers.webhook_receiver import WebhookReceiver
 from webhooks.models import DeliveryState, WebhookDelivery
-from webhooks.services import deliveries_send_due, event_emit
+from webhooks.outbox import deliveries_send_due
+from webhooks.services import event_emit
 
 pytestmark = pytest.mark.django_db
 

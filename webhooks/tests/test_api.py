@@ -10,7 +10,8 @@ from django.test import Client
 
 from devpeers.webhook_receiver import WebhookReceiver, verify
 from webhooks.models import DeliveryState, EventType, WebhookDelivery, WebhookEndpoint
-from webhooks.services import deliveries_send_due, event_emit
+from webhooks.outbox import deliveries_send_due
+from webhooks.services import event_emit
 
 pytestmark = pytest.mark.django_db
 

@@ -23,14 +23,12 @@ from webhooks.models import (
     WebhookDelivery,
     WebhookEvent,
 )
+from webhooks.outbox import deliveries_send_due, delivery_attempt, retry_delay_seconds
 from webhooks.services import (
-    deliveries_send_due,
-    delivery_attempt,
     endpoint_create,
     endpoint_secret_rotate,
     endpoint_update,
     event_emit,
-    retry_delay_seconds,
 )
 
 pytestmark = pytest.mark.django_db
