@@ -1017,7 +1017,7 @@ class StripePeer(CardPayments):
         cents = int(price.get("unit_amount") or 0)
         every = " / month" if price.get("recurring") else ""
         page = (
-            "<!doctype html><title>Local Stripe Checkout</title>"
+            '<!doctype html><title>Local Stripe Checkout</title><link rel="icon" href="data:,">'
             f"<h1>{html.escape(str(product.get('name') or price.get('id')))}</h1>"
             f"<p>{cents // 100}.{cents % 100:02d} {html.escape(str(price.get('currency')))}"
             f"{every}</p><p>Local Stripe-compatible server: no card is charged.</p>"

@@ -378,12 +378,16 @@ def _stripe_price_set(
 
 
 def _subscription_item_id(row: PlanSubscription) -> str:
+    """The subscription's item, from the mirror, or from Stripe while the mirror catches up."""
     mirrored = Subscription.objects.filter(id=row.stripe_subscription_id).first()
-    item_id = str(_item(dict(mirrored.stripe_data or {})).get("id") or "") if mirrored else ""
+    data = dict(mirrored.stripe_data or {}) if mirrored else {}
+    item_id = str(_item(data).get("id") or "")
+    if not item_id:
+        fetched = stripe_client.subscription_retrieve(row.stripe_subscription_id)
+        item_id = str(_item(fetched).get("id") or "")
     if not item_id:
         raise Conflict(
-            "This subscription is still being set up; try again in a minute.",
-            code="subscription_not_ready",
+            "This subscription has nothing to change; ask support.", code="subscription_empty"
         )
     return item_id
 

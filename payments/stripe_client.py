@@ -224,6 +224,15 @@ def prices_list() -> list[dict[str, Any]]:
     return _list_all(stripe.Price)
 
 
+def subscription_retrieve(subscription_id: str) -> dict[str, Any]:
+    """One subscription as Stripe has it now."""
+    configure()
+    try:
+        return _plain(stripe.Subscription.retrieve(subscription_id))
+    except stripe.StripeError as exc:
+        raise _map_error(exc) from exc
+
+
 def subscription_update(
     subscription_id: str, *, idempotency_key: str, **params: Any
 ) -> dict[str, Any]:

@@ -486,3 +486,21 @@ def test_the_catalogue_knows_every_price_it_was_given(db: Any, stripe_api: Strip
     assert json.loads(json.dumps([i.problems for i in CatalogueItem.objects.all()])) == [[]] * 6
     with pytest.raises(StripeError):
         stripe_api.api("POST", "/v1/prices/price_plan_explorer", unit_amount="1")
+
+
+def test_a_change_right_after_paying_does_not_wait_for_the_mirror(
+    client: Client, user: Any, headers: dict[str, Any], stripe_api: StripePeer, start: int
+):
+    """Only the paid invoice has arrived (the subscription's own events are late): the change
+    asks Stripe for the subscription's item instead of waiting for dj-stripe's copy."""
+    checkout = _post(client, "/api/v1/billing/checkout", headers, plan="explorer")
+    since = len(stripe_api.events)
+    stripe_api.checkout_complete(checkout.json()["session_id"])
+    _deliver(client, stripe_api, stripe_api.events_of("invoice.paid", since=since))
+    stripe_api.advance(seconds=86400)
+
+    changed = _post(client, CHANGE, headers, plan="historian")
+
+    assert changed.status_code == 200, changed.content
+    assert changed.json()["plan"] == "historian"
+    assert stripe_api.calls("GET", "/v1/subscriptions/")

@@ -114,6 +114,7 @@ PASSED_SETTINGS = (
     "AUTH0_USERINFO_URL",
     "STRIPE_API_BASE",
     "STRIPE_SECRET_KEY",
+    "STRIPE_WEBHOOK_SECRET",
 )
 
 
@@ -129,7 +130,7 @@ def site(
     """The production server on a loopback port, on the test's own database (committed rows are
     seen both ways), pointed at the peers the test's fixtures started."""
     # Their settings (and the synced catalogue) must exist before the start.
-    for fixture in ("oidc_provider", "stripe_api", "catalogue"):
+    for fixture in ("oidc_provider", "stripe_api", "catalogue", "stripe_for_site"):
         if fixture in request.fixturenames:
             request.getfixturevalue(fixture)
     env = {
@@ -204,6 +205,20 @@ class Page:
             "return [window.innerWidth, document.documentElement.scrollWidth]"
         )
         assert inner == PHONE_WIDTH and scroll <= inner, (path, inner, scroll)
+
+    def local_sign_in(self, email: str, name: str) -> None:
+        """Sign in with the development sign-in on the login page; waits for the portal."""
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as expected
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.open("/portal/login/")
+        self.driver.find_element(By.ID, "id_email").send_keys(email)
+        self.driver.find_element(By.ID, "id_name").send_keys(name)
+        self.driver.find_element(By.ID, "local-signin-submit").click()
+        WebDriverWait(self.driver, 10).until(
+            expected.presence_of_element_located((By.CSS_SELECTOR, "#balance"))
+        )
 
     def stylesheets_applied(self) -> int:
         """How many stylesheets the page loaded that hold rules (a 404 or an empty one has none)."""

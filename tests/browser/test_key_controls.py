@@ -65,11 +65,7 @@ def test_owner_sets_scopes_budget_expiry_and_networks_and_the_gateway_holds_them
 ) -> None:
     from apikeys.models import APIKey
 
-    page.open("/portal/")
-    browser.find_element(By.ID, "id_email").send_keys("controls@example.com")
-    browser.find_element(By.ID, "id_name").send_keys("Controls")
-    browser.find_element(By.ID, "local-signin-submit").click()
-    _wait(browser, "#balance")
+    page.local_sign_in("controls@example.com", "Controls")
     page.open("/portal/keys/")
     assert page.stylesheets_applied() >= 1
 
