@@ -67,13 +67,13 @@ def watch_set(
             f"threshold must be between 1 and {MAX_THRESHOLD} credits.", code="invalid_request"
         )
     armed, balance = True, None
+    seen_at = timezone.now()  # before the read: a reading is never newer than it claims
     if user.flash_user_id:
         try:
             balance = flash.balance(flash_user_id=user.flash_user_id)["balance"]
         except ApiError:
             balance = None
         armed = balance is None or balance >= threshold or cross_if_below
-    seen_at = timezone.now()
     watch, _ = LowBalanceAlert.objects.update_or_create(
         user=user,
         purpose=purpose,
@@ -85,7 +85,12 @@ def watch_set(
         },
     )
     logger.info(
-        {"event": "low_balance_threshold_set", "user": user.pk, "purpose": purpose, "at": threshold}
+        {
+            "event": "low_balance_threshold_set",
+            "user": user.pk,
+            "purpose": purpose,
+            "threshold": threshold,
+        }
     )
     if armed and balance is not None:
         _reading_apply(watch, balance, seen_at)  # below it (cross_if_below): the crossing, now
