@@ -143,7 +143,7 @@ def test_failed_or_cut_streams_are_refunded(
     if knob == "stream_cut_after":
         # Cut before its final event: the outcome is unknown until the worker asks Flash.
         from relay.models import ForwardedGeneration
-        from relay.refunds import generations_reconcile_due
+        from relay.reconcile import generations_reconcile_due
 
         _wait_for(lambda: ForwardedGeneration.objects.filter(state="unknown").exists())
         assert not CreditGrant.objects.exists()

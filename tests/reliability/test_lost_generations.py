@@ -50,7 +50,7 @@ def _settle_with_two_workers() -> None:
     grant outbox delivers the refunds; every step is run twice, as a restarted worker would."""
     from metering.services import flush_usage
     from payments.services import grants_deliver_due
-    from relay.refunds import generations_reconcile_due
+    from relay.reconcile import generations_reconcile_due
 
     flush_usage()  # the web process writes its usage records within a second
 
@@ -141,7 +141,7 @@ def test_timeout_after_the_request_was_sent(
     gateway: Any, auth: Any, flash_peer: Any, user: Any, settings: Any, usage: Any
 ) -> None:
     """The gateway gives up while Flash still runs the generation: the worker waits for it."""
-    from relay.refunds import generations_reconcile_due
+    from relay.reconcile import generations_reconcile_due
 
     settings.UPSTREAM_GENERATE_TIMEOUT = 0.5
     flash_peer.generation_outcome = "failed"
@@ -305,7 +305,7 @@ def test_a_key_budget_held_by_a_lost_answer_is_given_back_once_by_the_worker(
     settlement as the refund, gives the budget back: once, however many passes run."""
     from apikeys.models import KeySpend
     from apikeys.selectors import key_month_spent
-    from relay.refunds import generations_reconcile_due
+    from relay.reconcile import generations_reconcile_due
 
     key, raw = make_key(user, monthly_credit_budget=COST)
     headers = {"X-API-Key": raw}

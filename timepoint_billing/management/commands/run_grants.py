@@ -37,7 +37,7 @@ from payments.services import (
     worker_wait,
 )
 from relay.async_generation import async_generations_settle_due
-from relay.refunds import generations_reconcile_due
+from relay.reconcile import generations_reconcile_due
 from webhooks.outbox import deliveries_send_due
 from webhooks.worker import DeliveryLoop
 
