@@ -12,7 +12,7 @@ from typing import Any
 from django.http import HttpRequest
 
 from accounts.scopes import Scope
-from relay import async_generation, paths, services, timepoints
+from relay import async_generation, mine, paths, services, timepoints
 from relay.api import (
     PREFIX,
     SIMULATED,
@@ -37,9 +37,9 @@ async def timepoint_list_mine(request: HttpRequest, call: services.RelayCall) ->
         raise BadRequest(
             f"status must be one of {', '.join(timepoints.STATUSES)}.", code="invalid_request"
         )
-    return await timepoints.timepoint_list_mine(
+    return await mine.timepoint_list_mine(
         caller=call.caller,
-        page=_int_param(request, "page", 1, 1, timepoints.MINE_MAX_DEPTH),
+        page=_int_param(request, "page", 1, 1, mine.MINE_MAX_DEPTH),
         page_size=_int_param(request, "page_size", 20, 1, 100),
         status=status,
     )
