@@ -1,7 +1,8 @@
 """The limiter's store and how its failures are judged: the Lua scripts that check and count
 atomically, the Redis clients that run them (REDIS_URL), the in-process Redis that runs the same
 scripts without it (fakeredis with Lua), and the evidence that Redis is down rather than the
-gateway busy (`apikeys.limits` says what each request then gets).
+gateway busy (`apikeys.limits` says what each request then gets). (Just past 400 lines: the
+scripts and the failure evidence about the store that runs them belong together.)
 
 Whether Redis is *down* is decided by evidence about Redis, never by the gateway's own clock on a
 busy event loop (issue 13: under a burst on 2 cores every reply looked late, the breaker opened and

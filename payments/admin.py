@@ -1,5 +1,6 @@
 """The staff view of payments: grants with their states (and a retry), events, payments, and
-the permission guard on dj-stripe's admin actions."""
+the permission guard on dj-stripe's admin actions. (Just past 400 lines: one admin class per
+payments model, nothing else.)"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """Auto-recharge: when a user's Flash balance falls below their threshold, buy their chosen credit
 pack with the card saved on their Stripe customer, at most `daily_cap` times in 24 hours.
+(Past 400 lines: one money flow, rule → record → charge → answer → webhook, kept in one file so
+its exactly-once steps are checked in one reading.)
 
 1. `recharge_rule_set` (portal, API) keeps the rule; turning it on needs a saved card (a pack
    bought at Checkout saves one) and clears the last failure.

@@ -1,6 +1,7 @@
 """The relay's routes: plain async Django views (DRF's per-request cost is too high for the hot
 path, issue 9), an explicit allow-list. Each view authenticates, takes a rate-limit lease, calls
 one service or selector and writes one usage record; errors become `{"detail","code"}` JSON.
+(Past 400 lines: this module is the relay's whole allow-list of public routes, read as one list.)
 
 Nothing of the client's request is forwarded as is: upstream headers are built from scratch in
 `upstreams/flash.py` / `upstreams/clockchain.py`, bodies are validated and re-serialised, query
