@@ -244,6 +244,8 @@ def plan_sync_for_customer(*, customer_id: str) -> User | None:
         return None
     for data in stripe_client.subscriptions_for_customer(customer_id):
         row = PlanSubscription.objects.filter(stripe_subscription_id=str(data["id"])).first()
+        if row is None and data.get("status") not in LIVE_SUBSCRIPTION_STATUSES:
+            continue  # ended (or never started) before we knew it: no terms to keep
         start, _ = _period(data)
         scheduled = row.changes.filter(state=PlanChangeState.SCHEDULED).first() if row else None
         # The period that began after a downgrade's effective time is billed at its price.
