@@ -1,7 +1,7 @@
 """Plans and subscriptions: what each subscriber bought (`PlanSubscription`, kept however the
-catalogue changes later), changing plan (upgrade now with proration, downgrade at period end),
-cancelling at period end and resuming, and the plan each user holds (HD access and key tiers
-follow it when it takes effect).
+catalogue changes later), what their invoices grant, and the plan each user holds (HD access and
+key tiers follow it when it takes effect). The changes a subscriber asks for (the API, the
+portal) are `payments.plan_changes`.
 
 How a change reaches a subscriber:
 - Upgrade: Stripe moves the subscription to the new price and invoices the rest of the period at
@@ -27,20 +27,18 @@ from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
-from djstripe.models import Customer, Subscription
+from djstripe.models import Customer
 
 from accounts.models import Tier, User
 from apikeys.services import keys_set_tier_for_user
 from payments import selectors, stripe_client, stripe_shapes
 from payments.catalogue import FREE_TERMS, PlanTerms
 from payments.models import (
-    CatalogueKind,
     PlanChange,
     PlanChangeKind,
     PlanChangeState,
     PlanSubscription,
 )
-from timepoint_billing.errors import BadRequest, Conflict
 
 logger = logging.getLogger("timepoint.payments")
 
@@ -51,7 +49,8 @@ class UnknownPlanPrice(Exception):
     """A subscription or invoice names a price the catalogue does not hold as a valid plan."""
 
 
-def _terms(row: PlanSubscription) -> PlanTerms:
+def terms_of(row: PlanSubscription) -> PlanTerms:
+    """The terms the subscriber has (grandfathered or not)."""
     return PlanTerms(
         plan=row.plan,
         price_id=row.stripe_price_id,
@@ -64,7 +63,7 @@ def _terms(row: PlanSubscription) -> PlanTerms:
     )
 
 
-def _set_terms(row: PlanSubscription, terms: PlanTerms) -> None:
+def terms_set(row: PlanSubscription, terms: PlanTerms) -> None:
     row.plan = terms.plan
     row.stripe_price_id = terms.price_id
     row.monthly_credits = terms.monthly_credits
@@ -109,7 +108,7 @@ def plan_sync_for_user(*, user: User) -> User:
     """The user's plan is the best among their live subscriptions' terms (free when none). A
     cancellation at period end keeps the plan until Stripe ends the subscription."""
     live = PlanSubscription.objects.filter(user=user, status__in=LIVE_SUBSCRIPTION_STATUSES)
-    best = max((_terms(row) for row in live), key=PlanTerms.rank, default=FREE_TERMS)
+    best = max((terms_of(row) for row in live), key=PlanTerms.rank, default=FREE_TERMS)
     return user_plan_set(user=user, terms=best)
 
 
@@ -125,7 +124,7 @@ def plan_terms_for_staff(sender: object, *, plan: str, **kwargs: object) -> dict
 # --- Subscriptions as Stripe reports them
 
 
-def _item(data: dict[str, Any]) -> dict[str, Any]:
+def subscription_item(data: dict[str, Any]) -> dict[str, Any]:
     items = (data.get("items") or {}).get("data") or []
     return items[0] if items else {}
 
@@ -136,17 +135,19 @@ def _moment(value: Any) -> datetime | None:
 
 def _period(data: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
     """The current period (on the item since 2025-03-31.basil, on the subscription before)."""
-    item = _item(data)
+    item = subscription_item(data)
     start = item.get("current_period_start") or data.get("current_period_start")
     end = item.get("current_period_end") or data.get("current_period_end")
     return _moment(start), _moment(end)
 
 
-def _change_record(
+def change_record(
     row: PlanSubscription, terms: PlanTerms, *, scheduled_for: datetime | None = None
 ) -> PlanChange:
     """Record a change from the row's terms to `terms` (applied now unless scheduled)."""
-    kind = PlanChangeKind.UPGRADE if terms.rank() > _terms(row).rank() else PlanChangeKind.DOWNGRADE
+    kind = (
+        PlanChangeKind.UPGRADE if terms.rank() > terms_of(row).rank() else PlanChangeKind.DOWNGRADE
+    )
     return PlanChange.objects.create(
         subscription=row,
         kind=kind,
@@ -179,7 +180,7 @@ def _change_terms(change: PlanChange) -> PlanTerms:
 
 
 def _change_apply(row: PlanSubscription, change: PlanChange) -> None:
-    _set_terms(row, _change_terms(change))
+    terms_set(row, _change_terms(change))
     row.save()
     PlanChange.objects.filter(pk=change.pk).update(
         state=PlanChangeState.APPLIED, applied_at=timezone.now()
@@ -198,8 +199,8 @@ def _price_moved(row: PlanSubscription, price_id: str, *, new_period: bool) -> N
     if scheduled is not None:  # another change replaced the one that waited
         PlanChange.objects.filter(pk=scheduled.pk).update(state=PlanChangeState.CANCELLED)
     terms = _price_terms(price_id)
-    _change_record(row, terms)
-    _set_terms(row, terms)
+    change_record(row, terms)
+    terms_set(row, terms)
     row.save()
 
 
@@ -211,7 +212,7 @@ def subscription_record(
     terms of its price; later, the terms change only with the plan (grandfathering).
     `new_period`: a period billed at `price_id` has begun (a renewal)."""
     sub_id = str(data["id"])
-    price_id = price_id or stripe_shapes.object_id(_item(data).get("price"))
+    price_id = price_id or stripe_shapes.object_id(subscription_item(data).get("price"))
     with transaction.atomic():
         row = PlanSubscription.objects.select_for_update().filter(stripe_subscription_id=sub_id)
         found = row.first()
@@ -219,7 +220,7 @@ def subscription_record(
             terms = _price_terms(price_id)
             # First seen through a paid invoice (before its subscription's event): live.
             found = PlanSubscription(stripe_subscription_id=sub_id, user=user, status="active")
-            _set_terms(found, terms)
+            terms_set(found, terms)
             logger.info({"event": "subscription_recorded", "subscription": sub_id})
         elif found.stripe_price_id != price_id:
             _price_moved(found, price_id, new_period=new_period)
@@ -306,7 +307,7 @@ def period_terms(
                 return _price_terms(price_id)
             _change_apply(row, scheduled)
     plan_sync_for_user(user=user)
-    return _terms(row)
+    return terms_of(row)
 
 
 def upgrade_credits(*, user: User, subscription_id: str, lines: list[dict[str, Any]]) -> int:
@@ -337,7 +338,7 @@ def upgrade_credits(*, user: User, subscription_id: str, lines: list[dict[str, A
     else:
         # The invoice came before the subscription event: the change starts from the row.
         new = _price_terms(to_price)
-        old_terms = _terms(row) if row is not None and row.stripe_price_id == from_price else None
+        old_terms = terms_of(row) if row is not None and row.stripe_price_id == from_price else None
         old_credits = (old_terms or _price_terms(from_price)).monthly_credits if from_price else 0
         if row is not None and row.stripe_price_id == from_price:
             subscription_record(user=user, data={"id": subscription_id}, price_id=to_price)
@@ -348,127 +349,6 @@ def upgrade_credits(*, user: User, subscription_id: str, lines: list[dict[str, A
     share = min(Fraction(1), Fraction(sum(line.amount for line in charged), full_price))
     exact = Decimal((new.monthly_credits - old_credits) * share.numerator) / share.denominator
     return int(exact.to_integral_value(rounding=ROUND_HALF_UP))
-
-
-# --- Changing plan (the API and the portal)
-
-
-def _live_subscription(user: User) -> PlanSubscription:
-    rows = PlanSubscription.objects.select_for_update().filter(
-        user=user, status__in=LIVE_SUBSCRIPTION_STATUSES
-    )
-    best = max(rows, key=lambda row: _terms(row).rank(), default=None)
-    if best is None:
-        raise Conflict(
-            "You have no subscription; subscribe to a plan first.", code="no_subscription"
-        )
-    return best
-
-
-def _stripe_price_set(
-    row: PlanSubscription, price_id: str, *, behaviour: str, why: str
-) -> dict[str, Any]:
-    """Ask Stripe to bill the subscription's item at `price_id` (`behaviour`: its proration)."""
-    data = stripe_client.subscription_update(
-        row.stripe_subscription_id,
-        idempotency_key=f"{why}:{row.stripe_subscription_id}:{price_id}:{row.terms_since.timestamp()}",
-        items=[{"id": _subscription_item_id(row), "price": price_id}],
-        proration_behavior=behaviour,
-        payment_behavior="error_if_incomplete",
-    )
-    return data
-
-
-def _subscription_item_id(row: PlanSubscription) -> str:
-    """The subscription's item, from the mirror, or from Stripe while the mirror catches up."""
-    mirrored = Subscription.objects.filter(id=row.stripe_subscription_id).first()
-    data = dict(mirrored.stripe_data or {}) if mirrored else {}
-    item_id = str(_item(data).get("id") or "")
-    if not item_id:
-        fetched = stripe_client.subscription_retrieve(row.stripe_subscription_id)
-        item_id = str(_item(fetched).get("id") or "")
-    if not item_id:
-        raise Conflict(
-            "This subscription has nothing to change; ask support.", code="subscription_empty"
-        )
-    return item_id
-
-
-def plan_change(*, user: User, plan: str) -> PlanSubscription:
-    """Move the caller's subscription to the plan sold under `plan`: an upgrade now (prorated,
-    charged at once), a downgrade at the end of the period. Asking for the plan a scheduled
-    downgrade is leaving keeps the plan and cancels the downgrade."""
-    item = selectors.item_on_sale(kind=CatalogueKind.PLAN, key=plan)
-    if item is None:
-        raise BadRequest(f"Unknown plan {plan!r}.", code="unknown_plan")
-    target = PlanTerms.of_item(item)
-    with transaction.atomic():
-        row = _live_subscription(user)
-        if row.cancel_at_period_end:
-            raise Conflict(
-                "The subscription ends at the end of the period; resume it first.",
-                code="subscription_ending",
-            )
-        scheduled = row.changes.filter(state=PlanChangeState.SCHEDULED).first()
-        if target.price_id == row.stripe_price_id:
-            if scheduled is None:
-                raise Conflict("You are on this plan already.", code="already_on_plan")
-            # Back to what they pay for now: Stripe bills it again from the next period.
-            _stripe_price_set(row, row.stripe_price_id, behaviour="none", why="plan-keep")
-            PlanChange.objects.filter(pk=scheduled.pk).update(state=PlanChangeState.CANCELLED)
-            return row
-        if scheduled is not None:
-            # Stripe bills the downgraded price already: restore what the period was paid at,
-            # so an upgrade is prorated from it.
-            _stripe_price_set(row, row.stripe_price_id, behaviour="none", why="plan-keep")
-            PlanChange.objects.filter(pk=scheduled.pk).update(state=PlanChangeState.CANCELLED)
-        if target.rank() > _terms(row).rank():
-            change = _change_record(row, target)
-            data = _stripe_price_set(row, target.price_id, behaviour="always_invoice", why="up")
-            _set_terms(row, target)
-            row.status = str(data.get("status") or row.status)
-            row.save()
-            logger.info({"event": "plan_upgraded", "user": user.pk, "change": change.pk})
-        else:
-            period_end = row.current_period_end or timezone.now()
-            change = _change_record(row, target, scheduled_for=period_end)
-            _stripe_price_set(row, target.price_id, behaviour="none", why="down")
-            logger.info({"event": "plan_downgrade_scheduled", "user": user.pk, "change": change.pk})
-    plan_sync_for_user(user=user)
-    return row
-
-
-def _cancel_flag_set(*, user: User, ending: bool) -> PlanSubscription:
-    with transaction.atomic():
-        row = _live_subscription(user)
-        if row.cancel_at_period_end == ending:
-            raise Conflict(
-                "The subscription already ends at period end."
-                if ending
-                else "The subscription is not set to end.",
-                code="already_cancelled" if ending else "not_cancelled",
-            )
-        data = stripe_client.subscription_update(
-            row.stripe_subscription_id,
-            idempotency_key=f"cancel-{ending}:{row.stripe_subscription_id}:{row.updated_at.timestamp()}",
-            cancel_at_period_end=ending,
-        )
-        row.cancel_at_period_end = bool(data.get("cancel_at_period_end", ending))
-        row.save()
-    logger.info(
-        {"event": "subscription_ending" if ending else "subscription_resumed", "user": user.pk}
-    )
-    return row
-
-
-def subscription_cancel(*, user: User) -> PlanSubscription:
-    """Cancel at the end of the period: the plan and its credits stay until then."""
-    return _cancel_flag_set(user=user, ending=True)
-
-
-def subscription_resume(*, user: User) -> PlanSubscription:
-    """Undo a cancellation before the period ends."""
-    return _cancel_flag_set(user=user, ending=False)
 
 
 # --- Account lifecycle (accounts.signals receivers)

@@ -25,14 +25,12 @@ from payments.grants import (
     grant_retry,
     grants_deliver_due,
 )
+from payments.plan_changes import plan_change, subscription_cancel, subscription_resume
 from payments.plans import (
     on_user_deleted,
-    plan_change,
     plan_changes_apply_due,
     plan_sync_for_customer,
     plan_terms_for_staff,
-    subscription_cancel,
-    subscription_resume,
     user_plan_set,
 )
 from payments.recharge import (
