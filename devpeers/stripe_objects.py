@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Stripe's published example objects (github.com/stripe/openapi fixtures3.json): the shape of
 # everything the server makes, with our fields put over them.
@@ -71,3 +72,27 @@ def charge_object(
         transfer_data=None,
         refunds={**PUBLISHED["charge"]["refunds"], "url": f"/v1/charges/{charge_id}/refunds"},
     )
+
+
+def form_list(value: Any) -> list[Any]:
+    """A form-encoded list (`items[0][...]`, index-keyed) or a real list, in index order."""
+    if isinstance(value, dict):
+        return [value[k] for k in sorted(value, key=lambda k: int(k) if k.isdigit() else 0)]
+    return list(value or [])
+
+
+class PeerParts:
+    """What the server's topic mixins (`CardPayments`, `Subscriptions`) use of `StripePeer`: its
+    storage, ids, clock and events (declared for type checkers; `StripePeer` defines them)."""
+
+    if TYPE_CHECKING:
+        lock: threading.RLock
+        objects: dict[str, dict[str, Any]]
+
+        def put(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+        def get(self, object_id: str, kind: str) -> dict[str, Any]: ...
+        def new_id(self, prefix: str) -> str: ...
+        def now(self) -> int: ...
+        def emit(
+            self, kind: str, obj: dict[str, Any], previous: dict[str, Any] | None = None
+        ) -> None: ...

@@ -22,11 +22,10 @@ session, and the events they send.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from devpeers.stripe_objects import StripeError, charge_object, flag, published
+from devpeers.stripe_objects import PeerParts, StripeError, charge_object, flag, published
 
 
 @dataclass(frozen=True)
@@ -156,21 +155,9 @@ def legacy_intent(intent: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in intent.items() if k not in NEWER_INTENT_FIELDS}
 
 
-class CardPayments:
+class CardPayments(PeerParts):
     """Cards, saved payment methods and PaymentIntents; `StripePeer` provides the storage, the
     clock and the events."""
-
-    if TYPE_CHECKING:
-        lock: threading.RLock
-        objects: dict[str, dict[str, Any]]
-
-        def put(self, obj: dict[str, Any]) -> dict[str, Any]: ...
-        def get(self, object_id: str, kind: str) -> dict[str, Any]: ...
-        def new_id(self, prefix: str) -> str: ...
-        def now(self) -> int: ...
-        def emit(
-            self, kind: str, obj: dict[str, Any], previous: dict[str, Any] | None = None
-        ) -> None: ...
 
     def card_payments_start(self) -> None:
         self.cards: dict[str, TestCard] = {}  # pm id → the test card it stands for

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import stripe
 
-from devpeers.stripe_api import LEGACY, StripePeer, add_months, signature
+from devpeers.stripe_api import LEGACY, StripePeer, signature
+from devpeers.stripe_billing import add_months
 
 DAY = 86400
 START = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp())

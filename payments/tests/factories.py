@@ -17,14 +17,13 @@ import json
 import time
 from typing import Any
 
-from devpeers.stripe_api import (
-    PUBLISHED,
-    charge_object,
+from devpeers.stripe_billing import (
     invoice_object,
     invoice_payment_object,
     line_object,
     subscription_object,
 )
+from devpeers.stripe_objects import PUBLISHED, charge_object
 
 WEBHOOK_SECRET = "whsec_test_current"
 OLD_WEBHOOK_SECRET = "whsec_test_previous"
