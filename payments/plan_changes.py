@@ -41,12 +41,14 @@ def _live_subscription(user: User) -> PlanSubscription:
 
 
 def _stripe_price_set(
-    row: PlanSubscription, price_id: str, *, behaviour: str, why: str
+    row: PlanSubscription, price_id: str, *, behaviour: str, change: PlanChange, why: str
 ) -> dict[str, Any]:
-    """Ask Stripe to bill the subscription's item at `price_id` (`behaviour`: its proration)."""
+    """Ask Stripe to bill the subscription's item at `price_id` (`behaviour`: its proration).
+    The idempotency key names the change (recorded first), so the SDK's retries of this call
+    are one request, and a later change to the same price is a request of its own."""
     data = stripe_client.subscription_update(
         row.stripe_subscription_id,
-        idempotency_key=f"{why}:{row.stripe_subscription_id}:{price_id}:{row.terms_since.timestamp()}",
+        idempotency_key=f"plan-{why}:{change.pk}",
         items=[{"id": _subscription_item_id(row), "price": price_id}],
         proration_behavior=behaviour,
         payment_behavior="error_if_incomplete",
@@ -89,17 +91,23 @@ def plan_change(*, user: User, plan: str) -> PlanSubscription:
             if scheduled is None:
                 raise Conflict("You are on this plan already.", code="already_on_plan")
             # Back to what they pay for now: Stripe bills it again from the next period.
-            _stripe_price_set(row, row.stripe_price_id, behaviour="none", why="plan-keep")
+            _stripe_price_set(
+                row, row.stripe_price_id, behaviour="none", change=scheduled, why="keep"
+            )
             PlanChange.objects.filter(pk=scheduled.pk).update(state=PlanChangeState.CANCELLED)
             return row
         if scheduled is not None:
             # Stripe bills the downgraded price already: restore what the period was paid at,
             # so an upgrade is prorated from it.
-            _stripe_price_set(row, row.stripe_price_id, behaviour="none", why="plan-keep")
+            _stripe_price_set(
+                row, row.stripe_price_id, behaviour="none", change=scheduled, why="keep"
+            )
             PlanChange.objects.filter(pk=scheduled.pk).update(state=PlanChangeState.CANCELLED)
         if target.rank() > terms_of(row).rank():
             change = change_record(row, target)
-            data = _stripe_price_set(row, target.price_id, behaviour="always_invoice", why="up")
+            data = _stripe_price_set(
+                row, target.price_id, behaviour="always_invoice", change=change, why="up"
+            )
             terms_set(row, target)
             row.status = str(data.get("status") or row.status)
             row.save()
@@ -107,7 +115,7 @@ def plan_change(*, user: User, plan: str) -> PlanSubscription:
         else:
             period_end = row.current_period_end or timezone.now()
             change = change_record(row, target, scheduled_for=period_end)
-            _stripe_price_set(row, target.price_id, behaviour="none", why="down")
+            _stripe_price_set(row, target.price_id, behaviour="none", change=change, why="down")
             logger.info({"event": "plan_downgrade_scheduled", "user": user.pk, "change": change.pk})
     plan_sync_for_user(user=user)
     return row

@@ -361,9 +361,11 @@ def test_asking_for_the_current_plan_keeps_it_and_a_late_downgrade_applies_on_it
     again = _post(client, CHANGE, headers, plan="historian")
     assert again.status_code == 409 and again.json()["code"] == "already_on_plan"
 
-    # Downgraded again; the renewal's events never come: at the period's end the worker moves
-    # the plan on its own.
+    # Downgraded again (a request of its own for Stripe, not a replay of the first one); the
+    # renewal's events never come: at the period's end the worker moves the plan on its own.
     assert _post(client, CHANGE, headers, plan="explorer").status_code == 200
+    item = stripe_api.objects[subscription["id"]]["items"]["data"][0]
+    assert item["price"]["id"] == "price_plan_explorer"
     PlanChange.objects.filter(state=PlanChangeState.SCHEDULED).update(
         effective_at=timezone.now() - timedelta(seconds=1)
     )
