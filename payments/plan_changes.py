@@ -20,6 +20,7 @@ from payments.plans import (
     change_record,
     plan_sync_for_user,
     subscription_item,
+    subscription_period,
     terms_of,
     terms_set,
 )
@@ -113,6 +114,10 @@ def plan_change(*, user: User, plan: str) -> PlanSubscription:
             row.save()
             logger.info({"event": "plan_upgraded", "user": user.pk, "change": change.pk})
         else:
+            if row.current_period_end is None:  # known only from an invoice so far: ask Stripe
+                fetched = stripe_client.subscription_retrieve(row.stripe_subscription_id)
+                row.current_period_end = subscription_period(fetched)[1]
+                row.save(update_fields=["current_period_end", "updated_at"])
             period_end = row.current_period_end or timezone.now()
             change = change_record(row, target, scheduled_for=period_end)
             _stripe_price_set(row, target.price_id, behaviour="none", change=change, why="down")

@@ -133,7 +133,7 @@ def _moment(value: Any) -> datetime | None:
     return datetime.fromtimestamp(int(value), tz=UTC) if isinstance(value, int | float) else None
 
 
-def _period(data: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
+def subscription_period(data: dict[str, Any]) -> tuple[datetime | None, datetime | None]:
     """The current period (on the item since 2025-03-31.basil, on the subscription before)."""
     item = subscription_item(data)
     start = item.get("current_period_start") or data.get("current_period_start")
@@ -227,7 +227,7 @@ def subscription_record(
         if data.get("status"):
             found.status = str(data["status"])
             found.cancel_at_period_end = bool(data.get("cancel_at_period_end"))
-            found.current_period_end = _period(data)[1] or found.current_period_end
+            found.current_period_end = subscription_period(data)[1] or found.current_period_end
         found.save()
         if found.status not in LIVE_SUBSCRIPTION_STATUSES:
             found.changes.filter(state=PlanChangeState.SCHEDULED).update(
@@ -247,7 +247,7 @@ def plan_sync_for_customer(*, customer_id: str) -> User | None:
         row = PlanSubscription.objects.filter(stripe_subscription_id=str(data["id"])).first()
         if row is None and data.get("status") not in LIVE_SUBSCRIPTION_STATUSES:
             continue  # ended (or never started) before we knew it: no terms to keep
-        start, _ = _period(data)
+        start, _ = subscription_period(data)
         scheduled = row.changes.filter(state=PlanChangeState.SCHEDULED).first() if row else None
         # The period that began after a downgrade's effective time is billed at its price.
         new_period = bool(scheduled and start and start >= scheduled.effective_at)

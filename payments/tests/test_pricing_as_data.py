@@ -506,3 +506,24 @@ def test_a_change_right_after_paying_does_not_wait_for_the_mirror(
     assert changed.status_code == 200, changed.content
     assert changed.json()["plan"] == "historian"
     assert stripe_api.calls("GET", "/v1/subscriptions/")
+
+
+def test_a_downgrade_before_the_period_is_known_asks_stripe_when_it_ends(
+    client: Client, user: Any, headers: dict[str, Any], stripe_api: StripePeer, start: int
+):
+    """Only the Checkout session's completion has arrived: the downgrade is scheduled for the
+    period's end as Stripe has it, never applied at once."""
+    checkout = _post(client, "/api/v1/billing/checkout", headers, plan="historian")
+    since = len(stripe_api.events)
+    session = stripe_api.checkout_complete(checkout.json()["session_id"])
+    _deliver(client, stripe_api, stripe_api.events_of("checkout.session.completed", since=since))
+    assert PlanSubscription.objects.get().current_period_end is None
+
+    changed = _post(client, CHANGE, headers, plan="explorer")
+
+    assert changed.status_code == 200, changed.content
+    end = _period_end(stripe_api.objects[session["subscription"]])
+    effective = changed.json()["scheduled_change"]["effective_at"]
+    assert effective.startswith(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(end)))
+    user.refresh_from_db()
+    assert user.plan == "historian"
