@@ -1,10 +1,13 @@
 """Monthly credit budgets per API key: the hold before Flash, the settlement after, the refund.
 
-A generation on a live key writes a `KeySpend` row (its price) before Flash is called, with the key
-row locked (`SELECT … FOR UPDATE`), after summing what the key already spent this UTC month: N
-parallel generations on one key, on any number of workers, queue on that lock and the ones the
-budget cannot cover get 402 `budget_exhausted`. The row is written for every live key, budget or
+A generation on a live key with a budget writes a `KeySpend` row (its price) before Flash is called,
+with the key row locked (`SELECT … FOR UPDATE`), after summing what the key already spent this UTC
+month: N parallel generations on one key, on any number of workers, queue on that lock and the ones
+the budget cannot cover get 402 `budget_exhausted`. The row is written for every live key, budget or
 not, so a budget set mid-month counts what was already spent and the usage API can show the month.
+A key without a budget has nothing to compare, so its row is written without the lock: its
+parallel streams must not queue on one row (issue 17, the SSE throughput). The key's budget is read
+again once that row is committed, so a budget set meanwhile is never passed (see `budget_hold`).
 
 The relay calls these around its credit reservation (`relay.services.generation_admit`): the budget
 hold first, then the balance check and the credit reservation; when those refuse, the budget hold is
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import logging
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apikeys.models import APIKey, KeySpend, month_start
@@ -29,10 +32,35 @@ from timepoint_billing.errors import BudgetExhausted
 logger = logging.getLogger("timepoint.apikeys")
 
 
-@transaction.atomic
-def budget_hold(*, key_id: int, request_id: str, amount: int) -> None:
+def budget_hold(*, key: APIKey, request_id: str, amount: int) -> None:
     """Count `amount` against the key's month before Flash is called, or raise 402
-    `budget_exhausted` (with `budget`, `spent` and `cost`) when it would pass the budget."""
+    `budget_exhausted` (with `budget`, `spent` and `cost`) when it would pass the budget.
+
+    `key` is the key as the caller authenticated it (perhaps a few seconds old, from the key
+    cache): its budget only chooses the path, the database decides. Without a budget the row is
+    written at once, committed, and the budget read after it: None then means any budget set later
+    is compared under the lock with this row already counted; a budget found means one was set
+    meanwhile, and the row is written again under the lock like any budgeted key's."""
+    if key.monthly_credit_budget is None:
+        try:
+            KeySpend.objects.create(
+                api_key_id=key.pk, request_id=request_id, month=month_start(), amount=amount
+            )
+        except IntegrityError:
+            if not APIKey.objects.filter(pk=key.pk).exists():
+                return  # deleted since authentication: nothing to count against
+            raise
+        budget = (
+            APIKey.objects.filter(pk=key.pk).values_list("monthly_credit_budget", flat=True).first()
+        )
+        if budget is None:
+            return
+        budget_drop(request_id=request_id)
+    _budget_hold_locked(key_id=key.pk, request_id=request_id, amount=amount)
+
+
+@transaction.atomic
+def _budget_hold_locked(*, key_id: int, request_id: str, amount: int) -> None:
     key = APIKey.objects.select_for_update().filter(pk=key_id).first()
     if key is None:  # deleted between authentication and now: nothing to count against
         return

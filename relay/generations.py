@@ -17,7 +17,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from django.conf import settings
 
@@ -45,6 +45,9 @@ from upstreams.flash_credit_lock import (
     GrantInFlight,
 )
 
+if TYPE_CHECKING:
+    from apikeys.models import APIKey
+
 logger = logging.getLogger("timepoint.relay")
 
 # --- Generations
@@ -71,10 +74,10 @@ class Generation:
         return str(self.caller.user.flash_user_id or "")
 
     @property
-    def budget_key_id(self) -> int | None:
+    def budget_key(self) -> APIKey | None:
         """The live API key whose monthly budget this generation counts against, if any."""
         key = self.caller.api_key
-        return key.pk if key is not None and not self.caller.is_test_mode else None
+        return key if key is not None and not self.caller.is_test_mode else None
 
 
 async def generation_prepare(
@@ -104,11 +107,11 @@ async def generation_admit(generation: Generation) -> None:
     # Never relay a generation without X-User-Id (Flash would run it as a free system call): a
     # user without a Flash id is resolved first.
     flash_user_id = await flash_user_ensure(generation.caller)
-    key_id = generation.budget_key_id
-    if key_id is not None:
+    key = generation.budget_key
+    if key is not None:
         await run_db(
             budgets.budget_hold,
-            key_id=key_id,
+            key=key,
             request_id=generation.request_id,
             amount=generation.cost,
         )

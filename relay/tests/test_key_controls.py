@@ -198,6 +198,21 @@ def test_a_streamed_generation_counts_against_the_budget(
     _error(gateway.post(f"{GENERATE}/stream", json=HYPER, headers=headers), 402, "budget_exhausted")
 
 
+def test_a_key_without_budget_records_its_spend_and_a_budget_set_later_holds_at_once(
+    gateway: Any, make_key: Any, user: Any
+) -> None:
+    key, raw = make_key(user)
+    headers = {"X-API-Key": raw}
+    assert gateway.post(GENERATE, json=HYPER, headers=headers).status_code == 200
+    assert [s.amount for s in KeySpend.objects.filter(api_key=key)] == [5]
+
+    # Set behind the worker's back: its key cache still says "no budget", the database decides.
+    APIKey.objects.filter(pk=key.pk).update(monthly_credit_budget=7)
+    body = _error(gateway.post(GENERATE, json=HYPER, headers=headers), 402, "budget_exhausted")
+    assert (body["budget"], body["spent"], body["cost"]) == (7, 5, 5)
+    assert [s.amount for s in KeySpend.objects.filter(api_key=key)] == [5]
+
+
 def test_test_keys_spend_nothing_against_a_budget(gateway: Any, make_key: Any, user: Any) -> None:
     _, raw = make_key(user, mode="test", monthly_credit_budget=0)
     response = gateway.post(GENERATE, json=HYPER, headers={"X-API-Key": raw})
