@@ -185,15 +185,23 @@ async def generation_forwarded(generation: Generation, *, route: str) -> None:
 
 
 async def generation_settled(
-    generation: Generation, outcome: str, *, timepoint_id: str | None = None, why: str = ""
+    generation: Generation,
+    outcome: str,
+    *,
+    timepoint_id: str | None = None,
+    why: str = "",
+    call: RelayCall | None = None,
 ) -> None:
-    """Flash's answer arrived: record the outcome (a failed one records its refund)."""
+    """Flash's answer arrived: record the outcome (a failed one records its refund). With the
+    `call` not recorded yet, its usage record is written afterwards with what it cost, so there
+    is none to correct (one UPDATE fewer per generation)."""
     await run_db(
         refunds.forwarded_settle,
         request_id=generation.request_id,
         outcome=outcome,
         timepoint_id=timepoint_id,
         why=why,
+        usage_recorded=call is None or call.recorded,
     )
 
 
@@ -300,9 +308,13 @@ async def generation_run_sync(generation: Generation, call: RelayCall) -> dict[s
         )
         timepoint_id = str(body["id"]) if body.get("id") else None
         if body.get("status") == "failed":
-            await generation_settled(generation, Outcome.FAILED, timepoint_id=timepoint_id)
+            await generation_settled(
+                generation, Outcome.FAILED, timepoint_id=timepoint_id, call=call
+            )
         else:
-            await generation_settled(generation, Outcome.COMPLETED, timepoint_id=timepoint_id)
+            await generation_settled(
+                generation, Outcome.COMPLETED, timepoint_id=timepoint_id, call=call
+            )
             call.credits_spent = generation.cost
         return body
     finally:

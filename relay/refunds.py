@@ -105,20 +105,25 @@ def forwarded_record(
     query: str,
     preset: str,
     cost: int,
-) -> ForwardedGeneration:
-    """Commit the record of a generation about to be forwarded (before the call)."""
-    record, _ = ForwardedGeneration.objects.get_or_create(
-        request_id=request_id,
-        defaults={
-            "user": user,
-            "flash_user_id": flash_user_id,
-            "route": route,
-            "query": query,
-            "preset": preset,
-            "cost": cost,
-        },
+) -> None:
+    """Commit the record of a generation about to be forwarded (before the call); a record
+    already there for `request_id` is kept as it is."""
+    # One INSERT … ON CONFLICT DO NOTHING in autocommit, not get_or_create's SELECT and
+    # BEGIN/INSERT/COMMIT: every generation pays this before Flash is called (issue 17).
+    ForwardedGeneration.objects.bulk_create(
+        [
+            ForwardedGeneration(
+                request_id=request_id,
+                user=user,
+                flash_user_id=flash_user_id,
+                route=route,
+                query=query,
+                preset=preset,
+                cost=cost,
+            )
+        ],
+        ignore_conflicts=True,
     )
-    return record
 
 
 def _refund(record: ForwardedGeneration, *, amount: int, timepoint_id: str | None, why: str) -> str:
@@ -161,8 +166,10 @@ def _settle(
     refund: int,
     charged: int,
     why: str,
+    usage_recorded: bool = True,
 ) -> ForwardedGeneration:
-    """Settle a locked record (inside the caller's transaction)."""
+    """Settle a locked record (inside the caller's transaction). `usage_recorded=False`: the
+    call's usage record is written after this (with what it cost), nothing to correct."""
     if _timepoint_taken(record, timepoint_id):
         # Another generation already settled with this timepoint: never twice the same one.
         logger.error(
@@ -189,8 +196,21 @@ def _settle(
     record.credits_charged = charged
     record.settled_at = timezone.now()
     record.claimed_at = None
-    record.save()
-    transaction.on_commit(lambda: usage_credits_set(request_id=record.request_id, credits=charged))
+    record.save(
+        update_fields=[
+            "refund_key",
+            "state",
+            "outcome",
+            "flash_timepoint_id",
+            "credits_charged",
+            "settled_at",
+            "claimed_at",
+        ]
+    )
+    if usage_recorded:
+        transaction.on_commit(
+            lambda: usage_credits_set(request_id=record.request_id, credits=charged)
+        )
     if charged > 0:  # the worker reads the balance for a low-balance alert (if one is set)
         alerts.generation_charged(user_id=record.user_id)
     logger.info(
@@ -206,10 +226,16 @@ def _settle(
 
 
 def forwarded_settle(
-    *, request_id: str, outcome: str, timepoint_id: str | None = None, why: str = ""
+    *,
+    request_id: str,
+    outcome: str,
+    timepoint_id: str | None = None,
+    why: str = "",
+    usage_recorded: bool = True,
 ) -> ForwardedGeneration | None:
     """Flash's answer arrived: record what the generation cost. `failed` records a refund of its
-    cost (keyed on the timepoint id when Flash gave one). Settling twice changes nothing."""
+    cost (keyed on the timepoint id when Flash gave one). Settling twice changes nothing.
+    `usage_recorded=False` when the call's usage record is not written yet (the answer path)."""
     with transaction.atomic():
         record = (
             ForwardedGeneration.objects.select_for_update().filter(request_id=request_id).first()
@@ -225,6 +251,7 @@ def forwarded_settle(
             refund=refund,
             charged=charged,
             why=why or "generation failed",
+            usage_recorded=usage_recorded,
         )
 
 

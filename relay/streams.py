@@ -263,15 +263,21 @@ async def _stream_settle(
     try:
         if outcome is None and ended == "client":
             call.credits_spent = generation.cost
-            await generation_settled(generation, Outcome.ABANDONED)
+            await generation_settled(generation, Outcome.ABANDONED, call=call)
         elif outcome is None:
             await generation_lost(generation, f"stream ended before its final event ({ended})")
         elif outcome[0] == "completed":
             call.credits_spent = generation.cost
-            await generation_settled(generation, Outcome.COMPLETED, timepoint_id=outcome[1])
+            await generation_settled(
+                generation, Outcome.COMPLETED, timepoint_id=outcome[1], call=call
+            )
         else:
             await generation_settled(
-                generation, Outcome.FAILED, timepoint_id=outcome[1], why="generation failed"
+                generation,
+                Outcome.FAILED,
+                timepoint_id=outcome[1],
+                why="generation failed",
+                call=call,
             )
     except Exception:
         # The record stays in flight: the worker settles it once no generation can still run.

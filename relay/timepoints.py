@@ -116,24 +116,29 @@ def _int_or_none(value: Any) -> int | None:
 
 def streamed_record(
     *, user_id: int, visibility: str, query: str, request_id: str, done: dict[str, Any]
-) -> StreamedTimepoint:
-    """Record who a streamed timepoint belongs to (idempotent on the timepoint id)."""
+) -> None:
+    """Record who a streamed timepoint belongs to (idempotent on the timepoint id: a record
+    already there is kept as it is)."""
     location = done.get("location")
-    record, _ = StreamedTimepoint.objects.get_or_create(
-        timepoint_id=str(done["timepoint_id"]).lower(),
-        defaults={
-            "user_id": user_id,
-            "visibility": visibility,
-            "query": query[:500],
-            "slug": str(done.get("slug") or "")[:255],
-            "status": str(done.get("status") or "completed")[:16],
-            "year": _int_or_none(done.get("year")),
-            "location": location[:255] if isinstance(location, str) else None,
-            "has_image": done.get("has_image") is True,
-            "request_id": request_id[:64],
-        },
+    # One INSERT … ON CONFLICT DO NOTHING in autocommit, not get_or_create's SELECT and
+    # BEGIN/INSERT/COMMIT: every streamed generation waits for it before its `done` (issue 17).
+    StreamedTimepoint.objects.bulk_create(
+        [
+            StreamedTimepoint(
+                timepoint_id=str(done["timepoint_id"]).lower(),
+                user_id=user_id,
+                visibility=visibility,
+                query=query[:500],
+                slug=str(done.get("slug") or "")[:255],
+                status=str(done.get("status") or "completed")[:16],
+                year=_int_or_none(done.get("year")),
+                location=location[:255] if isinstance(location, str) else None,
+                has_image=done.get("has_image") is True,
+                request_id=request_id[:64],
+            )
+        ],
+        ignore_conflicts=True,
     )
-    return record
 
 
 async def streamed_owner_record(
