@@ -98,6 +98,24 @@ def _early_answer(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
+async def separation_answer(request: HttpRequest) -> HttpResponse | None:
+    """What the middleware answers in an async stack before any view runs (None: go on); also
+    called by the relay's lane (timepoint_billing/relay_lane.py)."""
+    answer = _early_answer(request)
+    if answer is not None:
+        return answer
+    service_key = request.META.get("HTTP_X_SERVICE_KEY", "").strip()
+    if service_key and not _is_internal(request):
+        # Rare (no public client sends it): a thread hop only when the registry is stale.
+        if services.registry_is_fresh():
+            known = services.service_caller_for(service_key)
+        else:
+            known = await run_db(services.service_caller_for, service_key)
+        if known is not None:
+            return _refused()
+    return None
+
+
 class CallerSeparationMiddleware(SyncAsyncMiddleware):
     def call(self, request: HttpRequest) -> Any:
         answer = _early_answer(request)
@@ -110,16 +128,4 @@ class CallerSeparationMiddleware(SyncAsyncMiddleware):
         return self.get_response(request)
 
     async def acall(self, request: HttpRequest) -> Any:
-        answer = _early_answer(request)
-        if answer is not None:
-            return answer
-        service_key = request.META.get("HTTP_X_SERVICE_KEY", "").strip()
-        if service_key and not _is_internal(request):
-            # Rare (no public client sends it): a thread hop only when the registry is stale.
-            if services.registry_is_fresh():
-                known = services.service_caller_for(service_key)
-            else:
-                known = await run_db(services.service_caller_for, service_key)
-            if known is not None:
-                return _refused()
-        return await self.get_response(request)
+        return await separation_answer(request) or await self.get_response(request)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import RequestAborted
@@ -26,6 +26,9 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.urls import get_resolver, set_script_prefix
 
 from timepoint_billing.routes import async_route_prefixes
+
+if TYPE_CHECKING:
+    from timepoint_billing.relay_lane import RelayLane
 
 logger = logging.getLogger("timepoint.request")
 
@@ -112,7 +115,7 @@ def _release(response: Any) -> None:
     response.closed = True
 
 
-def _freeze_startup_heap() -> None:
+def _freeze_startup_heap(handler: GatewayASGIHandler) -> None:
     """Keep what the worker built at startup (Django's apps, models, URL conf, settings, the
     imported modules: ~190 000 objects, most of its heap, none of it garbage) out of the cyclic
     garbage collector's passes. Each full collection traversed all of it: 240-270 ms on this
@@ -122,11 +125,40 @@ def _freeze_startup_heap() -> None:
     the collector never scans (a full collection then takes under 1 ms); nothing is disabled for
     what comes later (issue 17)."""
     _ = get_resolver().url_patterns  # the URL conf (every view module), built now to be frozen
+    _ = handler.lane
     gc.collect()
     gc.freeze()
 
 
 class GatewayASGIHandler(ASGIHandler):
+    def __init__(self) -> None:
+        super().__init__()
+        self._lane: RelayLane | None = None
+        self._lane_checked = False
+
+    @property
+    def lane(self) -> RelayLane | None:
+        if not self._lane_checked:
+            # Not at the top: the lane imports app modules (models), and the gunicorn worker
+            # class imports this module before Django is set up.
+            from timepoint_billing.relay_lane import RelayLane
+
+            # Decided once, as Django reads MIDDLEWARE once for its chain.
+            self._lane = RelayLane() if RelayLane.applies() else None
+            self._lane_checked = True
+        return self._lane
+
+    async def run_get_response(self, request: Any) -> Any:
+        """The relay's lane for its routes (timepoint_billing/relay_lane.py), Django otherwise."""
+        lane = self.lane
+        route = lane.route(request.path_info) if lane is not None else None
+        if route is None:
+            return await super().run_get_response(request)
+        assert lane is not None
+        response = await lane.serve(request, route)
+        response._resource_closers.append(request.close)
+        return response
+
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         limited = BodyLimit(scope, receive, settings.MAX_REQUEST_BODY_BYTES)
         await super().handle(scope, limited, send)
@@ -246,7 +278,7 @@ class GatewayASGIHandler(ASGIHandler):
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                _freeze_startup_heap()
+                _freeze_startup_heap(self)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 try:

@@ -56,9 +56,19 @@ def _too_large(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
-def _finish(
+def request_start(request: HttpRequest) -> HttpResponse | None:
+    """The request id, and the answer to a body over the limit (None: go on)."""
+    rid = _request_id(request)
+    request.request_id = rid  # type: ignore[attr-defined]
+    request_id_var.set(rid)
+    return _too_large(request)
+
+
+def request_finish(
     request: HttpRequest, response: HttpResponse | StreamingHttpResponse, started: float
 ) -> Any:
+    """The last word on every response: no HTML error on a JSON path, the request id header,
+    the metrics and the one log line."""
     path = request.path
     if answers_json(path) and response.status_code >= 400:
         content_type = response.get("Content-Type", "")
@@ -97,21 +107,15 @@ def _finish(
 
 
 class RequestContextMiddleware(SyncAsyncMiddleware):
-    def _start(self, request: HttpRequest) -> HttpResponse | None:
-        rid = _request_id(request)
-        request.request_id = rid  # type: ignore[attr-defined]
-        request_id_var.set(rid)
-        return _too_large(request)
-
     def call(self, request: HttpRequest) -> Any:
         started = time.perf_counter()
-        response = self._start(request) or self.get_response(request)
-        return _finish(request, response, started)
+        response = request_start(request) or self.get_response(request)
+        return request_finish(request, response, started)
 
     async def acall(self, request: HttpRequest) -> Any:
         started = time.perf_counter()
-        response = self._start(request) or await self.get_response(request)
-        return _finish(request, response, started)
+        response = request_start(request) or await self.get_response(request)
+        return request_finish(request, response, started)
 
 
 # --- Django's middleware without the thread hops on the JSON API (issue 9)
