@@ -15,7 +15,6 @@ upstream adds never reaches a client undocumented.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from relay import paths, selectors, services, timepoints
 from relay.openapi import RECONCILE_SCHEMA, ROUTES, answer_projections, document
 from relay.projection import Projection
 from relay.serializers import VisibilityInputSerializer
+from timepoint_billing import json_codec
 from timepoint_billing.errors import (
     ApiError,
     BadRequest,
@@ -69,9 +69,7 @@ class Answer:
 
 
 def json_response(body: Any, status: int = 200) -> HttpResponse:
-    return HttpResponse(
-        json.dumps(body, separators=(",", ":")), status=status, content_type="application/json"
-    )
+    return HttpResponse(json_codec.dumps(body), status=status, content_type="application/json")
 
 
 def _answered(result: Any, projections: dict[int, Projection]) -> AnyResponse:

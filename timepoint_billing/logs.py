@@ -5,7 +5,10 @@ One JSON object per line: `ts`, `level`, `logger`, then either the fields of a d
 `message`, the record's JSON-able `extra` fields, and the request id of the request being served.
 A record with an exception (an unexpected error, logged once by `timepoint_billing.errors`)
 also carries `exc_type`, `exc_message` and the whole `stack`, so a 500 can be traced from its
-single log line; `error` keeps the traceback's last line for quick reading."""
+single log line; `error` keeps the traceback's last line for quick reading.
+
+Serialised by orjson (the library's `OrjsonFormatter`): one line per request is written on the
+relay's hot path, and the standard library's encoder was most of its ~30 µs (issue 17)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import contextvars
 import logging
 from typing import Any
 
-from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter as _LibraryJsonFormatter
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 

@@ -8,7 +8,7 @@ from django.core import signals
 from django.dispatch import Signal
 
 import timepoint_billing.asgi  # the application as production loads it
-from timepoint_billing.asgi_handler import GatewayASGIHandler
+from timepoint_billing.asgi_handler import YOUNG_GC_THRESHOLD, GatewayASGIHandler
 
 # Receivers known to have nothing to do for the relay's routes (see `handle_on_loop`).
 KNOWN = {
@@ -63,9 +63,13 @@ def test_the_startup_heap_is_frozen_out_of_the_garbage_collectors_passes() -> No
         lifespan.cancel()
 
     gc.unfreeze()
+    thresholds = gc.get_threshold()
     try:
         asyncio.run(run())
         assert sent == [{"type": "lifespan.startup.complete"}]
         assert gc.get_freeze_count() > 50_000
+        # And the young generation is collected every 10 000 allocations, not every 700.
+        assert gc.get_threshold() == (YOUNG_GC_THRESHOLD, *thresholds[1:])
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
