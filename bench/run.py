@@ -2,6 +2,7 @@
 
     python bench/run.py            # full run (4-6 minutes): prints the table, writes JSON
     python bench/run.py --smoke    # under a minute: keeps the benchmark working in CI
+    python bench/run.py --usage-writer   # the usage writer's rows/s into one PostgreSQL (alone)
 
 Starts on loopback: the contract peers as the upstream stub (`python -m devpeers`), nginx
 `proxy_pass` in front of it as the plain-reverse-proxy reference (skipped if nginx is absent), and
@@ -357,6 +358,118 @@ def wait_usage(env: dict[str, str], key_id: int, expected: int, timeout: float =
     return usage_count(env, key_id)
 
 
+# --- the usage writer alone (`--usage-writer`) ----------------------------------------------------
+# Each writer process queues `rows` records the way the relay does (`record_usage`), then times
+# `flush_usage()`, the background flusher's own call (batches of FLUSH_BATCH_SIZE, exactly-once
+# on request_id), and counts what landed. Writers start together at `start_at`, each on its own
+# connection, as each gateway worker's flusher has.
+USAGE_WRITER_SCRIPT = """
+import json, os, sys, time
+import django
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "timepoint_billing.settings")
+django.setup()
+if sys.argv[1] == "setup":
+    from django.core.management import call_command
+    call_command("setup_database", verbosity=0)
+    raise SystemExit(0)
+from accounts.models import User
+from apikeys import services as keys
+from metering import services as metering
+from metering.models import UsageRecord
+
+rows, tag, start_at = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+user = User.objects.create(username=f"usage-writer-{tag}")
+key, _ = keys.key_create(user=user, name=f"usage writer {tag}")
+
+def queue(prefix, count):
+    for i in range(count):
+        metering.record_usage(
+            request_id=f"{prefix}-{i}", user_id=user.pk, api_key_id=key.pk,
+            endpoint="/api/v1/browse", method="GET", status=200, credits_spent=0,
+            response_time_ms=1.234, upstream="clockchain", service="clockchain",
+        )
+
+queue(f"{tag}-warm", 1000)
+metering.flush_usage()  # the connection, the statement, the caches
+queue(tag, rows)
+time.sleep(max(0.0, start_at - time.time()))
+cpu, wall = time.process_time(), time.perf_counter()
+flushed = metering.flush_usage()
+cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+stored = UsageRecord.objects.filter(api_key=key).count() - 1000
+print(json.dumps({"rows": flushed, "wall_s": wall, "cpu_s": cpu, "stored": stored}))
+"""
+
+
+def _usage_writers(env: dict[str, str], writers: int, rows: int) -> dict[str, Any]:
+    """`writers` processes flushing `rows` records each at once: rows/s into the database (all
+    rows / the slowest writer's time) and each writer's CPU time per row."""
+    start_at = time.time() + 3.0 + writers  # every process imported Django and queued its rows
+    argv = [sys.executable, "-c", USAGE_WRITER_SCRIPT, str(rows)]
+    procs = [
+        subprocess.Popen(
+            [*argv, f"w{writers}-{n}-{time.time_ns()}", str(start_at)],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
+        )
+        for n in range(writers)
+    ]  # fmt: skip
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"usage writer failed (exit {proc.returncode})")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    total = sum(r["rows"] for r in results)
+    return {
+        "writers": writers,
+        "rows": total,
+        "stored": sum(r["stored"] for r in results),
+        "rows_per_s": total / max(r["wall_s"] for r in results),
+        "cpu_us_per_row": 1e6 * sum(r["cpu_s"] for r in results) / max(1, total),
+    }
+
+
+def usage_writer_bench(args: argparse.Namespace) -> int:
+    """The usage writer's rows/s into one PostgreSQL (the README's Scaling section): one writer,
+    then `--workers` writers at once. Exits 1 when a record is lost or doubled."""
+    workdir = Path(tempfile.mkdtemp(prefix="tpb-bench-usage-"))
+    db_url, db_name = database_url(workdir, not args.no_services)
+    rows = 2_000 if args.smoke else args.usage_rows
+    env = {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "REDIS_URL": "",
+        "SECRET_KEY": "bench-secret-key-" + "x" * 32,
+        "METERING_BACKGROUND_FLUSH": "false",  # only the timed flush writes
+        "METERING_BUFFER_MAX": str(rows * 10),  # no inline flush while queueing
+        "LOG_LEVEL": "WARNING",
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    try:
+        setup = [sys.executable, "-c", USAGE_WRITER_SCRIPT, "setup"]
+        subprocess.run(setup, cwd=ROOT, env=env, check=True)
+        runs = [_usage_writers(env, 1, rows), _usage_writers(env, args.workers, rows)]
+        print(f"\n== Usage writer into one {db_url.split(':')[0]} database ({rows} rows each) ==")
+        print("| writers | rows | stored | rows/s | CPU µs/row |\n|---|---|---|---|---|")
+        for run in runs:
+            print(
+                f"| {run['writers']} | {run['rows']} | {run['stored']} | "
+                f"{run['rows_per_s']:.0f} | {run['cpu_us_per_row']:.1f} |"
+            )
+        out = Path(args.out).with_name("usage_writer.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"database": db_url.split(":")[0], "runs": runs}, indent=2))
+        print(f"\nbench: wrote {out}; load average (1 min) {os.getloadavg()[0]:.2f}")
+        lost = [run for run in runs if run["stored"] != run["rows"]]
+        for run in lost:
+            print(f"bench: BROKEN: {run['stored']} records stored for {run['rows']} written")
+        return 1 if lost else 0
+    finally:
+        if db_name:
+            _psql(f"DROP DATABASE IF EXISTS {db_name}")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 # --- the run ------------------------------------------------------------------------------------
 def start_nginx(procs: Processes, workdir: Path, env: dict[str, str], port: int, up: int) -> bool:
     if not shutil.which("nginx"):
@@ -450,7 +563,15 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
+    parser.add_argument(
+        "--usage-writer",
+        action="store_true",
+        help="only the usage writer's rows/s into one database (no gateway, no wrk)",
+    )
+    parser.add_argument("--usage-rows", type=int, default=50_000, help="per usage writer")
     args = parser.parse_args()
+    if args.usage_writer:
+        return usage_writer_bench(args)
     seconds = 1.0 if args.smoke else args.seconds
     if not shutil.which("wrk"):
         print("bench: wrk is not installed (apt-get install wrk); nothing measured")
