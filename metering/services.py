@@ -2,8 +2,9 @@
 
 Guarantee (and its limit, honestly):
 - `record_usage` is a list append under a lock: no I/O, safe to call from async code.
-- A background thread flushes every METERING_FLUSH_INTERVAL_SECONDS with one `bulk_create`
-  (ignore_conflicts on the unique request_id); `flush_usage()` does the same on demand, and a
+- A background thread flushes every METERING_FLUSH_INTERVAL_SECONDS, a batch per transaction
+  (COPY on PostgreSQL, INSERT on SQLite), skipping request ids already stored (the unique
+  request_id); `flush_usage()` does the same on demand, and a
   graceful stop flushes the rest: the ASGI lifespan shutdown in the web workers (SIGTERM to
   uvicorn/gunicorn; `atexit` never runs there, uvicorn re-raises the signal), `atexit` elsewhere.
 - A batch leaves the buffer only after its insert committed. A failed flush keeps it; the retry
@@ -123,15 +124,23 @@ def usage_buffer_discard() -> int:
 
 
 def usage_write_batch(rows: list[dict[str, Any]]) -> None:
-    """Insert rows; rows whose request_id is already stored are skipped (exactly-once).
-
-    One `INSERT … ON CONFLICT (request_id) DO NOTHING` run for the batch (PostgreSQL, and SQLite
-    since 3.24), each value prepared by its model field as the ORM would. Not `bulk_create`:
-    it built a model instance and sent two signals per record, which on a busy worker was a
-    measurable share of the CPU the relay needs (issue 9)."""
+    """Insert rows; rows whose request_id is already stored are skipped (exactly-once): one
+    transaction per batch, so a batch either landed whole or is retried whole, and the retry
+    skips what an earlier attempt did store."""
     if not rows:
         return
     fields = [field for field in UsageRecord._meta.concrete_fields if not field.primary_key]
+    if connection.vendor == "postgresql":
+        _write_batch_copy(rows, fields)
+    else:
+        _write_batch_insert(rows, fields)
+
+
+def _write_batch_insert(rows: list[dict[str, Any]], fields: list[Any]) -> None:
+    """One `INSERT … ON CONFLICT (request_id) DO NOTHING` run for the batch (SQLite since 3.24),
+    each value prepared by its model field as the ORM would. Not `bulk_create`: it built a model
+    instance and sent two signals per record, which on a busy worker was a measurable share of
+    the CPU the relay needs (issue 9)."""
     quote = connection.ops.quote_name
     table = quote(UsageRecord._meta.db_table)
     columns = ", ".join(quote(field.column) for field in fields)
@@ -150,6 +159,44 @@ def usage_write_batch(rows: list[dict[str, Any]]) -> None:
     ]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.executemany(sql, params)
+
+
+# The batch is copied into a session-local table, then moved into the records by one statement
+# that skips request ids already stored (COPY itself cannot skip a conflict). The move empties
+# the staging table in the same statement, so rows a rolled-back or enclosing transaction left
+# there are never moved twice; ON COMMIT DELETE ROWS is the second guard.
+_STAGING = "metering_usage_staging"
+
+
+def _write_batch_copy(rows: list[dict[str, Any]], fields: list[Any]) -> None:
+    """PostgreSQL: COPY the batch in, then `INSERT … SELECT … ON CONFLICT (request_id) DO
+    NOTHING`. Values go to psycopg as `record_usage` built them (str, int, float, bool, aware
+    datetime, None), with no per-value field preparation: that and INSERT's per-row statement
+    were ~30 µs of CPU per record, COPY is ~4 (issue 17, `bench/run.py --usage-writer`)."""
+    quote = connection.ops.quote_name
+    table = quote(UsageRecord._meta.db_table)
+    columns = ", ".join(quote(field.column) for field in fields)
+    conflict = quote("request_id")
+    names = [field.attname for field in fields]
+    defaults = {field.attname: field for field in fields}
+    # Identifiers come from the model's own metadata; values travel in COPY's data stream.
+    create = (
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} ON COMMIT DELETE ROWS "  # noqa: S608
+        f"AS SELECT {columns} FROM {table} WITH NO DATA"
+    )
+    move = (
+        f"WITH batch AS (DELETE FROM {_STAGING} RETURNING {columns}) "  # noqa: S608
+        f"INSERT INTO {table} ({columns}) SELECT {columns} FROM batch "
+        f"ON CONFLICT ({conflict}) DO NOTHING"
+    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(create)
+        with cursor.cursor.copy(f"COPY {_STAGING} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(
+                    [row[name] if name in row else defaults[name].get_default() for name in names]
+                )
+        cursor.execute(move)
 
 
 def usage_credits_set(*, request_id: str, credits: int) -> int:
