@@ -60,18 +60,26 @@ GATEWAY_STREAM_PATH = "/api/v1/generate/stream"
 STREAM_BODY = {"query": "The signing of the Magna Carta", "preset": "balanced"}
 REDIS_BENCH_URL = "redis://127.0.0.1:6379/9"
 
+# Issue 17's goals. The CPU figure's is half of what the last run before that issue measured
+# (1.71 ms of worker CPU per relayed request, README "Performance").
 TARGETS: dict[str, tuple[str, float]] = {
-    "relay_vs_direct": (">=", 0.15),
-    "relay_vs_nginx": (">=", 0.20),
+    "relay_vs_direct": (">=", 0.25),
+    "relay_vs_nginx": (">=", 0.30),
     "added_p50_ms": ("<=", 1.5),
     "added_p99_ms": ("<=", 5.0),
     "gateway_p99_64c_ms": ("<=", 150.0),
     "sse_added_ttfe_ms": ("<=", 10.0),
     "sse_streams_vs_direct": (">=", 0.70),
-    "rss_mb_per_worker": ("<=", 120.0),
+    "rss_mb_per_worker": ("<=", 100.0),
     "rss_growth_mb": ("<=", 5.0),
+    "gateway_cpu_ms_per_request": ("<=", 0.855),
     "usage_records_lost": ("<=", 0),
+    "burst_admitted_over_limit": ("<=", 0),
 }
+# The burst: more requests than the key's daily limit, all at once; exactly the limit must pass.
+# (The day's window: a minute's could turn over during the burst and honestly admit more.)
+BURST_LIMIT = 300
+BURST_REQUESTS = 500
 RATIOS = ("relay_vs_direct", "relay_vs_nginx", "sse_streams_vs_direct")
 
 
@@ -215,22 +223,24 @@ async def sse_throughput(
         return done / (time.perf_counter() - started)
 
 
-async def exact_requests(url: str, headers: dict[str, str], count: int, concurrency: int) -> int:
-    """Send exactly `count` requests; the number answered 200."""
-    ok = 0
+async def exact_requests(
+    url: str, headers: dict[str, str], count: int, concurrency: int
+) -> dict[int, int]:
+    """Send exactly `count` requests; how many were answered with each status."""
+    statuses: dict[int, int] = {}
     remaining = count
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
 
         async def worker() -> None:
-            nonlocal ok, remaining
+            nonlocal remaining
             while remaining > 0:
                 remaining -= 1
                 response = await client.get(url, headers=headers)
-                ok += response.status_code == 200
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return ok
+    return statuses
 
 
 def worker_pids(master_pid: int) -> list[int]:
@@ -295,7 +305,7 @@ def redis_url(use_services: bool) -> str:
 # A fresh database each run, so `setup_database` builds it from the models in seconds (replaying
 # dj-stripe's migrations takes most of a minute and adds nothing to what is measured).
 SETUP_SCRIPT = """
-import json, os
+import json, os, sys
 import django
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "timepoint_billing.settings")
 django.setup()
@@ -317,12 +327,13 @@ user, _ = User.objects.get_or_create(
 flash.admin_grant(flash_user_id=flash_id, amount=10**9, transaction_type="admin_grant",
                   description="bench credits")
 out = {"flash_user_id": flash_id}
-for label in ("load", "exact"):
+for label in ("load", "exact", "burst"):
     with transaction.atomic():
         key, raw = keys.key_create(user=user, name=f"bench {label}", mode="live")
-        # Limits far above what the bench sends: the limiter runs on every request, never refuses.
+        # Limits far above what the bench sends: the limiter runs on every request, never
+        # refuses; but for the burst key, whose day allows BURST_LIMIT (argv) requests.
         key.rate_limit_per_minute = 10**9
-        key.rate_limit_per_day = 10**9
+        key.rate_limit_per_day = int(sys.argv[1]) if label == "burst" else 10**9
         key.concurrency_limit = 100_000
         key.save(update_fields=["rate_limit_per_minute", "rate_limit_per_day",
                                 "concurrency_limit"])
@@ -626,7 +637,7 @@ def main() -> int:
             }
         )
         gw_env.pop("DJANGO_SETTINGS_MODULE", None)
-        setup_cmd = [sys.executable, "-c", SETUP_SCRIPT]
+        setup_cmd = [sys.executable, "-c", SETUP_SCRIPT, str(BURST_LIMIT)]
         setup = subprocess.run(setup_cmd, cwd=ROOT, env=gw_env, capture_output=True, text=True)
         if setup.returncode != 0:
             raise RuntimeError(f"bench setup failed:\n{setup.stdout}\n{setup.stderr}")
@@ -695,13 +706,23 @@ def main() -> int:
         # Exactly N requests on a key of their own; each must leave exactly one usage record.
         exact_n = 200 if args.smoke else 2000
         exact_headers = {"Authorization": f"Bearer {caller['exact']['key']}"}
-        answered = asyncio.run(exact_requests(f"{gw_url}{READ_PATH}", exact_headers, exact_n, 32))
+        exact_statuses = asyncio.run(
+            exact_requests(f"{gw_url}{READ_PATH}", exact_headers, exact_n, 32)
+        )
+        answered = exact_statuses.get(200, 0)
         records = wait_usage(gw_env, caller["exact"]["key_id"], exact_n)
         print(
             f"bench: exact runs done: {answered} of {exact_n} answered 200, {records} usage "
             f"records ({time.monotonic() - began:.0f}s)",
             flush=True,
         )
+        # A burst past a low limit, from 64 connections at once (both workers): exactly the
+        # limit is admitted, the rest refused with 429, whatever the interleaving.
+        burst_headers = {"Authorization": f"Bearer {caller['burst']['key']}"}
+        burst = asyncio.run(
+            exact_requests(f"{gw_url}{READ_PATH}", burst_headers, BURST_REQUESTS, 64)
+        )
+        print(f"bench: burst done: {burst} ({time.monotonic() - began:.0f}s)", flush=True)
 
         soak_total = 2_000 if args.smoke else args.soak_requests
         soaked = soak(
@@ -741,6 +762,7 @@ def main() -> int:
             "rss_mb_per_worker": max(rss) if rss else None,
             "rss_growth_mb": soaked["growth_mb"],
             "usage_records_lost": exact_n - records,
+            "burst_admitted_over_limit": burst.get(200, 0) - BURST_LIMIT,
             "cached_vs_direct": cached["loaded"]["rps"] / loaded["direct"]["rps"],
             "cached_p99_64c_ms": cached["loaded"]["p99_ms"],
             "gateway_cpu_ms_per_request": results["gateway_cpu_s"]
@@ -757,6 +779,7 @@ def main() -> int:
                 "rss_mb": rss,
                 "soak": soaked,
                 "exact": {"sent": exact_n, "answered_200": answered, "records": records},
+                "burst": {"sent": BURST_REQUESTS, "limit": BURST_LIMIT, "statuses": burst},
                 "figures": figures,
                 "elapsed_s": round(time.monotonic() - began, 1),
             }
@@ -802,6 +825,12 @@ def plumbing_problems(results: dict[str, Any]) -> list[str]:
     if soaked["non_2xx"] or soaked["socket_errors"]:
         problems.append(
             f"soak: {soaked['non_2xx']} non-2xx, {soaked['socket_errors']} socket errors"
+        )
+    burst = results["burst"]
+    refused = burst["statuses"].get(429, 0)
+    if burst["statuses"].get(200, 0) != burst["limit"] or refused != burst["sent"] - burst["limit"]:
+        problems.append(
+            f"burst: {burst['statuses']} for {burst['sent']} requests, limit {burst['limit']}"
         )
     exact = results["exact"]
     if exact["answered_200"] != exact["sent"]:
@@ -851,7 +880,8 @@ def print_table(results: dict[str, Any]) -> None:
     print(
         f"RSS per worker (MB): {results['rss_mb']} after {soaked['requests']} soak requests "
         f"(+{soaked['gateway_requests_before_soak']} before; {first} after the first slice); "
-        f"usage records: {results['exact']}"
+        f"usage records: {results['exact']}; burst past a limit of {results['burst']['limit']}: "
+        f"{results['burst']['statuses']} for {results['burst']['sent']} requests"
     )
     print("\n| figure | value | target | met |\n|---|---|---|---|")
     met = targets_met(figures)
@@ -867,8 +897,6 @@ def print_table(results: dict[str, Any]) -> None:
     print(
         f"| cached_vs_direct | {figures['cached_vs_direct'] * 100:.1f} % | (no target) | |\n"
         f"| cached_p99_64c_ms | {_fmt(figures['cached_p99_64c_ms'])} | (no target) | |\n"
-        f"| gateway_cpu_ms_per_request | {_fmt(figures['gateway_cpu_ms_per_request'], 3)} "
-        "| (no target: worker CPU time / requests, loaded run) | |\n"
         f"| load_average_1m | {_fmt(figures['load_average_1m'])} | (the machine's other load) | |"
     )
 
