@@ -16,14 +16,20 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import jwt
 from django.conf import settings
-from jwt import PyJWK, PyJWKClient, PyJWKSet
 
 from timepoint_billing.errors import ServiceUnavailable, Unauthenticated
+
+if TYPE_CHECKING:
+    from jwt import PyJWK, PyJWKSet
+
+# PyJWT is imported in the functions that check a token, not here: with its `crypto` extra it
+# loads cryptography's native library, ~9 MB in every gateway worker, and this module is loaded
+# at startup (accounts registers its caller resolvers) whether or not a JWT ever arrives. A worker
+# that serves API keys only never pays for it (issue 17).
 
 logger = logging.getLogger("timepoint.auth0")
 
@@ -69,6 +75,8 @@ class SigningKeys:
     """Auth0's signing keys, cached for `lifespan` seconds, shared by every thread of a process."""
 
     def __init__(self, config: KeySetConfig) -> None:
+        from jwt import PyJWKClient
+
         self.config = config
         # PyJWKClient fetches (with the timeout, no redirects) and holds the set for `lifespan`;
         # its own cooldown is off because its lock is held during a fetch, which would queue
@@ -116,6 +124,8 @@ class SigningKeys:
 
     def _fetch_once(self, seen: int) -> None:
         """Fetch unless another thread finished a fetch since this one looked (`seen`)."""
+        import jwt
+
         if not self._fetch_lock.acquire(timeout=self.config.timeout):
             raise AuthUnavailable()
         try:
@@ -138,6 +148,8 @@ _keys_lock = threading.Lock()
 
 def signing_keys() -> SigningKeys:
     """The process-wide key set, rebuilt only when its settings change."""
+    import jwt
+
     global _keys
     config = KeySetConfig.from_settings()
     current = _keys
@@ -188,6 +200,8 @@ _verified = _VerifiedTokens()
 
 def verify_access_token(raw: str) -> dict[str, Any]:
     """The claims of a valid Auth0 access token; any other token raises a 401 with a `code`."""
+    import jwt
+
     cached = _verified.get(raw)
     if cached is not None:
         return cached
@@ -212,6 +226,8 @@ def verify_access_token(raw: str) -> dict[str, Any]:
 
 
 def _decode(raw: str, key: PyJWK) -> dict[str, Any]:
+    import jwt
+
     try:
         return dict(
             jwt.decode(

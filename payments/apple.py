@@ -9,8 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from appstoreserverlibrary.models.Environment import Environment
-from appstoreserverlibrary.signed_data_verifier import SignedDataVerifier, VerificationException
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -25,10 +23,17 @@ from webhooks import services as webhooks
 
 logger = logging.getLogger("timepoint.payments")
 
+# Apple's library is imported where a purchase is verified, not at the top: it loads pyOpenSSL,
+# cryptography's native library and cattrs (~8 MB together in every gateway worker), and this
+# module is loaded at startup (payments.services) while only the two Apple routes use it (issue 17).
+
 
 def apple_verifier() -> Any:
     """Apple's SignedDataVerifier for our app. The Xcode and LocalTesting environments skip
     signature checks, so they are refused outright."""
+    from appstoreserverlibrary.models.Environment import Environment
+    from appstoreserverlibrary.signed_data_verifier import SignedDataVerifier
+
     # A configuration mistake: 503 for every caller until a deploy fixes it, never a 500.
     unconfigured = ServiceUnavailable(
         "In-app purchases are not configured.", code="apple_unconfigured", retry_after=3600
@@ -60,6 +65,8 @@ def apple_verifier() -> Any:
 
 
 def _apple_decode(decode: Callable[[str], Any], signed: str) -> Any:
+    from appstoreserverlibrary.signed_data_verifier import VerificationException
+
     try:
         return decode(signed)
     except VerificationException as exc:

@@ -17,11 +17,16 @@ import hashlib
 import hmac
 import secrets
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
+
+# cryptography is imported where a secret is encrypted or decrypted, not here: its native library
+# is ~9 MB in every gateway worker, and this module is loaded at startup (webhooks.services) while
+# only the endpoint routes and the delivery worker touch a secret (issue 17).
 
 SECRET_PREFIX = "whsec_"
 SIGNATURE_HEADER = "Timepoint-Signature"
@@ -43,6 +48,10 @@ def secret_display_prefix(secret: str) -> str:
 
 @lru_cache(maxsize=4)
 def _fernet(key_material: str) -> Fernet:
+    from cryptography.fernet import Fernet
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     derived = HKDF(
         algorithm=hashes.SHA256(),
         length=32,
@@ -57,6 +66,8 @@ def secret_encrypt(secret: str) -> str:
 
 
 def secret_decrypt(token: str) -> str:
+    from cryptography.fernet import InvalidToken
+
     try:
         return _fernet(settings.WEBHOOK_SECRET_KEY).decrypt(token.encode()).decode()
     except InvalidToken:
