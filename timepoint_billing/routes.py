@@ -38,6 +38,10 @@ def _async_view_prefixes(patterns: list[URLPattern | URLResolver], base: str) ->
             # below prefixes its `path()` routes already give.
             continue
         start = base + _literal_start(str(entry.pattern))
+        if isinstance(entry, URLResolver) and isinstance(entry.urlconf_name, str):
+            # An include loaded on first use (timepoint_billing/urls.py `lazily`): it holds no
+            # async view (test_routes checks), and walking it would load it in every worker.
+            continue
         if isinstance(entry, URLResolver):
             found |= _async_view_prefixes(entry.url_patterns, start)
         elif iscoroutinefunction(entry.callback) and start:

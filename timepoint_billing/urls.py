@@ -1,9 +1,21 @@
 from django.contrib import admin
-from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from django.urls import URLResolver, include, path
+from django.urls.resolvers import RoutePattern
 
 from timepoint_billing import admin_site, health, metrics_endpoint
 from timepoint_billing.routes import ADMIN, API_V1, HEALTH, INTERNAL, OIDC, PORTAL
+
+
+def lazily(route: str, module: str, app_name: str | None = None) -> URLResolver:
+    """`path(route, include(module))` that imports the module when a path under it is first
+    resolved or a name in it reversed, instead of when the URL conf loads (Django's resolver
+    imports a urlconf given by name on first use, as it does ROOT_URLCONF). For the areas only
+    people, the portal and sibling services use: a worker that only relays never loads their
+    views, serializers and drf-spectacular's views (~1.5 MB per worker, issue 17). The relay is
+    included eagerly: its async views are found at startup (routes.async_route_prefixes)."""
+    pattern = RoutePattern(route, is_endpoint=False)
+    return URLResolver(pattern, module, app_name=app_name, namespace=app_name)
+
 
 # The areas (API_V1, ADMIN, ...) are declared in timepoint_billing/routes.py, which the middleware
 # and the error handler read too.
@@ -16,19 +28,18 @@ urlpatterns = [
     path("metrics", metrics_endpoint.metrics_view, name="metrics"),
     path(f"{ADMIN}dashboard/", admin_site.dashboard, name="admin-dashboard"),
     path(ADMIN, admin.site.urls),
-    path(PORTAL, include("portal.urls")),
-    path(OIDC, include("mozilla_django_oidc.urls")),
-    path("api/schema", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
-    path("api/redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
-    path(API_V1, include("accounts.urls")),
-    path(API_V1, include("apikeys.urls")),
-    path(API_V1, include("payments.urls")),
-    path(API_V1, include("metering.urls")),
-    path(API_V1, include("webhooks.urls")),
-    path(API_V1, include("alerts.urls")),
+    lazily(PORTAL, "portal.urls", app_name="portal"),
+    lazily(OIDC, "mozilla_django_oidc.urls"),
+    # /api/schema, /api/docs, /api/redoc
+    lazily("api/", "timepoint_billing.schema_urls"),
+    lazily(API_V1, "accounts.urls"),
+    lazily(API_V1, "apikeys.urls"),
+    lazily(API_V1, "payments.urls"),
+    lazily(API_V1, "metering.urls"),
+    lazily(API_V1, "webhooks.urls"),
+    lazily(API_V1, "alerts.urls"),
     # Sibling services only (X-Service-Key); internal/middleware.py decides where it exists.
-    path(INTERNAL, include("internal.urls")),
+    lazily(INTERNAL, "internal.urls"),
 ]
 
 handler400 = "timepoint_billing.errors.handler400"
