@@ -133,7 +133,8 @@ def _freeze_startup_heap(handler: GatewayASGIHandler) -> None:
     counting, so at 700 the collector ran every two or three requests only to find no cycle
     (~300 collections per 5 000 requests, ~60 µs of CPU per request measured with `gc.callbacks`
     in-process; 5 collections at 10 000). What cycles there are wait a little longer: kilobytes."""
-    _ = get_resolver().url_patterns  # the URL conf (every view module), built now to be frozen
+    # The URL conf, built now to be frozen (the relay's views; the other areas load on first use).
+    _ = get_resolver().url_patterns
     _ = handler.lane
     gc.collect()
     gc.freeze()

@@ -76,6 +76,8 @@ def _async_views(
         if not isinstance(entry.pattern, RoutePattern):
             continue
         route = base + str(entry.pattern)
+        if isinstance(entry, URLResolver) and isinstance(entry.urlconf_name, str):
+            continue  # loaded on first use, holds no async view (routes.async_route_prefixes)
         if isinstance(entry, URLResolver):
             found += _async_views(entry.url_patterns, route)
         elif iscoroutinefunction(entry.callback):

@@ -38,7 +38,8 @@ import timepoint_billing.asgi  # what the worker class loads: Django set up, the
 from django.urls import get_resolver, resolve
 from timepoint_billing.routes import async_route_prefixes
 get_resolver().url_patterns  # as the lifespan startup does before freezing the heap
-async_route_prefixes()  # as the first request does
+timepoint_billing.asgi.application.lane  # and the relay's lane (timepoint_billing/relay_lane.py)
+async_route_prefixes()
 resolve("/api/v1/browse")
 print(json.dumps(sorted(set(sys.modules) & set(json.loads(os.environ["PROBE_MODULES"])))))
 """
