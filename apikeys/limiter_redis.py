@@ -61,11 +61,13 @@ def stop_marker(subject: str) -> str:
 
 # KEYS: minute window, day window, lease set, the key's stop marker (`apikeys.key_stops`).
 # ARGV: now_ms, minute limit, day limit, concurrency limit, minute ttl s, day ttl s, lease id,
-#       lease expiry ms.
+#       lease expiry ms, then any lease ids this subject's finished requests release
+#       (`apikeys.lease_releases`: freed first, whatever the verdict).
 # Returns {verdict, minute count, day count, in flight}; verdict 0 admitted, 1 minute, 2 day,
 # 3 concurrency, 4 the key has stopped working. Only an admitted request is counted.
 ACQUIRE_LUA = """
 local now = tonumber(ARGV[1])
+if #ARGV > 8 then redis.call('ZREM', KEYS[3], unpack(ARGV, 9)) end
 local stops = redis.call('GET', KEYS[4])
 if stops and tonumber(stops) <= now then return {4, 0, 0, 0} end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
@@ -353,10 +355,13 @@ def _release_if_admitted(step: Step, call: asyncio.Task[Any]) -> None:
     release.add_done_callback(background.discard)
 
 
-async def acquire_on_redis(step: Step) -> list[Any]:
-    """Run the script; raise `Shed` when the limiter cannot give this request an answer."""
+async def acquire_on_redis(step: Step, releasing: list[str]) -> list[Any]:
+    """Run the script, freeing the subject's leases `releasing` in it; raise `Shed` when the
+    limiter cannot give this request an answer."""
     loop = asyncio.get_running_loop()
-    call = loop.create_task(async_redis().acquire(keys=step.keys(), args=step.args()))
+    args = step.args()
+    args.extend(releasing)
+    call = loop.create_task(async_redis().acquire(keys=step.keys(), args=args))
     watch = _Watch(loop, call)
     try:
         # Shielded: a request cancelled here must not cut the script off mid-reply.

@@ -15,8 +15,10 @@ DRF views use `apikeys.drf.LimitedMeteredApiView` (sync: `acquire_sync` / `Lease
 Who is counted: an API-key caller by its key (each key has its own windows, its tier's limits or
 staff-set overrides); a session/JWT caller by user, with USER_RATE_LIMIT_* settings.
 
-Backends: with REDIS_URL, one Lua script does check-and-take of all three limits in one round trip,
-so every gateway process shares them. Every key it writes has a TTL: windows expire 5 s after their
+Backends: with REDIS_URL, one Lua script does check-and-take of all three limits and the key's
+revocation check in one round trip, so every gateway process shares them; the release of a
+finished request's lease rides along with a later call (`apikeys.lease_releases`), so an async
+request costs Redis one round trip. Every key it writes has a TTL: windows expire 5 s after their
 window ends; the lease set expires with its newest lease, and each lease is a sorted-set member
 scored by its own expiry, so a lease held by a killed worker stops counting after `lease_seconds`
 (default 60 s; `renew()` extends it). Without REDIS_URL the same script runs on an in-process
@@ -56,6 +58,7 @@ from typing import Any
 
 from django.conf import settings
 
+from apikeys import lease_releases
 from apikeys.limiter_redis import (
     REDIS_ERRORS,
     Limits,
@@ -63,7 +66,6 @@ from apikeys.limiter_redis import (
     Step,
     acquire_on_redis,
     async_redis,
-    background,
     in_process,
     open_breaker,
     redis_answered,
@@ -184,24 +186,18 @@ class Lease:
         return f"rl:{{{self.subject}}}:c"
 
     async def release(self) -> None:
-        """Free the slot. Idempotent; a Redis error is logged and the lease expires by TTL."""
+        """Free the slot (on Redis: within milliseconds, see `apikeys.lease_releases`).
+        Idempotent; a Redis error is logged and the lease expires by TTL."""
         if self.released:
             return
         self.released = True
         if self.backend == "local":
             sync_redis().client.zrem(self._lease_key, self.lease_id)
         elif self.backend == "redis":
-            zrem = asyncio.ensure_future(async_redis().client.zrem(self._lease_key, self.lease_id))
-            try:
-                # Shielded: a request cancelled here (the client left) still frees its slot
-                # instead of holding it until the lease's TTL. Bounded: past REDIS_SOCKET_TIMEOUT
-                # the response goes and the release finishes in the background.
-                await asyncio.wait_for(asyncio.shield(zrem), settings.REDIS_SOCKET_TIMEOUT)
-            except TimeoutError:
-                background.add(zrem)
-                zrem.add_done_callback(background.discard)
-            except REDIS_ERRORS as exc:
-                logger.warning({"event": "lease_release_failed", "error": repr(exc)})
+            # No round trip of its own: carried by this subject's next acquire on this loop or
+            # flushed within milliseconds (`apikeys.lease_releases`). Nothing awaited, so a
+            # request cancelled here (the client left) cannot lose its release.
+            lease_releases.later(self._lease_key, self.lease_id)
 
     def release_sync(self) -> None:
         if self.released:
@@ -347,13 +343,19 @@ async def acquire(
         return _acquire_in_process(step, route)
     if not redis_available():
         return _fail(step, route, spends_credits)
+    lease_key = step.keys()[2]
+    releasing = lease_releases.take(lease_key)
     try:
-        result = await acquire_on_redis(step)
-    except Shed as shed:
-        return _shed(shed, step, route, spends_credits)
-    except REDIS_ERRORS as exc:
-        redis_failed(exc, step)
-        return _fail(step, route, spends_credits)
+        result = await acquire_on_redis(step, releasing)
+    except BaseException as exc:
+        # The script may not have run: the releases it carried go out with the next flush.
+        lease_releases.put_back(lease_key, releasing)
+        if isinstance(exc, Shed):
+            return _shed(exc, step, route, spends_credits)
+        if isinstance(exc, REDIS_ERRORS):
+            redis_failed(exc, step)
+            return _fail(step, route, spends_credits)
+        raise
     redis_answered()
     return _decide(step, result, route, "redis")
 

@@ -81,9 +81,9 @@ class RelayCall:
         )
 
     async def finish(self) -> None:
-        """Write the usage record, then release the rate-limit lease (both idempotent). The
-        record first: it does no I/O, while the release awaits Redis and may be cancelled (the
-        client went away), which must not cost the record."""
+        """Write the usage record, then release the rate-limit lease (both idempotent; neither
+        waits for I/O: the release is queued and reaches Redis with a later call, see
+        `apikeys.lease_releases`)."""
         self.record()
         if self.lease is not None:
             await self.lease.release()

@@ -16,10 +16,11 @@ import pytest
 from django.conf import settings as django_settings
 from django.test import Client
 
-from apikeys import limiter_redis, limits
+from apikeys import lease_releases, limiter_redis, limits
+from apikeys.key_stops import key_stops_at
 from apikeys.lookup import caller_from_api_key
 from timepoint_billing.callers import Caller
-from timepoint_billing.errors import RateLimited, ServiceUnavailable
+from timepoint_billing.errors import RateLimited, ServiceUnavailable, Unauthenticated
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,7 +168,8 @@ django.setup()
 from timepoint_billing.callers import Caller
 from accounts.models import User
 from apikeys.models import APIKey
-from apikeys import limiter_redis, limits
+from apikeys import lease_releases, limiter_redis, limits
+from apikeys.key_stops import key_stops_at
 user = User(pk=int(sys.argv[1]))
 key = APIKey(pk=int(sys.argv[2]), user=user, tier="free")
 caller = Caller(user=user, kind="api_key", tier="free", api_key=key)
@@ -236,3 +238,65 @@ def test_a_full_redis_pool_waits_instead_of_failing_open(
     leases = asyncio.run(burst())
     assert {lease.backend for lease in leases} == {"redis"}
     assert leases[-1].headers and limiter_redis.redis_available()
+
+
+# --- Releases without a round trip of their own (apikeys.lease_releases, issue 17)
+
+
+def _held(caller: Caller) -> int:
+    """Leases Redis counts for the caller now."""
+    return int(limiter_redis.sync_redis().client.zcard(f"rl:{{k{caller.api_key.pk}}}:c"))  # type: ignore[union-attr]
+
+
+@needs_redis
+def test_a_release_rides_with_the_next_acquire_of_its_subject(user: Any, make_key: Any) -> None:
+    caller = _caller(make_key, user)  # free: 1 concurrent
+
+    async def scenario() -> None:
+        for _ in range(3):
+            lease = await limits.acquire(caller, route="/r", spends_credits=False)
+            await lease.release()
+            # Queued, not sent: this loop has not run since (no round trip awaited).
+            assert _held(caller) == 1
+        # The next acquire's script frees the queued slot before it counts: admitted.
+        lease = await limits.acquire(caller, route="/r", spends_credits=False)
+        assert _held(caller) == 1 and lease.headers
+        await lease.release()
+        await lease_releases.flush()
+        assert _held(caller) == 0
+
+    asyncio.run(scenario())
+
+
+@needs_redis
+def test_a_queued_release_reaches_redis_without_another_request(user: Any, make_key: Any) -> None:
+    caller = _caller(make_key, user, concurrency_limit=5)
+
+    async def scenario() -> None:
+        leases = [await limits.acquire(caller, route="/r", spends_credits=False) for _ in range(3)]
+        for lease in leases:
+            await lease.release()
+        deadline = time.monotonic() + 5
+        while _held(caller):
+            assert time.monotonic() < deadline, "the queued releases were never sent"
+            await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
+
+
+@needs_redis
+def test_a_refused_acquire_still_frees_what_it_carried(user: Any, make_key: Any) -> None:
+    """A key revoked between two requests: the second is refused (401), and the first one's slot,
+    which the refused script carried, is free all the same."""
+    key, raw = make_key(user)
+    caller = caller_from_api_key(raw)
+
+    async def scenario() -> None:
+        lease = await limits.acquire(caller, route="/r", spends_credits=False)
+        await lease.release()
+        key_stops_at(key_id=key.pk, moment=time.time() - 1)
+        with pytest.raises(Unauthenticated):
+            await limits.acquire(caller, route="/r", spends_credits=False)
+        assert _held(caller) == 0
+
+    asyncio.run(scenario())
