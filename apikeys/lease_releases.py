@@ -10,11 +10,17 @@ one of two ways:
 - flushed: whatever is still queued RELEASE_DELAY_SECONDS after the first release queued goes in
   one pipeline from a background task (other subjects, or a quiet loop).
 
-A request that is being cancelled (its client left) flushes at once: the client may retry on
-another worker, which must see the slot free. A slot held a few milliseconds longer only makes
-the limiter stricter, never looser. A release is never dropped by this queue: one an acquire
-took and whose script failed goes back in the queue; a flush that Redis refuses is logged and
-the lease ends by its TTL, as a lease of a killed worker does.
+Two releases are not deferred: a request that is being cancelled (its client left) flushes at
+once, as the client may retry on another worker; and a lease that took its subject's last slot
+(every request of a free key, 1 concurrent) is freed before its answer leaves, as before
+(`limits.Lease.release`), so a client that waits for each answer is never refused for a slot
+still queued here. Otherwise a slot held a few milliseconds longer only makes the limiter
+stricter, never looser: a subject at its concurrency limit may be refused up to
+RELEASE_DELAY_SECONDS sooner than it would have been.
+
+A release is never dropped by this queue: one an acquire took and whose script failed goes back
+in the queue; a flush that Redis refuses is logged and the lease ends by its TTL, as a lease of
+a killed worker does.
 """
 
 from __future__ import annotations

@@ -66,6 +66,7 @@ from apikeys.limiter_redis import (
     Step,
     acquire_on_redis,
     async_redis,
+    background,
     in_process,
     open_breaker,
     redis_answered,
@@ -180,6 +181,9 @@ class Lease:
     # The windows' counts after this request was counted (None when the limiter failed open).
     minute_used: int | None = None
     day_used: int | None = None
+    # This request took its subject's last concurrency slot: until Redis frees it, the subject's
+    # next request is refused, so its release is sent before the answer leaves (see `release`).
+    took_last_slot: bool = False
 
     @property
     def _lease_key(self) -> str:
@@ -193,11 +197,26 @@ class Lease:
         self.released = True
         if self.backend == "local":
             sync_redis().client.zrem(self._lease_key, self.lease_id)
-        elif self.backend == "redis":
+        elif self.backend == "redis" and not self.took_last_slot:
             # No round trip of its own: carried by this subject's next acquire on this loop or
             # flushed within milliseconds (`apikeys.lease_releases`). Nothing awaited, so a
             # request cancelled here (the client left) cannot lose its release.
             lease_releases.later(self._lease_key, self.lease_id)
+        elif self.backend == "redis":
+            # The subject's last slot (a free key's only one): freed before the answer leaves,
+            # so a client that waits for each answer is never refused for a slot still queued
+            # on this worker while its next request reaches another.
+            zrem = asyncio.ensure_future(async_redis().client.zrem(self._lease_key, self.lease_id))
+            try:
+                # Shielded: a request cancelled here (the client left) still frees its slot
+                # instead of holding it until the lease's TTL. Bounded: past REDIS_SOCKET_TIMEOUT
+                # the response goes and the release finishes in the background.
+                await asyncio.wait_for(asyncio.shield(zrem), settings.REDIS_SOCKET_TIMEOUT)
+            except TimeoutError:
+                background.add(zrem)
+                zrem.add_done_callback(background.discard)
+            except REDIS_ERRORS as exc:
+                logger.warning({"event": "lease_release_failed", "error": repr(exc)})
 
     def release_sync(self) -> None:
         if self.released:
@@ -310,6 +329,7 @@ def _decide(step: Step, result: list[Any], route: str, backend: str) -> Lease:
         backend=backend,
         minute_used=minute,
         day_used=day,
+        took_last_slot=int(result[3]) >= step.limits.concurrency,
     )
 
 

@@ -250,20 +250,34 @@ def _held(caller: Caller) -> int:
 
 @needs_redis
 def test_a_release_rides_with_the_next_acquire_of_its_subject(user: Any, make_key: Any) -> None:
-    caller = _caller(make_key, user)  # free: 1 concurrent
+    caller = _caller(make_key, user, concurrency_limit=2)
+
+    async def scenario() -> None:
+        for _ in range(4):
+            lease = await limits.acquire(caller, route="/r", spends_credits=False)
+            assert not lease.took_last_slot
+            await lease.release()
+            # Queued, not sent: this loop has not run since (no round trip awaited). The next
+            # acquire's script frees it before counting, so one slot is held at a time.
+            assert _held(caller) == 1
+        await lease_releases.flush()
+        assert _held(caller) == 0
+
+    asyncio.run(scenario())
+
+
+@needs_redis
+def test_the_last_slot_is_free_before_the_answer_leaves(user: Any, make_key: Any) -> None:
+    """A free key (1 concurrent) whose client waits for each answer, then asks again, maybe
+    through another worker: its slot is free in Redis when `release` returns."""
+    caller = _caller(make_key, user)
 
     async def scenario() -> None:
         for _ in range(3):
             lease = await limits.acquire(caller, route="/r", spends_credits=False)
+            assert lease.took_last_slot
             await lease.release()
-            # Queued, not sent: this loop has not run since (no round trip awaited).
-            assert _held(caller) == 1
-        # The next acquire's script frees the queued slot before it counts: admitted.
-        lease = await limits.acquire(caller, route="/r", spends_credits=False)
-        assert _held(caller) == 1 and lease.headers
-        await lease.release()
-        await lease_releases.flush()
-        assert _held(caller) == 0
+            assert _held(caller) == 0
 
     asyncio.run(scenario())
 
@@ -288,12 +302,13 @@ def test_a_queued_release_reaches_redis_without_another_request(user: Any, make_
 def test_a_refused_acquire_still_frees_what_it_carried(user: Any, make_key: Any) -> None:
     """A key revoked between two requests: the second is refused (401), and the first one's slot,
     which the refused script carried, is free all the same."""
-    key, raw = make_key(user)
+    key, raw = make_key(user, concurrency_limit=2)
     caller = caller_from_api_key(raw)
 
     async def scenario() -> None:
         lease = await limits.acquire(caller, route="/r", spends_credits=False)
         await lease.release()
+        assert _held(caller) == 1  # queued
         key_stops_at(key_id=key.pk, moment=time.time() - 1)
         with pytest.raises(Unauthenticated):
             await limits.acquire(caller, route="/r", spends_credits=False)
