@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from timepoint_billing import json_codec
+
 
 class EventSplitter:
     """Feed chunks as they arrive; get back each complete event's lines (LF-terminated lines
@@ -71,7 +73,7 @@ def event_data(block: bytes) -> Any:
     if not lines:
         return None
     try:
-        return json.loads(b"\n".join(line.removeprefix(b" ") for line in lines))
+        return json_codec.loads(b"\n".join(line.removeprefix(b" ") for line in lines))
     except ValueError:
         return None
 

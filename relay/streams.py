@@ -194,8 +194,9 @@ async def generation_stream(
                 ended = "upstream_closed"
                 # Flash closed the stream: an event it did not follow with an empty line is
                 # still its last word (often `done`), to pass on and settle by.
-                for event in await passed_on(events.close()):
-                    yield event
+                last_words = await passed_on(events.close())
+                if last_words:
+                    yield b"".join(last_words)
                 if outcome is None:
                     yield _sse_event(
                         "error",
@@ -212,8 +213,11 @@ async def generation_stream(
                         _outcome_unknown_data(generation),
                     )
                 break
-            for event in await passed_on(events.feed(chunk)):
-                yield event
+            # The events one chunk completed go out as one body message: one ASGI send and one
+            # socket write instead of one per event (issue 17), none of them held back.
+            completed = await passed_on(events.feed(chunk))
+            if completed:
+                yield b"".join(completed)
     finally:
         if pending is not None:
             pending.cancel()
