@@ -51,6 +51,7 @@ from metering.services import usage_credits_set
 from payments.models import GrantSource
 from payments.services import grant_create
 from relay.models import ForwardedGeneration, Outcome, OutcomeState
+from timepoint_billing.db import row_insert
 from timepoint_billing.errors import ApiError, UpstreamTimeout
 from upstreams.http import PoolTimeout
 
@@ -109,20 +110,18 @@ def forwarded_record(
     """Commit the record of a generation about to be forwarded (before the call); a record
     already there for `request_id` is kept as it is."""
     # One INSERT … ON CONFLICT DO NOTHING in autocommit, not get_or_create's SELECT and
-    # BEGIN/INSERT/COMMIT: every generation pays this before Flash is called (issue 17).
-    ForwardedGeneration.objects.bulk_create(
-        [
-            ForwardedGeneration(
-                request_id=request_id,
-                user=user,
-                flash_user_id=flash_user_id,
-                route=route,
-                query=query,
-                preset=preset,
-                cost=cost,
-            )
-        ],
+    # BEGIN/INSERT/COMMIT, and without the ORM's query compilation: every generation pays this
+    # before Flash is called (issue 17).
+    row_insert(
+        ForwardedGeneration,
         ignore_conflicts=True,
+        request_id=request_id,
+        user_id=user.pk,
+        flash_user_id=flash_user_id,
+        route=route,
+        query=query,
+        preset=preset,
+        cost=cost,
     )
 
 

@@ -31,7 +31,7 @@ from relay.models import StreamedTimepoint, Visibility
 from relay.paths import FLASH_TIMEPOINT_ID
 from relay.services import flash_user_ensure
 from timepoint_billing.callers import Caller
-from timepoint_billing.db import run_db
+from timepoint_billing.db import row_insert, run_db
 from timepoint_billing.errors import ApiError, NotFound, UpstreamError
 from upstreams import flash
 from upstreams.http import UpstreamResponse
@@ -121,23 +121,21 @@ def streamed_record(
     already there is kept as it is)."""
     location = done.get("location")
     # One INSERT … ON CONFLICT DO NOTHING in autocommit, not get_or_create's SELECT and
-    # BEGIN/INSERT/COMMIT: every streamed generation waits for it before its `done` (issue 17).
-    StreamedTimepoint.objects.bulk_create(
-        [
-            StreamedTimepoint(
-                timepoint_id=str(done["timepoint_id"]).lower(),
-                user_id=user_id,
-                visibility=visibility,
-                query=query[:500],
-                slug=str(done.get("slug") or "")[:255],
-                status=str(done.get("status") or "completed")[:16],
-                year=_int_or_none(done.get("year")),
-                location=location[:255] if isinstance(location, str) else None,
-                has_image=done.get("has_image") is True,
-                request_id=request_id[:64],
-            )
-        ],
+    # BEGIN/INSERT/COMMIT, and without the ORM's query compilation: every streamed generation
+    # waits for it before its `done` (issue 17).
+    row_insert(
+        StreamedTimepoint,
         ignore_conflicts=True,
+        timepoint_id=str(done["timepoint_id"]).lower(),
+        user_id=user_id,
+        visibility=visibility,
+        query=query[:500],
+        slug=str(done.get("slug") or "")[:255],
+        status=str(done.get("status") or "completed")[:16],
+        year=_int_or_none(done.get("year")),
+        location=location[:255] if isinstance(location, str) else None,
+        has_image=done.get("has_image") is True,
+        request_id=request_id[:64],
     )
 
 
