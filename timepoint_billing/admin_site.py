@@ -64,6 +64,7 @@ def dashboard_context(*, days: int = DASHBOARD_DAYS) -> dict[str, Any]:
 
 
 def dashboard_view(request: HttpRequest) -> HttpResponse:
+    admin.autodiscover()  # the admin's app list (timepoint_billing/admin_apps.py)
     context = {
         **admin.site.each_context(request),
         "title": "Billing dashboard",

@@ -38,7 +38,7 @@ from django.utils.log import log_response
 from internal.middleware import separation_answer
 from timepoint_billing.errors import exception_to_response
 from timepoint_billing.middleware import request_finish, request_start
-from timepoint_billing.routes import async_route_prefixes
+from timepoint_billing.routes import LazyURLResolver, async_route_prefixes
 
 # The stack the lane reproduces (settings.MIDDLEWARE). Sessions, CSRF, authentication and
 # messages skip the JSON API (`BrowserOnlyMixin`); WhiteNoise answers only under STATIC_URL; axes
@@ -76,8 +76,8 @@ def _async_views(
         if not isinstance(entry.pattern, RoutePattern):
             continue
         route = base + str(entry.pattern)
-        if isinstance(entry, URLResolver) and isinstance(entry.urlconf_name, str):
-            continue  # loaded on first use, holds no async view (routes.async_route_prefixes)
+        if isinstance(entry, LazyURLResolver):
+            continue  # loaded on first use, holds no async view
         if isinstance(entry, URLResolver):
             found += _async_views(entry.url_patterns, route)
         elif iscoroutinefunction(entry.callback):

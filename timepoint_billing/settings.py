@@ -70,9 +70,12 @@ RAILWAY_HEALTHCHECK_HOST = env_str("RAILWAY_HEALTHCHECK_HOST", "healthcheck.rail
 if IS_PRODUCTION and RAILWAY_HEALTHCHECK_HOST and RAILWAY_HEALTHCHECK_HOST not in ALLOWED_HOSTS:
     ALLOWED_HOSTS.append(RAILWAY_HEALTHCHECK_HOST)
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# Set by asgi.py/wsgi.py before the settings load: a process that serves HTTP, not `manage.py`.
+WEB_PROCESS = env_bool("GATEWAY_WEB_PROCESS", False)
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # django.contrib.admin; a web process imports the apps' admin modules on first use.
+    "timepoint_billing.admin_apps.GatewayAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -170,7 +173,7 @@ else:
     # and the request gets 503 `database_timeout` instead of holding a worker. Only in the web
     # processes (asgi.py/wsgi.py set GATEWAY_WEB_PROCESS before settings load): `migrate` and
     # the worker's batch work are not cut short.
-    if env_bool("GATEWAY_WEB_PROCESS", False):
+    if WEB_PROCESS:
         DATABASES["default"]["OPTIONS"]["options"] = (
             f"-c statement_timeout={env_int('DB_STATEMENT_TIMEOUT_MS', 30_000)} "
             f"-c lock_timeout={env_int('DB_LOCK_TIMEOUT_MS', 5_000)}"

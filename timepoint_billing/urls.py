@@ -1,12 +1,13 @@
 from django.contrib import admin
-from django.urls import URLResolver, include, path
+from django.urls import include, path
 from django.urls.resolvers import RoutePattern
 
 from timepoint_billing import admin_site, health, metrics_endpoint
-from timepoint_billing.routes import ADMIN, API_V1, HEALTH, INTERNAL, OIDC, PORTAL
+from timepoint_billing.admin_apps import AdminUrls
+from timepoint_billing.routes import ADMIN, API_V1, HEALTH, INTERNAL, OIDC, PORTAL, LazyURLResolver
 
 
-def lazily(route: str, module: str, app_name: str | None = None) -> URLResolver:
+def lazily(route: str, module: str | AdminUrls, app_name: str | None = None) -> LazyURLResolver:
     """`path(route, include(module))` that imports the module when a path under it is first
     resolved or a name in it reversed, instead of when the URL conf loads (Django's resolver
     imports a urlconf given by name on first use, as it does ROOT_URLCONF). For the areas only
@@ -14,7 +15,7 @@ def lazily(route: str, module: str, app_name: str | None = None) -> URLResolver:
     views, serializers and drf-spectacular's views (~1.5 MB per worker, issue 17). The relay is
     included eagerly: its async views are found at startup (routes.async_route_prefixes)."""
     pattern = RoutePattern(route, is_endpoint=False)
-    return URLResolver(pattern, module, app_name=app_name, namespace=app_name)
+    return LazyURLResolver(pattern, module, app_name=app_name, namespace=app_name)
 
 
 # The areas (API_V1, ADMIN, ...) are declared in timepoint_billing/routes.py, which the middleware
@@ -27,7 +28,7 @@ urlpatterns = [
     path(f"{HEALTH}/ready", health.health_ready, name="health-ready"),
     path("metrics", metrics_endpoint.metrics_view, name="metrics"),
     path(f"{ADMIN}dashboard/", admin_site.dashboard, name="admin-dashboard"),
-    path(ADMIN, admin.site.urls),
+    lazily(ADMIN, AdminUrls(), app_name=admin.site.name),
     lazily(PORTAL, "portal.urls", app_name="portal"),
     lazily(OIDC, "mozilla_django_oidc.urls"),
     # /api/schema, /api/docs, /api/redoc

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 from asgiref.sync import iscoroutinefunction
 from django.urls import URLPattern, URLResolver, get_resolver
@@ -30,6 +31,9 @@ LOADED_ON_FIRST_USE = [
     "internal.api",  # the internal API
     "drf_spectacular.views",  # /api/schema, /api/docs, /api/redoc
     "mozilla_django_oidc.views",  # the browser sign-in
+    "accounts.admin",  # the admin (timepoint_billing/admin_apps.py)
+    "payments.admin",
+    "djstripe.admin",
 ]
 
 _PROBE = """
@@ -41,23 +45,35 @@ get_resolver().url_patterns  # as the lifespan startup does before freezing the 
 timepoint_billing.asgi.application.lane  # and the relay's lane (timepoint_billing/relay_lane.py)
 async_route_prefixes()
 resolve("/api/v1/browse")
-print(json.dumps(sorted(set(sys.modules) & set(json.loads(os.environ["PROBE_MODULES"])))))
+loaded = sorted(set(sys.modules) & set(json.loads(os.environ["PROBE_MODULES"])))
+from django.contrib import admin
+from django.urls import reverse
+before = len(admin.site._registry)
+resolve("/admin/")  # the admin's first use: every app's ModelAdmins registered
+changelist = reverse("admin:apikeys_apikey_changelist")
+print(json.dumps({"loaded": loaded, "admin": [before, len(admin.site._registry), changelist]}))
 """
 
 
-def _loaded_at_start(names: list[str]) -> list[str]:
+def _worker_probe(names: list[str]) -> dict[str, Any]:
     env = dict(os.environ, PROBE_MODULES=json.dumps(names))
     env.pop("DJANGO_SETTINGS_MODULE", None)  # asgi.py sets it, as in production
     answer = subprocess.run(
         [sys.executable, "-c", _PROBE], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert answer.returncode == 0, answer.stderr
-    return list(json.loads(answer.stdout.strip().splitlines()[-1]))
+    return dict(json.loads(answer.stdout.strip().splitlines()[-1]))
 
 
 def test_a_worker_starts_without_what_only_other_routes_use() -> None:
     names = LOADED_ON_FIRST_USE + (["fakeredis"] if os.environ.get("REDIS_URL") else [])
-    assert _loaded_at_start(names) == []
+    probe = _worker_probe(names)
+    assert probe["loaded"] == []
+    # The admin, discovered on first use: nothing registered before, every app's models after.
+    registered_before, registered_after, changelist = probe["admin"]
+    assert registered_before == 0
+    assert registered_after > 20
+    assert changelist == "/admin/apikeys/apikey/"
 
 
 def _async_views(patterns: list[URLPattern | URLResolver], base: str) -> list[str]:
