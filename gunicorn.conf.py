@@ -25,6 +25,13 @@ bind = [f"0.0.0.0:{os.environ.get('PORT', '8000')}"]
 if os.environ.get("INTERNAL_API_PORT", "").strip() not in ("", "0"):
     bind.append(f"[::]:{os.environ['INTERNAL_API_PORT'].strip()}")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# Each worker listens on a socket of its own (SO_REUSEPORT; gunicorn >= 21 binds them in the
+# workers), and the kernel spreads new connections evenly over them by their addresses. On one
+# shared socket the worker that happened to be awake took most of a burst of new connections
+# (42 of wrk's 64 against 22): it answered at twice the other's latency while that one idled, the
+# p99 at 64 connections and the throughput paid for it (issue 17). The cost: connections still in
+# a worker's accept queue when that worker dies are reset instead of being taken by another.
+reuse_port = True
 graceful_timeout = 30
 timeout = 420  # a generation may take UPSTREAM_GENERATE_TIMEOUT (320 s) and then some
 keepalive = 75  # above the load balancer's idle timeout, so the proxy closes first
