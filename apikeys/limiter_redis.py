@@ -36,6 +36,7 @@ from django.core.cache import cache
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from apikeys import script_batches
 from timepoint_billing import async_cache
 
 logger = logging.getLogger("timepoint.limiter")
@@ -301,7 +302,7 @@ class _Watch:
     REDIS_SOCKET_TIMEOUT it asks `_probe`; a failed PING cancels the call ("down"), otherwise the
     call may run until LIMITER_WAIT_SECONDS ("busy")."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, call: asyncio.Task[Any]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, call: asyncio.Future[Any]) -> None:
         self.loop = loop
         self.call = call
         self.reason: str | None = None
@@ -342,7 +343,7 @@ class Shed(Exception):
 background: set[asyncio.Future[Any]] = set()
 
 
-def _release_if_admitted(step: Step, call: asyncio.Task[Any]) -> None:
+def _release_if_admitted(step: Step, call: asyncio.Future[Any]) -> None:
     """The request was cancelled (the client left) while its script ran: if the script admitted
     it, free the slot now rather than after the lease's TTL."""
     if call.cancelled() or call.exception() is not None or int(call.result()[0]) != 0:
@@ -361,7 +362,8 @@ async def acquire_on_redis(step: Step, releasing: list[str]) -> list[Any]:
     loop = asyncio.get_running_loop()
     args = step.args()
     args.extend(releasing)
-    call = loop.create_task(async_redis().acquire(keys=step.keys(), args=args))
+    client = async_redis()
+    call = script_batches.batched(client.client, client.acquire, step.keys(), args)
     watch = _Watch(loop, call)
     try:
         # Shielded: a request cancelled here must not cut the script off mid-reply.

@@ -283,6 +283,7 @@ class GatewayASGIHandler(ASGIHandler):
         request and before that."""
         # Not at the top: the gunicorn worker class (timepoint_billing/server.py) imports this
         # module before Django is set up, when no app's models can be imported yet.
+        from apikeys import lease_releases
         from metering.services import usage_flush_at_shutdown
         from upstreams.clockchain import CLOCKCHAIN
         from upstreams.flash import FLASH
@@ -295,6 +296,9 @@ class GatewayASGIHandler(ASGIHandler):
             elif message["type"] == "lifespan.shutdown":
                 try:
                     await asyncio.to_thread(usage_flush_at_shutdown)
+                    # Leases released in the last milliseconds (queued, apikeys.lease_releases):
+                    # freed now rather than by their TTL.
+                    await lease_releases.flush()
                     await FLASH.aclose()
                     await CLOCKCHAIN.aclose()
                 finally:
