@@ -51,6 +51,48 @@ REQUEST_TIMEOUT = _error(
 )
 
 
+class HeadWithBody:
+    """The transport as one request's `RequestResponseCycle` sees it: the response head is held
+    back and written with the body's first part, one `send()` and one TCP segment where uvicorn
+    wrote two (a system call, a loopback delivery and often a wake-up of the client each; issue
+    17). A head with no body part in the same turn of the event loop (a stream waiting for its
+    first event) goes out on the next turn. Everything else is the protocol's transport."""
+
+    __slots__ = ("cycle", "head", "held", "loop", "transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self.loop = loop
+        self.cycle: Any = None
+        self.head: bytes | None = None
+        self.held = False
+
+    def write(self, data: bytes) -> None:
+        if not self.held and self.cycle is not None and self.cycle.response_started:
+            # The first write once the response has started is its head (uvicorn sets
+            # `response_started` and then writes it; a `100 Continue` is written before).
+            self.held = True
+            self.head = data
+            self.loop.call_soon(self.flush)
+            return
+        if self.head is not None:
+            data, self.head = self.head + data, None
+        self.transport.write(data)
+
+    def flush(self) -> None:
+        if self.head is not None:
+            head, self.head = self.head, None
+            if not self.transport.is_closing():
+                self.transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -95,6 +137,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # Before the cycle starts: its scope is this dict (asgi_handler.DisconnectWatch).
         self.scope[DISCONNECT_WATCH] = DisconnectWatch()  # type: ignore[literal-required]
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.transport is self.transport:  # the cycle just made
+            writer = HeadWithBody(self.transport, self.loop)
+            writer.cycle = cycle
+            cycle.transport = writer  # type: ignore[assignment]
 
     def send_400_response(self, msg: str) -> None:
         self._disarm_header_timer()
