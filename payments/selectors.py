@@ -66,6 +66,18 @@ def plan_label(key: str) -> str:
     return terms.name if terms is not None and terms.name else key
 
 
+def item_labels(keys: set[str]) -> dict[str, str]:
+    """The name a person reads for each catalogue key (a plan's or a pack's), from its newest
+    named price; a key the catalogue never named reads as itself."""
+    labels: dict[str, str] = {}
+    items = CatalogueItem.objects.filter(key__in=keys).exclude(name="")
+    for item in items.order_by("-current", "-price_created"):
+        labels.setdefault(item.key, item.name)
+    if FREE_PLAN in keys:
+        labels.setdefault(FREE_PLAN, FREE_TERMS.name)
+    return {key: labels.get(key, key) for key in keys}
+
+
 def _on_sale(kind: str) -> list[CatalogueItem]:
     items = CatalogueItem.objects.filter(kind=kind, current=True, active=True, visible=True)
     return [item for item in items.filter(problems=[]).order_by("display_order", "unit_amount")]
@@ -207,7 +219,7 @@ def subscription_list_for_user(*, user: User) -> list[dict[str, Any]]:
                 "status": data.get("status", ""),
                 "plan": subscription_plan(str(subscription.id), data),
                 "cancel_at_period_end": bool(data.get("cancel_at_period_end")),
-                "current_period_end": data.get("current_period_end") or _item_period_end(data),
+                "current_period_end": data.get("current_period_end") or item_period_end(data),
             }
         )
     mirrored = {row["id"] for row in result}
@@ -227,7 +239,7 @@ def subscription_list_for_user(*, user: User) -> list[dict[str, Any]]:
     return result
 
 
-def _item_period_end(data: dict[str, Any]) -> Any:
+def item_period_end(data: dict[str, Any]) -> Any:
     items = (data.get("items") or {}).get("data") or []
     return items[0].get("current_period_end") if items else None
 

@@ -238,9 +238,16 @@ class BillingPage(PortalPage):
             subscription=subscription,
             plan_label=billing_selectors.plan_label(user.plan),
             subscriptions=billing_selectors.subscription_list_for_user(user=user),
-            payments=billing_selectors.payment_list_for_user(user=user, limit=10),
+            payments=_payments_with_labels(user),
             auto_recharge=billing_selectors.auto_recharge_status(user=user, recent=5),
         )
+
+
+def _payments_with_labels(user: Any) -> list[tuple[Any, str]]:
+    """The latest payments, each with the name of what was bought (`api_pro` reads "API Pro")."""
+    payments = list(billing_selectors.payment_list_for_user(user=user, limit=10))
+    labels = billing_selectors.item_labels({payment.product for payment in payments})
+    return [(payment, labels.get(payment.product, payment.product)) for payment in payments]
 
 
 def _plan_offers(subscription: dict[str, Any] | None) -> list[dict[str, Any]]:

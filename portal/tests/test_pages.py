@@ -185,6 +185,27 @@ def test_billing_shows_flash_balance_and_history(
 
 
 @pytest.mark.django_db
+def test_billing_names_what_each_payment_bought(
+    portal_client: Client, user: Any, flash_peer: Any, catalogue: Any
+) -> None:
+    from payments.models import Payment
+
+    Payment.objects.create(
+        provider="stripe", reference="in_1", user=user, product="api_pro", amount_cents=4900,
+        currency="usd",
+    )  # fmt: skip
+    Payment.objects.create(
+        provider="stripe", reference="cs_1", user=user, product="gone_pack", amount_cents=500,
+        currency="usd",
+    )  # fmt: skip
+    page = portal_client.get("/portal/billing/").content.decode()
+    payments = page.split("<h2>Payments</h2>", 1)[1]
+    assert '<td data-label="Item">API Pro</td>' in payments
+    # A key the catalogue never named reads as itself.
+    assert '<td data-label="Item">gone_pack</td>' in payments
+
+
+@pytest.mark.django_db
 def test_billing_page_survives_flash_being_down(
     portal_client: Client, user: Any, settings: Any
 ) -> None:
