@@ -12,7 +12,7 @@ again once that row is committed, so a budget set meanwhile is never passed (see
 The relay calls these around its credit reservation (`relay.services.generation_admit`): the budget
 hold first, then the balance check and the credit reservation; when those refuse, the budget hold is
 dropped again, so both holds stand or fall together. The generation's outcome is settled in one
-place, `relay.refunds._settle` (Flash's answer or, when it was lost, the reconcile worker): it
+place, `relay.refunds.settle_record` (Flash's answer or, when it was lost, the reconcile worker): it
 settles the row with what Flash charged and, where it pays a refund, gives the amount back to the
 month, in the same transaction and once per generation. A lost answer leaves the hold counted
 until the worker settles it.

@@ -9,7 +9,7 @@ from djstripe.models import Customer, Invoice, Subscription
 
 from accounts.models import User
 from payments.models import AppleNotification, CreditGrant, Payment, PaymentProvider
-from payments.selectors import _item_period_end, subscription_plan
+from payments.selectors import item_period_end, subscription_plan
 
 
 def _iso(value: Any) -> Any:
@@ -44,7 +44,7 @@ def stripe_export(*, user: User) -> dict[str, Any]:
                     (subscription.stripe_data or {}).get("cancel_at_period_end")
                 ),
                 "current_period_end": (subscription.stripe_data or {}).get("current_period_end")
-                or _item_period_end(subscription.stripe_data or {}),
+                or item_period_end(subscription.stripe_data or {}),
                 "created": _iso(subscription.created),
             }
             for subscription in subscriptions

@@ -8,7 +8,7 @@ from typing import Any
 
 from relay.models import StreamedTimepoint
 from relay.services import flash_user_ensure
-from relay.timepoints import _flash_ok
+from relay.timepoints import flash_ok
 from timepoint_billing.callers import Caller
 from timepoint_billing.db import run_db
 from timepoint_billing.errors import BadRequest, UpstreamError
@@ -61,7 +61,7 @@ async def _flash_list(
     params: dict[str, Any] = {"page": page, "page_size": page_size}
     if status:
         params["status"] = status
-    body = _flash_ok(
+    body = flash_ok(
         await flash.acall("GET", "/api/v1/users/me/timepoints", user_id=user_id, params=params)
     )
     if not isinstance(body, dict) or not isinstance(body.get("items"), list):

@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from relay.models import ForwardedGeneration, Outcome, OutcomeState
-from relay.refunds import _settle
+from relay.refunds import settle_record
 from timepoint_billing.errors import ApiError, UpstreamError
 from upstreams import flash
 
@@ -240,7 +240,7 @@ def generation_reconcile(record_id: int) -> ForwardedGeneration | None:
             if locked is None:  # the lease ran out and another worker took it over
                 logger.error({"event": "generation_claim_lost", "request_id": record.request_id})
                 return None
-            return _settle(
+            return settle_record(
                 locked,
                 outcome=verdict.outcome,
                 timepoint_id=verdict.timepoint_id,

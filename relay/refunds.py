@@ -52,7 +52,7 @@ from payments.models import GrantSource
 from payments.services import grant_create
 from relay.models import ForwardedGeneration, Outcome, OutcomeState
 from timepoint_billing.db import row_insert
-from timepoint_billing.errors import ApiError, UpstreamTimeout
+from timepoint_billing.errors import ApiError
 from upstreams.http import PoolTimeout
 
 logger = logging.getLogger("timepoint.relay")
@@ -157,7 +157,7 @@ def _timepoint_taken(record: ForwardedGeneration, timepoint_id: str | None) -> b
     )
 
 
-def _settle(
+def settle_record(
     record: ForwardedGeneration,
     *,
     outcome: str,
@@ -243,7 +243,7 @@ def forwarded_settle(
             return record
         charged = record.cost if outcome in (Outcome.COMPLETED, Outcome.ABANDONED) else 0
         refund = record.cost if outcome == Outcome.FAILED else 0
-        return _settle(
+        return settle_record(
             record,
             outcome=outcome,
             timepoint_id=timepoint_id,
@@ -271,7 +271,3 @@ def forwarded_unknown(*, request_id: str, error: str) -> None:
     logger.warning(
         {"event": "generation_outcome_unknown", "request_id": request_id, "error": error}
     )
-
-
-def timed_out(exc: BaseException) -> bool:
-    return isinstance(exc, UpstreamTimeout)

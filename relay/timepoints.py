@@ -67,7 +67,7 @@ def access_error(response: UpstreamResponse) -> ApiError:
     return flash.error_from_flash(response)
 
 
-def _flash_ok(response: UpstreamResponse) -> Any:
+def flash_ok(response: UpstreamResponse) -> Any:
     if response.status_code != 200:
         raise access_error(response)
     return _decode(response)
@@ -179,7 +179,7 @@ def _apply_record(body: dict[str, Any], record: StreamedTimepoint | None) -> dic
 
 async def _read(caller: Caller, flash_path: str, params: dict[str, Any]) -> dict[str, Any]:
     user_id = await flash_user_ensure(caller)
-    body = _flash_ok(await flash.acall("GET", flash_path, user_id=user_id, params=params))
+    body = flash_ok(await flash.acall("GET", flash_path, user_id=user_id, params=params))
     if not isinstance(body, dict) or body.get("is_deleted"):
         # Flash still serves soft-deleted timepoints (pitfall 14).
         raise not_found()
@@ -232,7 +232,7 @@ async def timepoint_characters(*, caller: Caller, timepoint_id: str) -> dict[str
             "This timepoint has no characters yet (its generation may still be running).",
             code="characters_not_ready",
         )
-    body = _flash_ok(characters)
+    body = flash_ok(characters)
     if not isinstance(body, dict) or not isinstance(body.get("characters"), list):
         raise UpstreamError("Flash returned an invalid answer.")
     return body
@@ -280,7 +280,7 @@ async def timepoint_delete(*, caller: Caller, timepoint_id: str, permanent: bool
             await run_db(_streamed_mark_deleted, timepoint_id, True)
         elif response.status_code == 200:
             await run_db(_streamed_mark_deleted, timepoint_id, permanent)
-    body = _flash_ok(response)
+    body = flash_ok(response)
     if not isinstance(body, dict) or body.get("deleted") is not True:
         raise UpstreamError("Flash returned an invalid answer.")
     logger.info(
@@ -310,7 +310,7 @@ async def timepoint_set_visibility(
             user_id=user_id,
             json={"visibility": visibility},
         )
-        body = _flash_ok(response)
+        body = flash_ok(response)
         if not isinstance(body, dict):
             raise UpstreamError("Flash returned an invalid answer.")
         if body.get("is_deleted"):

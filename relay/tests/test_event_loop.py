@@ -25,26 +25,15 @@ import redis
 from devpeers import loopguard
 from devpeers.clockchain import CAESAR
 from relay.services import reservation_total
-from tests.reliability.conftest import redis_caches, wait_for
+from tests.reliability.conftest import any_redis_url, redis_caches, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-LOCAL_REDIS = "redis://127.0.0.1:6379/11"
-
-
-def _redis_url() -> str | None:
-    url = os.environ.get("REDIS_URL") or LOCAL_REDIS
-    try:
-        redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5).ping()
-    except redis.RedisError:
-        return None
-    return url
 
 
 @pytest.fixture
 def shared_cache(settings: Any) -> Iterator[str]:
     """The gateway on Redis for everything (limiter and Django cache), the Clockchain cache on."""
-    url = _redis_url()
+    url = any_redis_url()
     if url is None:
         pytest.skip("needs a Redis server (REDIS_URL or 127.0.0.1:6379)")
     prefix = f"tpb-loop-{os.getpid()}"

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from devpeers.faultproxy import FaultProxy
 from devpeers.webhook_receiver import WebhookReceiver
@@ -114,6 +115,20 @@ def wait_for(predicate: Any, timeout: float = 3.0, interval: float = 0.02) -> No
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(interval)
+
+
+# A Redis db for tests that need one even when the suite runs without REDIS_URL (SQLite runs).
+LOCAL_REDIS = "redis://127.0.0.1:6379/11"
+
+
+def any_redis_url() -> str | None:
+    """REDIS_URL, else a local Redis server if one answers; None when there is none."""
+    url = os.environ.get("REDIS_URL") or LOCAL_REDIS
+    try:
+        redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5).ping()
+    except redis.RedisError:
+        return None
+    return url
 
 
 def redis_caches(settings: Any, url: str, prefix: str) -> dict[str, Any]:

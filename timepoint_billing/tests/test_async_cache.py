@@ -14,25 +14,15 @@ import redis
 from django.core.cache import cache
 
 from devpeers.faultproxy import FaultProxy
-from tests.reliability.conftest import redis_caches
+from tests.reliability.conftest import any_redis_url, redis_caches
 from timepoint_billing import async_cache
 
-LOCAL_REDIS = "redis://127.0.0.1:6379/11"
 COUNTER_LUA = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
-
-
-def _redis_url() -> str | None:
-    url = os.environ.get("REDIS_URL") or LOCAL_REDIS
-    try:
-        redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5).ping()
-    except redis.RedisError:
-        return None
-    return url
 
 
 @pytest.fixture
 def on_redis(settings: Any) -> Iterator[str]:
-    url = _redis_url()
+    url = any_redis_url()
     if url is None:
         pytest.skip("needs a Redis server (REDIS_URL or 127.0.0.1:6379)")
     prefix = f"tpb-acache-{os.getpid()}"
