@@ -122,7 +122,12 @@ def test_staff_run_billing_from_the_admin(
     browser.find_element(By.CSS_SELECTOR, checkbox).click()
     Select(browser.find_element(By.NAME, "action")).select_by_value("retry")
     browser.find_element(By.NAME, "index").click()
-    assert "1 grant(s) queued again" in browser.find_element(By.CSS_SELECTOR, ".messagelist").text
+    # The action posts and redirects back: wait for the page it loads (a click does not wait
+    # for the navigation it starts; CI once looked at the old page, which has no message list).
+    messages = WebDriverWait(browser, 10).until(
+        lambda driver: driver.find_elements(By.CSS_SELECTOR, ".messagelist")
+    )
+    assert "1 grant(s) queued again" in messages[0].text
     grants_deliver_due()  # what the run_grants worker does
     stuck.refresh_from_db()
     assert stuck.state == "sent"
