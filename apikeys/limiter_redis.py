@@ -36,8 +36,7 @@ from django.core.cache import cache
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from apikeys import script_batches
-from timepoint_billing import async_cache
+from timepoint_billing import async_cache, redis_batches
 
 logger = logging.getLogger("timepoint.limiter")
 
@@ -363,7 +362,7 @@ async def acquire_on_redis(step: Step, releasing: list[str]) -> list[Any]:
     args = step.args()
     args.extend(releasing)
     client = async_redis()
-    call = script_batches.batched(client.client, client.acquire, step.keys(), args)
+    call = redis_batches.batched(client.client, client.acquire, step.keys(), args)
     watch = _Watch(loop, call)
     try:
         # Shielded: a request cancelled here must not cut the script off mid-reply.

@@ -32,6 +32,8 @@ from django.core.cache import caches
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from timepoint_billing import redis_batches
+
 logger = logging.getLogger("timepoint.cache")
 
 # RuntimeError: uvloop's "unable to perform operation on <TCPTransport closed=True>" after a
@@ -116,8 +118,10 @@ async def get(key: str) -> Any:
         return caches["default"].get(key)
     backend: Any = caches["default"]
     try:
+        # Sent with the other reads and limiter scripts of this turn of the loop (one pipeline).
+        reply = redis_batches.batched_command(_loop_client(url).client, "GET", make_key(key))
         async with asyncio.timeout(settings.REDIS_SOCKET_TIMEOUT):
-            raw = await _loop_client(url).client.get(make_key(key))
+            raw = await reply  # a read: dropped when this request stops waiting for it
         return None if raw is None else backend.client.decode(raw)
     except _ERRORS as exc:
         logger.warning({"event": "cache_unavailable", "op": "get", "error": repr(exc)})

@@ -1,5 +1,6 @@
 """The limiter scripts of one turn of the event loop go to Redis as one pipeline
-(apikeys/script_batches.py): the counts stay exact, and a script Redis forgot is loaded again."""
+(timepoint_billing/redis_batches.py): the counts stay exact, and a script Redis forgot is
+loaded again."""
 
 from __future__ import annotations
 

@@ -66,6 +66,24 @@ def test_redis_both_ways_and_counters(on_redis: str) -> None:
     assert cache.incr("acache:n", 1) == 4
 
 
+def test_the_reads_of_one_turn_of_the_loop_are_one_pipeline(on_redis: str) -> None:
+    """30 requests reading the cache at once: each gets its own value (or None), and Redis
+    reads a handful of times, not 30 (timepoint_billing/redis_batches.py)."""
+    for n in range(0, 30, 2):
+        cache.set(f"acache:batch:{n}", {"n": n}, 30)
+    client = redis.Redis.from_url(on_redis)
+
+    async def read_all() -> tuple[list[Any], int]:
+        await async_cache.get("acache:batch:0")  # the loop's connection, opened once
+        before = int(client.info("stats")["total_reads_processed"])
+        values = await asyncio.gather(*(async_cache.get(f"acache:batch:{n}") for n in range(30)))
+        return list(values), int(client.info("stats")["total_reads_processed"]) - before
+
+    values, reads = asyncio.run(read_all())
+    assert values == [{"n": n} if n % 2 == 0 else None for n in range(30)]
+    assert reads < 15
+
+
 def test_undecodable_value_is_a_miss(on_redis: str) -> None:
     redis.Redis.from_url(on_redis).set(async_cache.make_key("acache:junk"), b"\x80not-a-pickle")
     assert asyncio.run(async_cache.get("acache:junk")) is None
