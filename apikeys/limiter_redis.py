@@ -52,6 +52,12 @@ class Limits:
     concurrency: int
 
 
+def lease_set_key(subject: str) -> str:
+    """The subject's concurrency leases: a sorted set of lease ids scored by their expiry. The
+    hash tag keeps one subject's keys in one slot should Redis ever be a cluster."""
+    return f"rl:{{{subject}}}:c"
+
+
 def stop_marker(subject: str) -> str:
     """The Redis key holding the moment (Unix ms) a key stops working; never set for users."""
     return f"rl:{{{subject}}}:stops"
@@ -129,7 +135,7 @@ class Step:
         return [
             f"{base}:m:{self.minute_index}",
             f"{base}:d:{self.day_index}",
-            f"{base}:c",
+            lease_set_key(self.subject),
             stop_marker(self.subject),
         ]
 
@@ -347,7 +353,7 @@ def _release_if_admitted(step: Step, call: asyncio.Future[Any]) -> None:
     it, free the slot now rather than after the lease's TTL."""
     if call.cancelled() or call.exception() is not None or int(call.result()[0]) != 0:
         return
-    lease_key = step.keys()[2]
+    lease_key = lease_set_key(step.subject)
     release: asyncio.Future[Any] = asyncio.ensure_future(
         async_redis().client.zrem(lease_key, step.lease_id)
     )

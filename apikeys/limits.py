@@ -68,6 +68,7 @@ from apikeys.limiter_redis import (
     async_redis,
     background,
     in_process,
+    lease_set_key,
     open_breaker,
     redis_answered,
     redis_available,
@@ -187,7 +188,7 @@ class Lease:
 
     @property
     def _lease_key(self) -> str:
-        return f"rl:{{{self.subject}}}:c"
+        return lease_set_key(self.subject)
 
     async def release(self) -> None:
         """Free the slot (on Redis: within milliseconds, see `apikeys.lease_releases`).
@@ -363,7 +364,7 @@ async def acquire(
         return _acquire_in_process(step, route)
     if not redis_available():
         return _fail(step, route, spends_credits)
-    lease_key = step.keys()[2]
+    lease_key = lease_set_key(step.subject)
     releasing = lease_releases.take(lease_key)
     try:
         result = await acquire_on_redis(step, releasing)
