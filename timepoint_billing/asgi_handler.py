@@ -16,6 +16,7 @@ to be refused. See `BodyLimit`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 from typing import TYPE_CHECKING, Any
@@ -143,30 +144,21 @@ def _freeze_startup_heap(handler: GatewayASGIHandler) -> None:
 
 
 class GatewayASGIHandler(ASGIHandler):
-    def __init__(self) -> None:
-        super().__init__()
-        self._lane: RelayLane | None = None
-        self._lane_checked = False
-
-    @property
+    @functools.cached_property
     def lane(self) -> RelayLane | None:
-        if not self._lane_checked:
-            # Not at the top: the lane imports app modules (models), and the gunicorn worker
-            # class imports this module before Django is set up.
-            from timepoint_billing.relay_lane import RelayLane
+        """Decided once, as Django reads MIDDLEWARE once for its chain."""
+        # Not at the top: the lane imports app modules (models), and the gunicorn worker class
+        # imports this module before Django is set up.
+        from timepoint_billing.relay_lane import RelayLane
 
-            # Decided once, as Django reads MIDDLEWARE once for its chain.
-            self._lane = RelayLane() if RelayLane.applies() else None
-            self._lane_checked = True
-        return self._lane
+        return RelayLane() if RelayLane.applies() else None
 
     async def run_get_response(self, request: Any) -> Any:
         """The relay's lane for its routes (timepoint_billing/relay_lane.py), Django otherwise."""
         lane = self.lane
         route = lane.route(request.path_info) if lane is not None else None
-        if route is None:
+        if lane is None or route is None:
             return await super().run_get_response(request)
-        assert lane is not None
         response = await lane.serve(request, route)
         response._resource_closers.append(request.close)
         return response

@@ -60,15 +60,17 @@ class HeadWithBody:
 
     __slots__ = ("cycle", "head", "held", "loop", "transport")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, cycle: Any
+    ) -> None:
         self.transport = transport
         self.loop = loop
-        self.cycle: Any = None
+        self.cycle = cycle
         self.head: bytes | None = None
         self.held = False
 
     def write(self, data: bytes) -> None:
-        if not self.held and self.cycle is not None and self.cycle.response_started:
+        if not self.held and self.cycle.response_started:
             # The first write once the response has started is its head (uvicorn sets
             # `response_started` and then writes it; a `100 Continue` is written before).
             self.held = True
@@ -139,9 +141,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.transport is self.transport:  # the cycle just made
-            writer = HeadWithBody(self.transport, self.loop)
-            writer.cycle = cycle
-            cycle.transport = writer  # type: ignore[assignment]
+            cycle.transport = HeadWithBody(self.transport, self.loop, cycle)  # type: ignore[assignment]
 
     def send_400_response(self, msg: str) -> None:
         self._disarm_header_timer()

@@ -24,10 +24,10 @@ def lane_switch() -> Iterator[Any]:
     assert lane is not None, "the lane is off under the project's settings"
 
     def switch(on: bool) -> None:
-        handler._lane = lane if on else None
+        handler.lane = lane if on else None
 
     yield switch
-    handler._lane = lane
+    handler.lane = lane
 
 
 def _answer(response: httpx.Response) -> tuple[int, dict[str, str], Any]:
